@@ -1,0 +1,59 @@
+"""Anchor sets: PEFT LoRA adapters + a manifest, published to and loaded from a local folder or S3.
+
+See format.py for the on-disk contract, store.py / s3.py for where sets live, publish.py for build/load/verify.
+"""
+
+from lerpray.anchors.format import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    AnchorEntry,
+    AnchorSet,
+    AnchorSetError,
+    AnchorWeights,
+    AttributePoles,
+    BaseModelIdentity,
+    Manifest,
+    check_compatible,
+    parse_adapter,
+    read_adapter,
+)
+from lerpray.anchors.publish import (
+    KNOWN_POLE_PAIRS,
+    build_anchor_set,
+    default_poles,
+    load_anchor_set,
+    read_manifest,
+    verify_anchor_set,
+)
+from lerpray.anchors.store import LocalStore, ObjectNotFound, Store, StoreError, check_key, open_store
+
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "FORMAT_VERSION",
+    "KNOWN_POLE_PAIRS",
+    "MANIFEST_NAME",
+    "AnchorEntry",
+    "AnchorSet",
+    "AnchorSetError",
+    "AnchorWeights",
+    "AttributePoles",
+    "BaseModelIdentity",
+    "LocalStore",
+    "Manifest",
+    "ObjectNotFound",
+    "Store",
+    "StoreError",
+    "build_anchor_set",
+    "check_compatible",
+    "check_key",
+    "default_poles",
+    "load_anchor_set",
+    "open_store",
+    "parse_adapter",
+    "read_adapter",
+    "read_manifest",
+    "verify_anchor_set",
+]

@@ -1,0 +1,127 @@
+"""`lerpray anchors build | inspect | verify`.
+
+    lerpray anchors build --base MODEL --anchor sentiment.positive=PATH --anchor sentiment.negative=PATH \\
+        [--high sentiment=positive] --out s3://bucket/sets/sentiment [--overwrite]
+    lerpray anchors inspect URI [--json]
+    lerpray anchors verify URI          # exit 0 when every file matches its sha256, 1 with the problems
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_parsers(subparsers) -> None:
+    parser = subparsers.add_parser("anchors", help="build, inspect and verify anchor sets (PEFT adapters + manifest)")
+    actions = parser.add_subparsers(dest="anchors_command", required=True, metavar="ACTION")
+
+    build = actions.add_parser("build", help="publish PEFT LoRA adapter folders as an anchor set")
+    build.add_argument("--base", required=True, help="base model the adapters were trained on: a local HF folder, "
+                       "a hub id, or bundled:smollm2-135m-instruct")
+    build.add_argument("--anchor", action="append", required=True, metavar="ATTR.POLE=PATH",
+                       help="an anchor and its PEFT adapter folder; two poles per attribute; order = coefficient order")
+    build.add_argument("--high", action="append", default=[], metavar="ATTR=POLE",
+                       help="the pole active at alpha=1 (default: positive, formal, simple, humorous, polite, ...; "
+                       "else the alphabetically first)")
+    build.add_argument("--out", required=True, metavar="URI", help="s3://bucket/prefix or a local folder")
+    build.add_argument("--overwrite", action="store_true", help="replace an existing set at --out (version + 1)")
+    build.set_defaults(func=_build)
+
+    inspect = actions.add_parser("inspect", help="show an anchor set's base model, anchors, poles and metrics")
+    inspect.add_argument("uri")
+    inspect.add_argument("--json", action="store_true", help="print the manifest JSON instead of a table")
+    inspect.set_defaults(func=_inspect)
+
+    verify = actions.add_parser("verify", help="check every file of an anchor set against its sha256")
+    verify.add_argument("uri")
+    verify.set_defaults(func=_verify)
+
+
+def parse_pairs(values: list[str], flag: str) -> dict[str, str]:
+    """["a=b", ...] -> {"a": "b"}; a clear error for a malformed or repeated name."""
+    pairs: dict[str, str] = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key or not rest:
+            raise ValueError(f"{flag} {value!r}: expected NAME=VALUE")
+        if key in pairs:
+            raise ValueError(f"{flag} {key!r} given twice")
+        pairs[key] = rest
+    return pairs
+
+
+def _build(args: argparse.Namespace) -> int:
+    from lerpray.anchors import AttributePoles, build_anchor_set
+    from lerpray.model.base import load_base_model, model_identity
+
+    adapters = parse_pairs(args.anchor, "--anchor")
+    attributes = {}
+    for attr, high in parse_pairs(args.high, "--high").items():
+        poles = [name.partition(".")[2] for name in adapters if name.partition(".")[0] == attr]
+        if high not in poles or len(poles) != 2:
+            raise ValueError(f"--high {attr}={high}: attribute {attr!r} needs two --anchor poles including {high!r}, "
+                             f"got {poles}")
+        attributes[attr] = AttributePoles(high=high, low=next(p for p in poles if p != high))
+    model, _ = load_base_model(args.base)
+    identity = model_identity(model, args.base)
+    del model
+    manifest = build_anchor_set(identity, adapters, args.out, overwrite=args.overwrite, attributes=attributes)
+    print(f"published {len(manifest.anchors)} anchors to {args.out} (version {manifest.version})")
+    print(format_table(manifest, args.out))
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from lerpray.anchors import open_store, read_manifest
+
+    manifest = read_manifest(open_store(args.uri))
+    if args.json:
+        sys.stdout.write(manifest.to_json().decode())
+    else:
+        print(format_table(manifest, args.uri))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from lerpray.anchors import open_store, read_manifest, verify_anchor_set
+
+    problems = verify_anchor_set(args.uri)
+    if problems:
+        print(f"{args.uri}: {len(problems)} problem(s)", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    manifest = read_manifest(open_store(args.uri))
+    files = sum(len(a.files) for a in manifest.anchors)
+    print(f"OK {args.uri}: {len(manifest.anchors)} anchors, {files} files match their sha256")
+    return 0
+
+
+def format_table(manifest, uri: str) -> str:
+    """A readable summary: header (set, base model, attributes) and one row per anchor in coefficient order."""
+    base = manifest.base_model
+    pin = ", ".join(p for p in (f"revision {base.revision}" if base.revision else "",
+                                f"checksum {base.checksum[:12]}" if base.checksum else "") if p)
+    lines = [
+        f"anchor set {uri}  (format {manifest.format_version}, version {manifest.version}, "
+        f"created {manifest.created_at.isoformat(timespec='seconds')})",
+        f"base model {base.name}: {base.architecture}, hidden {base.hidden_size}, layers {base.num_layers}, "
+        f"vocab {base.vocab_size}; {pin}",
+        "attributes " + ", ".join(f"{a} (high={p.high}, low={p.low})" for a, p in manifest.attributes.items()),
+        "",
+    ]
+    header = ("ANCHOR", "ATTRIBUTE", "POLE", "RANK", "ALPHA", "RSLORA", "TARGETS", "METRICS")
+    rows = [header] + [
+        (a.name, a.attribute, f"{a.pole} ({manifest.role(a)})", str(a.rank), f"{a.lora_alpha:g}",
+         "yes" if a.use_rslora else "no", ",".join(a.target_modules),
+         " ".join(f"{k}={_fmt(v)}" for k, v in a.metrics.items()) or "-")
+        for a in manifest.anchors
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
