@@ -49,7 +49,16 @@ def tiny_gpt2(seed: int = 0, hidden_size: int = 32, num_layers: int = 2, vocab_s
     """A randomly initialised GPT-2 (its projections are Conv1D, not Linear)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=vocab_size, n_embd=hidden_size, n_layer=num_layers, n_head=4, n_positions=512)
+    config = GPT2Config(
+        vocab_size=vocab_size,
+        n_embd=hidden_size,
+        n_layer=num_layers,
+        n_head=4,
+        n_positions=512,
+        bos_token_id=1,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     torch.manual_seed(seed)
     return GPT2LMHeadModel(config).eval()
 
@@ -90,3 +99,90 @@ def _is_conv1d_model(model) -> bool:
     from transformers.pytorch_utils import Conv1D
 
     return any(isinstance(m, Conv1D) for m in model.modules())
+
+
+def anchor_set_from_adapters(model, adapters: dict[str, str | Path], *, base_name: str = "tiny"):
+    """An in-memory AnchorSet of PEFT adapter folders, as `load_anchor_set` would return it (no store involved).
+
+    Args:
+        model: the adapters' base model (its identity goes into the manifest).
+        adapters: anchor name ("attribute.pole") -> adapter folder, in coefficient order. Each attribute needs
+            exactly two anchors; the first one listed is the high pole. One folder may serve several anchors.
+        base_name: the base model's name in the manifest.
+    """
+    import hashlib
+
+    from lerpray.anchors.format import (
+        ADAPTER_CONFIG,
+        ADAPTER_WEIGHTS,
+        AnchorEntry,
+        AnchorSet,
+        AnchorWeights,
+        AttributePoles,
+        Manifest,
+        read_adapter,
+    )
+    from lerpray.model.base import model_identity
+
+    poles: dict[str, list[str]] = {}
+    anchors = []
+    for name, folder in adapters.items():
+        attribute, pole = name.split(".")
+        poles.setdefault(attribute, []).append(pole)
+        config, modules = read_adapter(folder)
+        files = {f"{name}/{leaf}": hashlib.sha256((Path(folder) / leaf).read_bytes()).hexdigest()
+                 for leaf in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
+        entry = AnchorEntry(
+            name=name, attribute=attribute, pole=pole, rank=config["r"], lora_alpha=config["lora_alpha"],
+            use_rslora=bool(config.get("use_rslora")), target_modules=sorted(config["target_modules"]),
+            rank_pattern=config.get("rank_pattern") or {}, alpha_pattern=config.get("alpha_pattern") or {},
+            files=files,
+        )
+        anchors.append(AnchorWeights(entry=entry, modules=modules))
+    manifest = Manifest(
+        base_model=model_identity(model, base_name),
+        attributes={a: AttributePoles(high=p[0], low=p[1]) for a, p in poles.items()},
+        anchors=[a.entry for a in anchors],
+    )
+    return AnchorSet(manifest=manifest, anchors=anchors)
+
+
+TINY_CHAT_TEMPLATE = (
+    "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<assistant>{% endif %}"
+)
+TINY_ANCHORS = ("sentiment.positive", "sentiment.negative", "formality.formal", "formality.informal")
+
+
+def tiny_anchor_set(root: str | Path, *, seed: int = 0) -> Path:
+    """Publish a complete anchor set on disk, as a server loads it: returns its folder (the anchors URI).
+
+    Under `root`: `base/` (a tiny Llama + ByT5 tokenizer with a toy chat template, saved with save_pretrained and
+    named by that path in the manifest), `adapters/<anchor>/` (random PEFT LoRAs), `anchors/` (the published set,
+    attributes sentiment and formality, two poles each).
+    """
+    from lerpray.anchors import build_anchor_set
+    from lerpray.model.base import model_identity
+
+    root = Path(root)
+    model, tokenizer = tiny_llama(seed=seed), tiny_tokenizer()
+    tokenizer.chat_template = TINY_CHAT_TEMPLATE
+    base = root / "base"
+    model.save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    adapters = {
+        name: random_adapter(model, root / "adapters" / name, seed=seed + i + 1) for i, name in enumerate(TINY_ANCHORS)
+    }
+    build_anchor_set(model_identity(model, str(base)), adapters, root / "anchors", overwrite=True)
+    return root / "anchors"
+
+
+def save_tiny_base_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 32, num_layers: int = 2) -> Path:
+    """Save `tiny_llama` and `tiny_tokenizer` as one HF folder that lerpray.model.base.load_base_model(path) loads.
+
+    Training tests use it as the base model: Ray Train workers load the model by path in their own processes.
+    """
+    out_dir = Path(out_dir)
+    tiny_llama(seed=seed, hidden_size=hidden_size, num_layers=num_layers).save_pretrained(str(out_dir))
+    tiny_tokenizer().save_pretrained(str(out_dir))
+    return out_dir

@@ -1,0 +1,187 @@
+"""Exact stacked-LoRA math: every anchor's low-rank update, weighted per batch row, with no factor blending.
+
+Anchor k adapts a target layer with A_k [r_k, d_in], B_k [d_out, r_k] and scale s_k (lora_alpha / r_k, or
+lora_alpha / sqrt(r_k) for rsLoRA). For a row with coefficients c [K] the layer computes
+
+    y = W0 x + sum_k c_k * s_k * B_k (A_k x)
+
+In loop form, for a batch x [N, T, d_in] and coefficients C [N, K] (this is what `reference_delta` runs):
+
+    for n in range(N):
+        for k in range(K):
+            if anchor k adapts this layer:
+                delta[n] += C[n, k] * s_k * (x[n] @ A_k.T) @ B_k.T
+
+`stack_factors` concatenates the anchors once (A_cat [R, d_in], B_cat [d_out, R], R = sum of the present ranks);
+`stacked_delta` then computes the same sum as two dense matmuls and one row scaling:
+
+    delta = ((x @ A_cat.T) * C_r[:, None, :]) @ B_cat.T        C_r[n, j] = C[n, owner[j]] * col_scale[j]
+
+This equals PEFT's `add_weighted_adapter(..., combination_type="cat")`. Blending A and B separately (PEFT's or
+LoRAX's "linear" merge) is a different, approximate model: it adds cross terms B_i A_j. Never blend factors.
+Pure torch: no I/O, no HF, no Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CoeffsShapeError",
+    "StackedLora",
+    "column_weights",
+    "lora_scale",
+    "merged_delta",
+    "reference_delta",
+    "reference_merged_delta",
+    "stack_factors",
+    "stacked_delta",
+]
+
+Factors = tuple[Tensor, Tensor, float]  # (A [r, d_in], B [d_out, r], scale)
+
+
+class CoeffsShapeError(ValueError):
+    """Coefficients or factors whose shapes do not fit the layer or the batch."""
+
+
+def lora_scale(lora_alpha: float, r: int, use_rslora: bool) -> float:
+    """PEFT's LoRA scaling factor.
+
+    Args:
+        lora_alpha: the adapter's `lora_alpha`.
+        r: the adapter's rank.
+        use_rslora: rank-stabilised LoRA (Kalajdzievski 2023) divides by sqrt(r) instead of r.
+
+    Returns:
+        s = lora_alpha / sqrt(r) if use_rslora else lora_alpha / r.
+    """
+    if r <= 0:
+        raise CoeffsShapeError(f"LoRA rank must be positive, got r={r}")
+    return lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+
+
+@dataclass
+class StackedLora:
+    """All anchors that adapt one target layer, concatenated along the rank axis."""
+
+    A_cat: Tensor  # [R, d_in]
+    B_cat: Tensor  # [d_out, R]
+    owner: Tensor  # [R] long: anchor index (0..K-1) of each rank column
+    col_scale: Tensor  # [R] float32: s_k of the column's anchor
+    num_anchors: int  # K: length of a coefficient row (anchors absent here included)
+
+
+def stack_factors(factors: Sequence[Factors | None]) -> StackedLora | None:
+    """Concatenate the anchors' factors for one layer.
+
+    Args:
+        factors: one entry per anchor, in coefficient order: (A [r_k, d_in], B [d_out, r_k], s_k), or None where
+            anchor k does not adapt this layer (it then contributes nothing here, whatever its coefficient).
+
+    Returns:
+        The stacked factors (in the dtype/device of the first present A), or None when no anchor adapts the layer.
+    """
+    present = [(k, f) for k, f in enumerate(factors) if f is not None]
+    if not present:
+        return None
+    d_out, d_in = present[0][1][1].shape[0], present[0][1][0].shape[1]
+    for k, (A, B, _) in present:
+        if A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1] or A.shape[1] != d_in or B.shape[0] != d_out:
+            raise CoeffsShapeError(
+                f"anchor {k}: expected A [r, {d_in}] and B [{d_out}, r], got A {list(A.shape)} and B {list(B.shape)}"
+            )
+    first_A = present[0][1][0]
+    A_cat = torch.cat([A.to(first_A) for _, (A, _, _) in present], dim=0)  # [R, d_in]
+    B_cat = torch.cat([B.to(first_A) for _, (_, B, _) in present], dim=1)  # [d_out, R]
+    owner = torch.cat([torch.full((A.shape[0],), k, dtype=torch.long) for k, (A, _, _) in present])  # [R]
+    col_scale = torch.cat([torch.full((A.shape[0],), float(s)) for _, (A, _, s) in present])  # [R]
+    return StackedLora(A_cat, B_cat, owner.to(first_A.device), col_scale.to(first_A.device), len(factors))
+
+
+def column_weights(coeffs: Tensor, stacked: StackedLora) -> Tensor:
+    """Expand per-anchor coefficients to per-rank-column weights.
+
+    Args:
+        coeffs: [N, K] one mix per batch row.
+        stacked: the layer's stacked factors.
+
+    Returns:
+        C_r [N, R] float32 with C_r[n, j] = coeffs[n, owner[j]] * col_scale[j].
+    """
+    if coeffs.dim() != 2 or coeffs.shape[1] != stacked.num_anchors:
+        raise CoeffsShapeError(
+            f"coefficients must have shape [N, {stacked.num_anchors}] (one column per anchor), "
+            f"got {list(coeffs.shape)}"
+        )
+    coeffs = coeffs.to(device=stacked.owner.device, dtype=torch.float32)
+    return coeffs[:, stacked.owner] * stacked.col_scale  # [N, R]
+
+
+def stacked_delta(x: Tensor, coeffs: Tensor, stacked: StackedLora) -> Tensor:
+    """The weighted sum of all anchors' updates, a different mix per batch row.
+
+    Args:
+        x: [N, ..., d_in] inputs (usually [N, T, d_in]); row n uses coeffs[n] for all its tokens.
+        coeffs: [N, K] coefficients, N equal to the batch size.
+        stacked: the layer's stacked factors.
+
+    Returns:
+        [N, ..., d_out] in x's dtype: sum_k coeffs[n, k] * s_k * B_k A_k x[n].
+    """
+    if x.shape[0] != coeffs.shape[0]:
+        raise CoeffsShapeError(
+            f"coefficients have {coeffs.shape[0]} rows but the batch has {x.shape[0]}: "
+            "set one coefficient row per batch row"
+        )
+    col = column_weights(coeffs, stacked)  # [N, R] float32
+    col = col.view(col.shape[0], *([1] * (x.dim() - 2)), col.shape[1])  # [N, 1.., R]
+    h = x @ stacked.A_cat.T  # [N, .., R]
+    # Scale in float32 and round once (as PEFT's `lora_B(lora_A(x)) * scaling` rounds once in bf16).
+    return (h.float() * col).to(x.dtype) @ stacked.B_cat.T  # [N, .., d_out]
+
+
+def merged_delta(coeffs: Tensor, stacked: StackedLora) -> Tensor:
+    """The dense weight update of one mix: sum_k c_k * s_k * B_k @ A_k.
+
+    Args:
+        coeffs: [K] one mix.
+        stacked: the layer's stacked factors.
+
+    Returns:
+        [d_out, d_in] float32 (add it to W0 in float32, then round to the layer's dtype).
+    """
+    if coeffs.dim() != 1:
+        raise CoeffsShapeError(f"merged_delta takes one mix of shape [K], got {list(coeffs.shape)}")
+    col = column_weights(coeffs[None, :], stacked)[0]  # [R]
+    return (stacked.B_cat.float() * col) @ stacked.A_cat.float()  # [d_out, d_in]
+
+
+def reference_delta(x: Tensor, coeffs: Tensor, factors: Sequence[Factors | None]) -> Tensor:
+    """Loop-form reference for `stacked_delta` (tests only: slow, obviously right).
+
+    Args:
+        x: [N, T, d_in]; coeffs: [N, K]; factors: as for `stack_factors`.
+
+    Returns:
+        [N, T, d_out] float64.
+    """
+    d_out = next(f[1].shape[0] for f in factors if f is not None)
+    out = torch.zeros(*x.shape[:-1], d_out, dtype=torch.float64)
+    for n in range(x.shape[0]):
+        for k, f in enumerate(factors):
+            if f is not None:
+                A, B, s = f
+                out[n] += float(coeffs[n, k]) * s * (x[n].double() @ A.double().T) @ B.double().T
+    return out
+
+
+def reference_merged_delta(coeffs: Tensor, factors: Sequence[Factors | None]) -> Tensor:
+    """Loop-form reference for `merged_delta`: sum_k c_k * s_k * B_k @ A_k in float64 (tests only)."""
+    terms = [float(coeffs[k]) * f[2] * f[1].double() @ f[0].double() for k, f in enumerate(factors) if f is not None]
+    return torch.stack(terms).sum(0)

@@ -1,0 +1,243 @@
+"""Inject the anchors into an HF causal LM: each target layer adds every anchor's update, weighted per batch row.
+
+`interpolate(model, anchor_set)` replaces each adapted nn.Linear (or GPT-2 Conv1D) in place by an
+`InterpolatedLinear` that computes y = W0 x + stacked_delta(x, coeffs, stacked) (see lerpray.lora_math), and returns
+an `InterpolatedModel` through which callers set the coefficients before their forward passes:
+
+    imodel = interpolate(model, anchor_set)
+    imodel.set_coeffs(coeffs)            # [N, K]: row n of the next batches uses mix coeffs[n]
+    logits = imodel(input_ids).logits
+    with imodel.merged(coeffs[0]):       # fast path when every row shares one mix: W = W0 + delta, cached
+        logits = imodel(input_ids).logits
+
+The layers keep the base layer's `weight` and `bias` parameters under the same names, so parameter names, shapes
+and state_dict keys (hence `model_identity`) are unchanged; the stacked factors are non-persistent buffers in the
+base layer's dtype and device. Not thread-safe: one InterpolatedModel serves one forward at a time.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lerpray.lora_math import CoeffsShapeError, Factors, StackedLora, merged_delta, stack_factors, stacked_delta
+from lerpray.mixing import mix_key
+from lerpray.model.base import ModelMismatchError, check_compatible
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from lerpray.anchors import AnchorSet
+    from lerpray.mixing import AnchorLayout
+
+__all__ = ["CoeffsNotSetError", "InterpolatedLinear", "InterpolatedModel", "interpolate"]
+
+
+class CoeffsNotSetError(ValueError):
+    """A forward pass ran before any coefficients were set."""
+
+
+class _MixState:
+    """Shared by all layers of one InterpolatedModel: the coefficients of the next forward passes."""
+
+    def __init__(self) -> None:
+        self.coeffs: Tensor | None = None  # [N, K] float32
+
+
+def _is_conv1d(module: nn.Module) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, Conv1D)
+
+
+def _in_out(module: nn.Module) -> tuple[int, int] | None:
+    """(d_in, d_out) of an adaptable layer, None for any other module. Conv1D stores its weight as [d_in, d_out]."""
+    if _is_conv1d(module):
+        return module.weight.shape[0], module.weight.shape[1]
+    if type(module) is nn.Linear:
+        return module.in_features, module.out_features
+    return None
+
+
+class InterpolatedLinear(nn.Module):
+    """A Linear/Conv1D plus the stacked updates of all anchors that adapt it."""
+
+    def __init__(self, base: nn.Module, stacked: StackedLora, state: _MixState) -> None:
+        super().__init__()
+        self.fan_in_fan_out = _is_conv1d(base)  # weight is [d_in, d_out] (GPT-2 Conv1D)
+        self.weight = base.weight
+        self.bias = base.bias
+        self.in_features, self.out_features = _in_out(base)
+        like = {"dtype": base.weight.dtype, "device": base.weight.device}
+        self.register_buffer("A_cat", stacked.A_cat.to(**like), persistent=False)  # [R, d_in]
+        self.register_buffer("B_cat", stacked.B_cat.to(**like), persistent=False)  # [d_out, R]
+        self.register_buffer("owner", stacked.owner.to(like["device"]), persistent=False)  # [R]
+        self.register_buffer("col_scale", stacked.col_scale.to(like["device"]), persistent=False)  # [R] float32
+        self.num_anchors = stacked.num_anchors
+        self._state = state
+        self.merged_weight: Tensor | None = None  # [d_out, d_in] while InterpolatedModel.merged() is active
+
+    @property
+    def stacked(self) -> StackedLora:
+        return StackedLora(self.A_cat, self.B_cat, self.owner, self.col_scale, self.num_anchors)
+
+    def base_weight(self) -> Tensor:
+        """W0 in nn.Linear layout [d_out, d_in] (a view for Conv1D, no copy)."""
+        return self.weight.T if self.fan_in_fan_out else self.weight
+
+    def forward(self, x: Tensor) -> Tensor:  # x [N, T, d_in] -> [N, T, d_out]
+        if self.merged_weight is not None:
+            return F.linear(x, self.merged_weight, self.bias)
+        coeffs = self._state.coeffs
+        if coeffs is None:
+            raise CoeffsNotSetError("no coefficients set: call set_coeffs(coeffs [N, K]) or use merged(coeffs [K])")
+        return F.linear(x, self.base_weight(), self.bias) + stacked_delta(x, coeffs, self.stacked)
+
+    @torch.no_grad()
+    def merge(self, coeffs: Tensor) -> Tensor:
+        """W0 + merged_delta(coeffs) [d_out, d_in], summed in float32 and rounded to the layer's dtype once."""
+        return (self.base_weight().float() + merged_delta(coeffs, self.stacked)).to(self.weight.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, rank={self.A_cat.shape[0]}, "
+            f"anchors={self.num_anchors}, conv1d={self.fan_in_fan_out}"
+        )
+
+
+class InterpolatedModel:
+    """An HF causal LM whose target layers add the anchors' updates; call it like the model.
+
+    Attributes:
+        model: the wrapped causal LM (modified in place by `interpolate`).
+        layout: anchor order and attributes (coefficient order everywhere).
+        layers: module path -> InterpolatedLinear.
+    """
+
+    def __init__(
+        self, model: PreTrainedModel, layout: AnchorLayout, layers: dict[str, InterpolatedLinear], state: _MixState,
+        merge_cache_size: int = 4,
+    ) -> None:
+        self.model = model
+        self.layout = layout
+        self.layers = layers
+        self._state = state
+        self._merge_cache_size = merge_cache_size
+        self._merge_cache: OrderedDict[tuple[float, ...], dict[str, Tensor]] = OrderedDict()
+
+    @property
+    def num_anchors(self) -> int:
+        return len(self.layout.anchors)
+
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def _as_coeffs(self, coeffs: Tensor | Sequence, ndim: int) -> Tensor:
+        coeffs = torch.as_tensor(coeffs, dtype=torch.float32)
+        shape = "[N, K]" if ndim == 2 else "[K]"
+        if coeffs.dim() != ndim or coeffs.shape[-1] != self.num_anchors:
+            raise CoeffsShapeError(
+                f"coefficients must have shape {shape} with K={self.num_anchors} (anchors {list(self.layout.anchors)})"
+                f", got {list(coeffs.shape)}"
+            )
+        if not torch.isfinite(coeffs).all():
+            raise CoeffsShapeError(f"coefficients must be finite, got {coeffs.tolist()}")
+        return coeffs
+
+    def set_coeffs(self, coeffs: Tensor | Sequence[Sequence[float]]) -> None:
+        """Set the mixes of the next forward passes: coeffs [N, K], row n for batch row n (N must equal the batch)."""
+        coeffs = self._as_coeffs(coeffs, 2)
+        device = next(iter(self.layers.values())).A_cat.device
+        self._state.coeffs = coeffs.to(device)
+
+    @contextmanager
+    def merged(self, coeffs: Tensor | Sequence[float]) -> Iterator[InterpolatedModel]:
+        """Run every row with one mix merged into the weights: W = W0 + sum_k c_k s_k B_k A_k (W0 untouched).
+
+        Merged weights are cached per quantised mix (`lerpray.mixing.mix_key`) in an LRU of `merge_cache_size`
+        entries. Memory: each entry is a full copy of every adapted weight matrix (for SmolLM2-135M with all 7
+        projections adapted, ~100M parameters: ~0.4 GB in fp32), on top of the base model.
+        """
+        weights = self._merged_weights(self._as_coeffs(coeffs, 1))
+        previous = {path: layer.merged_weight for path, layer in self.layers.items()}
+        for path, layer in self.layers.items():
+            layer.merged_weight = weights[path]
+        try:
+            yield self
+        finally:
+            for path, layer in self.layers.items():
+                layer.merged_weight = previous[path]
+
+    def _merged_weights(self, coeffs: Tensor) -> dict[str, Tensor]:
+        key = mix_key(coeffs.tolist())
+        if key in self._merge_cache:
+            self._merge_cache.move_to_end(key)
+            return self._merge_cache[key]
+        weights = {path: layer.merge(coeffs) for path, layer in self.layers.items()}
+        if self._merge_cache_size > 0:
+            self._merge_cache[key] = weights
+            while len(self._merge_cache) > self._merge_cache_size:
+                self._merge_cache.popitem(last=False)
+        return weights
+
+
+def interpolate(model: PreTrainedModel, anchor_set: AnchorSet, *, merge_cache_size: int = 4) -> InterpolatedModel:
+    """Replace every layer that some anchor adapts by an InterpolatedLinear (in place) and wrap the model.
+
+    Args:
+        model: an HF causal LM (Llama, Qwen2, Mistral, GPT-2, ...), not yet interpolated.
+        anchor_set: its anchors; coefficient k belongs to anchor_set.anchors[k].
+        merge_cache_size: LRU size of `InterpolatedModel.merged` (0 disables caching).
+
+    Raises:
+        ModelMismatchError: the model is not the anchors' base model, or a module path or shape does not fit.
+    """
+    check_compatible(anchor_set.manifest, model)
+    layout = anchor_set.manifest.layout()
+    names = [anchor.entry.name for anchor in anchor_set.anchors]
+    if not names or list(layout.anchors) != names:
+        raise ModelMismatchError(f"anchor set holds anchors {names} but its manifest lists {list(layout.anchors)}")
+    per_layer: dict[str, list[Factors | None]] = {}
+    for k, anchor in enumerate(anchor_set.anchors):
+        for path, factors in anchor.modules.items():
+            per_layer.setdefault(path, [None] * len(names))[k] = factors
+    problems = [p for path, factors in per_layer.items() for p in _check_layer(model, path, factors, names)]
+    if problems:
+        raise ModelMismatchError(
+            f"the anchors do not fit this model ({len(problems)} problem(s)): " + "; ".join(problems[:8])
+            + ". Use the base model the anchors were trained on."
+        )
+    state = _MixState()
+    layers = {}
+    for path, factors in per_layer.items():
+        layers[path] = InterpolatedLinear(model.get_submodule(path), stack_factors(factors), state)
+        parent, _, child = path.rpartition(".")
+        setattr(model.get_submodule(parent), child, layers[path])
+    return InterpolatedModel(model, layout, layers, state, merge_cache_size)
+
+
+def _check_layer(model: nn.Module, path: str, factors: list[Factors | None], names: list[str]) -> list[str]:
+    try:
+        module = model.get_submodule(path)
+    except AttributeError:
+        return [f"module {path!r} does not exist in {type(model).__name__}"]
+    if isinstance(module, InterpolatedLinear):
+        return [f"module {path!r} is already interpolated; pass a freshly loaded model"]
+    in_out = _in_out(module)
+    if in_out is None:
+        return [f"module {path!r} is a {type(module).__name__}, not nn.Linear or Conv1D"]
+    d_in, d_out = in_out
+    return [
+        f"anchor {names[k]!r} at {path!r}: A {list(f[0].shape)}, B {list(f[1].shape)} do not fit "
+        f"d_in={d_in}, d_out={d_out} (expected A [r, {d_in}], B [{d_out}, r])"
+        for k, f in enumerate(factors)
+        if f is not None
+        and (f[0].dim() != 2 or f[1].dim() != 2 or f[0].shape[1] != d_in or f[1].shape[0] != d_out
+             or f[0].shape[0] != f[1].shape[1])
+    ]
