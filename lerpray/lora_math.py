@@ -41,6 +41,7 @@ __all__ = [
     "reference_merged_delta",
     "stack_factors",
     "stacked_delta",
+    "add_stacked_delta_",
 ]
 
 Factors = tuple[Tensor, Tensor, float]  # (A [r, d_in], B [d_out, r], scale)
@@ -144,6 +145,25 @@ def stacked_delta(x: Tensor, coeffs: Tensor, stacked: StackedLora) -> Tensor:
     h = x @ stacked.A_cat.T  # [N, .., R]
     # Scale in float32 and round once (as PEFT's `lora_B(lora_A(x)) * scaling` rounds once in bf16).
     return (h.float() * col).to(x.dtype) @ stacked.B_cat.T  # [N, .., d_out]
+
+
+def add_stacked_delta_(y: Tensor, x: Tensor, col: Tensor, stacked: StackedLora) -> Tensor:
+    """In-place serving form of `stacked_delta`: y += ((x @ A_cat.T) * col) @ B_cat.T, three kernels, no temporaries
+    beyond the [N, T, R] projection.
+
+    Args:
+        y: [N, T, d_out] contiguous base output W0 x (+ bias), updated in place.
+        x: [N, T, d_in] layer input.
+        col: [N, R] per-column weights from `column_weights`, already in x's dtype (computed once per forward and
+            shared by every layer with the same anchors and ranks).
+        stacked: the layer's stacked factors.
+    Returns:
+        y.
+    """
+    h = x @ stacked.A_cat.T  # [N, T, R]
+    h.mul_(col.view(col.shape[0], *([1] * (x.dim() - 2)), col.shape[1]))
+    y.view(-1, y.shape[-1]).addmm_(h.view(-1, h.shape[-1]), stacked.B_cat.T)
+    return y
 
 
 def merged_delta(coeffs: Tensor, stacked: StackedLora) -> Tensor:

@@ -26,7 +26,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lerpray.lora_math import CoeffsShapeError, Factors, StackedLora, merged_delta, stack_factors, stacked_delta
+from lerpray.lora_math import (
+    CoeffsShapeError,
+    Factors,
+    StackedLora,
+    add_stacked_delta_,
+    column_weights,
+    merged_delta,
+    stack_factors,
+)
 from lerpray.mixing import mix_key
 from lerpray.model.base import ModelMismatchError, check_compatible
 
@@ -44,10 +52,28 @@ class CoeffsNotSetError(ValueError):
 
 
 class _MixState:
-    """Shared by all layers of one InterpolatedModel: the coefficients of the next forward passes."""
+    """Shared by all layers of one InterpolatedModel: the coefficients of the next forward passes.
+
+    Most layers stack the same anchors with the same ranks and scales, so their per-column weights C_r are equal:
+    they are computed once per `set_coeffs` and pattern (not once per layer and forward), which keeps the per-layer
+    hot path to three kernels.
+    """
 
     def __init__(self) -> None:
         self.coeffs: Tensor | None = None  # [N, K] float32
+        self._columns: dict[tuple, Tensor] = {}  # layer pattern -> C_r [N, R] in the layers' dtype
+
+    def set(self, coeffs: Tensor) -> None:
+        self.coeffs = coeffs
+        self._columns.clear()
+
+    def columns(self, layer: InterpolatedLinear) -> Tensor:
+        if self.coeffs is None:
+            raise CoeffsNotSetError("no coefficients set: call set_coeffs(coeffs [N, K]) or use merged(coeffs [K])")
+        col = self._columns.get(layer.pattern)
+        if col is None:
+            col = self._columns[layer.pattern] = column_weights(self.coeffs, layer.stacked).to(layer.A_cat.dtype)
+        return col
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -80,6 +106,8 @@ class InterpolatedLinear(nn.Module):
         self.register_buffer("owner", stacked.owner.to(like["device"]), persistent=False)  # [R]
         self.register_buffer("col_scale", stacked.col_scale.to(like["device"]), persistent=False)  # [R] float32
         self.num_anchors = stacked.num_anchors
+        # Layers with equal patterns share their per-column weights within a forward (see _MixState).
+        self.pattern = (tuple(stacked.owner.tolist()), tuple(stacked.col_scale.tolist()), like["dtype"])
         self._state = state
         self.merged_weight: Tensor | None = None  # [d_out, d_in] while InterpolatedModel.merged() is active
 
@@ -94,10 +122,14 @@ class InterpolatedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # x [N, T, d_in] -> [N, T, d_out]
         if self.merged_weight is not None:
             return F.linear(x, self.merged_weight, self.bias)
-        coeffs = self._state.coeffs
-        if coeffs is None:
-            raise CoeffsNotSetError("no coefficients set: call set_coeffs(coeffs [N, K]) or use merged(coeffs [K])")
-        return F.linear(x, self.base_weight(), self.bias) + stacked_delta(x, coeffs, self.stacked)
+        col = self._state.columns(self)  # [N, R]
+        if x.shape[0] != col.shape[0]:
+            raise CoeffsShapeError(
+                f"coefficients have {col.shape[0]} rows but the batch has {x.shape[0]}: "
+                "set one coefficient row per batch row"
+            )
+        y = F.linear(x, self.base_weight(), self.bias)  # [N, T, d_out]
+        return add_stacked_delta_(y, x, col, self.stacked)
 
     @torch.no_grad()
     def merge(self, coeffs: Tensor) -> Tensor:
@@ -154,7 +186,7 @@ class InterpolatedModel:
         """Set the mixes of the next forward passes: coeffs [N, K], row n for batch row n (N must equal the batch)."""
         coeffs = self._as_coeffs(coeffs, 2)
         device = next(iter(self.layers.values())).A_cat.device
-        self._state.coeffs = coeffs.to(device)
+        self._state.set(coeffs.to(device))
 
     @contextmanager
     def merged(self, coeffs: Tensor | Sequence[float]) -> Iterator[InterpolatedModel]:

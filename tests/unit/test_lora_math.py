@@ -9,6 +9,7 @@ import torch
 
 from lerpray.lora_math import (
     CoeffsShapeError,
+    add_stacked_delta_,
     column_weights,
     lora_scale,
     merged_delta,
@@ -54,6 +55,18 @@ def test_stacked_equals_loop_reference(ranks, d_in, d_out, n, t):
     got = stacked_delta(x, coeffs, stacked)
     assert got.shape == (n, t, d_out)
     torch.testing.assert_close(got.double(), reference_delta(x, coeffs, factors), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("ranks", [(2, 4, 8), (3, None, 5, None)])
+def test_in_place_serving_form_adds_the_reference_delta_to_the_base_output(ranks):
+    factors = _factors(ranks, 12, 6, seed=3)
+    stacked = stack_factors(factors)
+    x = torch.randn(3, 4, 12)
+    coeffs = torch.randn(3, len(ranks))
+    base = torch.randn(3, 4, 6)
+    got = add_stacked_delta_(base.clone(), x, column_weights(coeffs, stacked), stacked)
+    want = base.double() + reference_delta(x, coeffs, factors)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
 
 
 def test_each_row_uses_its_own_mix():
