@@ -1,33 +1,25 @@
 """Anchor sets: PEFT LoRA adapters + a manifest, published to and loaded from a local folder or S3.
 
-See format.py for the on-disk contract, store.py / s3.py for where sets live, publish.py for build/load/verify.
+See format.py for the on-disk contract (manifest), peft_io.py for reading PEFT adapters, store.py / s3.py for
+where sets live, publish.py / load.py for build and load/verify, errors.py for the error hierarchy.
 """
 
+from lerpray.anchors.errors import AnchorSetError, ObjectNotFound, StoreError
 from lerpray.anchors.format import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
     FORMAT_VERSION,
     MANIFEST_NAME,
     AnchorEntry,
     AnchorSet,
-    AnchorSetError,
     AnchorWeights,
     AttributePoles,
     BaseModelIdentity,
     Manifest,
     check_compatible,
-    parse_adapter,
-    read_adapter,
 )
-from lerpray.anchors.publish import (
-    KNOWN_POLE_PAIRS,
-    build_anchor_set,
-    default_poles,
-    load_anchor_set,
-    read_manifest,
-    verify_anchor_set,
-)
-from lerpray.anchors.store import LocalStore, ObjectNotFound, Store, StoreError, check_key, open_store
+from lerpray.anchors.load import load_anchor_set, read_manifest, verify_anchor_set
+from lerpray.anchors.peft_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, parse_adapter, read_adapter
+from lerpray.anchors.publish import KNOWN_POLE_PAIRS, build_anchor_set, default_poles
+from lerpray.anchors.store import LocalStore, Store, check_key, open_store
 
 __all__ = [
     "ADAPTER_CONFIG",

@@ -1,4 +1,4 @@
-"""Build, publish, load and verify anchor sets through a `Store`.
+"""Build and publish anchor sets through a `Store` (reading them back is load.py's job).
 
 Publishing is ordered so that a reader never sees a half-written set: adapter files first, the manifest last. On
 overwrite the old manifest goes first, then the old anchors' files, then the new files, then the new manifest. A
@@ -12,30 +12,32 @@ other pair the alphabetically first pole name is high.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from lerpray.anchors.errors import AnchorSetError
 from lerpray.anchors.format import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
     MANIFEST_NAME,
     NAME_PATTERN,
     AnchorEntry,
-    AnchorSet,
-    AnchorSetError,
-    AnchorWeights,
     AttributePoles,
     BaseModelIdentity,
-    Factors,
     Manifest,
     MetricValue,
+    sha256,
+)
+from lerpray.anchors.load import check_shapes, read_manifest
+from lerpray.anchors.peft_io import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    Factors,
+    adapter_fields,
     parse_adapter,
     read_adapter_files,
 )
-from lerpray.anchors.store import ObjectNotFound, Store, open_store
+from lerpray.anchors.store import Store, open_store
 
 KNOWN_POLE_PAIRS: tuple[tuple[str, str], ...] = (  # (high, low)
     ("positive", "negative"),
@@ -136,91 +138,10 @@ def default_poles(first: str, second: str) -> AttributePoles:
     return AttributePoles(high=high, low=low)
 
 
-def check_shapes(anchors: list[tuple[str, dict[str, Factors]]]) -> None:
-    """All anchors adapting one module must agree on its [d_out, d_in] (they share one base model)."""
-    seen: dict[str, tuple[tuple[int, int], str]] = {}
-    for name, modules in anchors:
-        for module, (A, B, _) in modules.items():
-            shape = (B.shape[0], A.shape[1])  # [d_out, d_in]
-            prev, owner = seen.setdefault(module, (shape, name))
-            if prev != shape:
-                raise AnchorSetError(f"anchor {name!r} adapts {module} as [d_out, d_in] = {list(shape)} but anchor "
-                                     f"{owner!r} as {list(prev)}; all anchors must be trained on the same base model")
-
-
-def load_anchor_set(uri: str | Path | Store, *, verify: bool = True) -> AnchorSet:
-    """Read the manifest and every anchor's weights, in manifest (coefficient) order.
-
-    Args:
-        uri: where the set lives ("s3://bucket/prefix", a local folder, or a Store).
-        verify: check each file's sha256 against the manifest (a corrupt or truncated file is an error).
-    """
-    store = open_store(uri)
-    manifest = read_manifest(store)
-    anchors = []
-    for entry in manifest.anchors:
-        blobs, problems = _fetch(store, entry, verify)
-        if problems:
-            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-            raise AnchorSetError(problems[0] + more)
-        anchors.append(_parse(store, entry, blobs))
-    check_shapes([(a.entry.name, a.modules) for a in anchors])
-    return AnchorSet(manifest=manifest, anchors=anchors)
-
-
-def verify_anchor_set(uri: str | Path | Store) -> list[str]:
-    """Every problem found in the set (missing manifest or files, digest mismatches, unreadable adapters)."""
-    try:
-        store = open_store(uri)
-        manifest = read_manifest(store)
-    except AnchorSetError as err:
-        return [str(err)]
-    problems, anchors = [], []
-    for entry in manifest.anchors:
-        blobs, found = _fetch(store, entry, verify=True)
-        problems += found
-        if not found:
-            try:
-                anchors.append((entry.name, _parse(store, entry, blobs).modules))
-            except AnchorSetError as err:
-                problems.append(str(err))
-    try:
-        check_shapes(anchors)
-    except AnchorSetError as err:
-        problems.append(str(err))
-    return problems
-
-
-def read_manifest(store: Store) -> Manifest:
-    """The set's manifest; AnchorSetError if there is none (no set, or an interrupted publish)."""
-    try:
-        data = store.read_bytes(MANIFEST_NAME)
-    except ObjectNotFound:
-        raise AnchorSetError(f"no anchor set at {store.uri}: manifest missing ({MANIFEST_NAME}) — was the publish "
-                             "interrupted? Publish it again (`lerpray anchors build` or the training job), or check "
-                             "the URI") from None
-    return Manifest.from_json(data, store.uri)
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def _entry(name: str, config: dict, modules: dict[str, Factors], files: dict[str, bytes], metrics) -> AnchorEntry:
     attribute, pole = name.split(".")
-    return AnchorEntry(
-        name=name,
-        attribute=attribute,
-        pole=pole,
-        rank=config["r"],
-        lora_alpha=config["lora_alpha"],
-        use_rslora=bool(config.get("use_rslora")),
-        target_modules=sorted({m.rsplit(".", 1)[-1] for m in modules}),
-        rank_pattern=config.get("rank_pattern") or {},
-        alpha_pattern=config.get("alpha_pattern") or {},
-        files={path: sha256(data) for path, data in files.items()},
-        metrics=dict(metrics),
-    )
+    return AnchorEntry(name=name, attribute=attribute, pole=pole, **adapter_fields(config, modules),
+                       files={path: sha256(data) for path, data in files.items()}, metrics=dict(metrics))
 
 
 def _json_only(training: dict | None) -> dict | None:
@@ -245,39 +166,9 @@ def _existing(store: Store, overwrite: bool) -> Manifest | None:
 
 def _publish(store: Store, manifest: Manifest, payload: dict[str, bytes], old: Manifest | None) -> None:
     data = manifest.to_json()  # serialise before touching the store
-    if store.exists(MANIFEST_NAME):
-        store.delete_prefix(MANIFEST_NAME)  # first: from here on no reader sees the old set half-replaced
+    store.delete_prefix(MANIFEST_NAME)  # first: from here on no reader sees the old set half-replaced
     for name in sorted({a.name for a in old.anchors} if old else set()):
         store.delete_prefix(name)
     for key, blob in payload.items():
         store.write_bytes(key, blob)
     store.write_bytes(MANIFEST_NAME, data)
-
-
-def _fetch(store: Store, entry: AnchorEntry, verify: bool) -> tuple[dict[str, bytes], list[str]]:
-    """The anchor's files (only config + weights unless verifying), and the problems found reading them."""
-    needed = {f"{entry.name}/{ADAPTER_CONFIG}", f"{entry.name}/{ADAPTER_WEIGHTS}"}
-    blobs, problems = {}, []
-    for path, digest in entry.files.items():
-        if not verify and path not in needed:
-            continue
-        try:
-            blobs[path] = data = store.read_bytes(path)
-        except ObjectNotFound:
-            problems.append(f"{store.uri}: {path} is listed in the manifest but missing; republish the set")
-            continue
-        if verify and (actual := sha256(data)) != digest:
-            problems.append(f"{store.uri}: {path} is corrupt or truncated ({len(data)} bytes): sha256 expected "
-                            f"{digest}, actual {actual}; republish the set")
-    return blobs, problems
-
-
-def _parse(store: Store, entry: AnchorEntry, blobs: dict[str, bytes]) -> AnchorWeights:
-    source = f"{store.uri}/{entry.name}"
-    config, modules = parse_adapter(blobs[f"{entry.name}/{ADAPTER_CONFIG}"],
-                                    blobs[f"{entry.name}/{ADAPTER_WEIGHTS}"], source)
-    stated = (config["r"], float(config["lora_alpha"]), bool(config.get("use_rslora")))
-    if stated != (entry.rank, entry.lora_alpha, entry.use_rslora):
-        raise AnchorSetError(f"{source}: adapter config (r, lora_alpha, use_rslora) = {stated} disagrees with the "
-                             f"manifest {(entry.rank, entry.lora_alpha, entry.use_rslora)}; republish the set")
-    return AnchorWeights(entry=entry, modules=modules)

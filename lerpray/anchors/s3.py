@@ -4,7 +4,8 @@ Connection settings come from the arguments, else the standard AWS environment: 
 AWS_ENDPOINT_URL, AWS_REGION / AWS_DEFAULT_REGION, AWS_PROFILE, and boto3's usual credential chain (env keys,
 profiles, instance/pod roles). Transient errors (throttling, 5xx, dropped connections) are retried by botocore's
 "standard" retry mode with exponential backoff; objects above `multipart_threshold` upload in parallel parts.
-Error messages name the bucket, key and endpoint and what to check; they never include credentials.
+Error messages name the bucket, key and endpoint and what to check; they never include credentials (a
+"user:password@" in the endpoint URL is dropped before botocore sees it, so its exceptions cannot carry it either).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
-from lerpray.anchors.store import ObjectNotFound, StoreError, check_key
+from lerpray.anchors.errors import ObjectNotFound, StoreError
+from lerpray.anchors.store import check_key
 
 MiB = 1024 * 1024
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -61,7 +63,8 @@ class S3Store:
         self.bucket = bucket
         self.prefix = check_key(prefix.strip("/"), allow_root=True)
         env = os.environ
-        self.endpoint_url = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        endpoint_url = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+        self.endpoint_url = _without_userinfo(endpoint_url) if endpoint_url else None
         self.region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
         self.client = client or self._make_client(profile, max_attempts)
         self.transfer = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunksize)
@@ -186,9 +189,10 @@ class S3Store:
                           f"({err.operation_name}, after retries; endpoint {self._endpoint()})")
 
     def _endpoint(self) -> str:
-        """The endpoint for messages, with any user:password@ dropped."""
-        if not self.endpoint_url:
-            return "AWS default"
-        parsed = urlparse(self.endpoint_url)
-        host = parsed.hostname or ""
-        return f"{parsed.scheme}://{host}{f':{parsed.port}' if parsed.port else ''}{parsed.path}"
+        return self.endpoint_url or "AWS default"
+
+
+def _without_userinfo(url: str) -> str:
+    """`url` without any "user:password@": S3 never authenticates that way, and it would end up in tracebacks."""
+    parsed = urlparse(url)
+    return parsed._replace(netloc=parsed.netloc.rpartition("@")[2]).geturl()

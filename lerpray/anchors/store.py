@@ -15,17 +15,9 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
-from lerpray.anchors.format import AnchorSetError
+from lerpray.anchors.errors import ObjectNotFound, StoreError
 
 _TMP_PREFIX = ".lerpray-tmp-"  # partial writes of LocalStore; never listed
-
-
-class StoreError(AnchorSetError):
-    """The store could not be used (bad key or URI, missing bucket, denied access, unreachable endpoint)."""
-
-
-class ObjectNotFound(StoreError):
-    """The key does not exist in the store."""
 
 
 @runtime_checkable
@@ -154,6 +146,10 @@ def open_store(
         return uri
     text = str(uri)
     parsed = urlparse(text)
+    if parsed.scheme and "@" in parsed.netloc:  # never echo it: the part before "@" may be a secret
+        raise StoreError(f"store URI {parsed.scheme}://...@{parsed.hostname}{parsed.path} carries credentials "
+                         "(user:password@); remove them and use AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+                         "AWS_SECRET_ACCESS_KEY, or an instance/pod role")
     if parsed.scheme == "s3":
         from lerpray.anchors.s3 import S3Store
 
