@@ -110,18 +110,9 @@ def anchor_set_from_adapters(model, adapters: dict[str, str | Path], *, base_nam
             exactly two anchors; the first one listed is the high pole. One folder may serve several anchors.
         base_name: the base model's name in the manifest.
     """
-    import hashlib
-
-    from lerpray.anchors.format import (
-        ADAPTER_CONFIG,
-        ADAPTER_WEIGHTS,
-        AnchorEntry,
-        AnchorSet,
-        AnchorWeights,
-        AttributePoles,
-        Manifest,
-        read_adapter,
-    )
+    from lerpray.anchors import AnchorEntry, AnchorSet, AnchorWeights, AttributePoles, Manifest, read_adapter
+    from lerpray.anchors.format import sha256
+    from lerpray.anchors.peft_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_fields
     from lerpray.model.base import model_identity
 
     poles: dict[str, list[str]] = {}
@@ -130,14 +121,10 @@ def anchor_set_from_adapters(model, adapters: dict[str, str | Path], *, base_nam
         attribute, pole = name.split(".")
         poles.setdefault(attribute, []).append(pole)
         config, modules = read_adapter(folder)
-        files = {f"{name}/{leaf}": hashlib.sha256((Path(folder) / leaf).read_bytes()).hexdigest()
-                 for leaf in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
-        entry = AnchorEntry(
-            name=name, attribute=attribute, pole=pole, rank=config["r"], lora_alpha=config["lora_alpha"],
-            use_rslora=bool(config.get("use_rslora")), target_modules=sorted(config["target_modules"]),
-            rank_pattern=config.get("rank_pattern") or {}, alpha_pattern=config.get("alpha_pattern") or {},
-            files=files,
-        )
+        files = {
+            f"{name}/{leaf}": sha256((Path(folder) / leaf).read_bytes()) for leaf in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+        }
+        entry = AnchorEntry(name=name, attribute=attribute, pole=pole, files=files, **adapter_fields(config, modules))
         anchors.append(AnchorWeights(entry=entry, modules=modules))
     manifest = Manifest(
         base_model=model_identity(model, base_name),

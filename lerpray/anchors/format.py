@@ -19,11 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError,
 from lerpray.anchors.errors import AnchorSetError
 from lerpray.anchors.peft_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Factors
 
-# Re-exported for code that imported them from here before peft_io.py existed (lerpray.testing, tests).
-from lerpray.anchors.peft_io import parse_adapter as parse_adapter
-from lerpray.anchors.peft_io import pattern_key as pattern_key
-from lerpray.anchors.peft_io import read_adapter as read_adapter
-
 if TYPE_CHECKING:
     from lerpray.mixing import AnchorLayout
 

@@ -22,7 +22,7 @@ from lerpray.anchors import (
     open_store,
     parse_adapter,
 )
-from lerpray.anchors.format import pattern_key
+from lerpray.anchors.peft_io import pattern_key
 from lerpray.anchors.publish import default_poles, plan_attributes
 from lerpray.anchors.s3 import S3Store
 
