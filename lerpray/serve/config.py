@@ -1,0 +1,74 @@
+"""Typed arguments of the serving app: the `args:` block of a Serve config YAML (see cluster/serve.yaml).
+
+Autoscaling and backpressure knobs (replica counts, target_ongoing_requests, max_ongoing_requests,
+max_queued_requests) are deployment options and live in the YAML's `deployments:` block, not here.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lerpray.mixing import ExtrapolationBounds
+
+__all__ = ["BoundsArgs", "ServeArgs"]
+
+
+class BoundsArgs(BaseModel):
+    """Where a request that sets `"extrapolate": true` may go (the paper calls alpha in [-1, 2] stable)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    alpha_min: float = -1.0
+    alpha_max: float = 2.0
+    weight_min: float = -1.0
+    weight_max: float = 2.0
+
+    @model_validator(mode="after")
+    def _contains_unit_interval(self) -> BoundsArgs:
+        self.to_bounds()  # raises ValueError (-> pydantic ValidationError) if a range does not contain [0, 1]
+        return self
+
+    def to_bounds(self) -> ExtrapolationBounds:
+        return ExtrapolationBounds(self.alpha_min, self.alpha_max, self.weight_min, self.weight_max)
+
+
+class ServeArgs(BaseModel):
+    """Everything a replica needs to load its engine and police requests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    anchors: str = Field(description="anchor-set URI: a local folder or s3://bucket/prefix")
+    base_model: str | None = Field(None, description="base model override (path, hub id or bundled:...)")
+    model_name: str = Field("lerpray", min_length=1, description="the model id clients send and /v1/models lists")
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_batch_size: int = Field(32, ge=1, description="requests decoded together in one engine step")
+    max_queue: int = Field(64, ge=0, description="requests waiting for a batch slot before new ones get 503")
+    max_tokens_cap: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
+    default_max_tokens: int = Field(128, ge=1, description="max_tokens when a request gives none")
+    extrapolation: BoundsArgs | None = Field(
+        default_factory=BoundsArgs, description='bounds for "extrapolate": true; null disables extrapolation'
+    )
+    api_key_env: str | None = Field(None, description="env var holding the API key; unset = no auth")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
+    retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 when the queue is full")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per replica; unset = torch's")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per replica")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica")
+
+    @model_validator(mode="after")
+    def _default_within_cap(self) -> ServeArgs:
+        if self.default_max_tokens > self.max_tokens_cap:
+            raise ValueError(
+                f"default_max_tokens ({self.default_max_tokens}) must not exceed max_tokens_cap "
+                f"({self.max_tokens_cap}); lower it or raise the cap"
+            )
+        return self
+
+    def bounds(self) -> ExtrapolationBounds | None:
+        return None if self.extrapolation is None else self.extrapolation.to_bounds()
+
+    def ray_actor_options(self) -> dict[str, float]:
+        return {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
