@@ -1,0 +1,392 @@
+"""Offline generation on Ray Data: prompts (JSONL / Parquet, local or s3://) x mixes -> a pool of engine actors ->
+one output row per prompt x mix (Parquet / JSONL, local or s3://).
+
+    plan (driver)   read the prompt rows with Ray Data in input order (files sorted by path, then row order) and
+                    number them from 0; resolve every mix against the anchor set's layout, so a bad mix stops the
+                    job before any model loads, naming the row and the field; cross with the config's mix grid;
+                    give each row its seed. The result is the plan: one row per output row.
+    generate        map_batches over fixed blocks of `batch_size` plan rows on a fixed-size actor pool; each actor
+                    builds its Engine once. A dead actor is restarted and its batch re-run (max_restarts,
+                    max_task_retries); the write only sees each batch's successful run.
+    write + verify  Ray Data writes the files; the driver reads back the (row_id, mix_index) keys and checks there
+                    is exactly one output row per plan row.
+
+Determinism: row i samples with seed hash(base seed, i) unless it gives its own, and every mix of a row shares
+that seed (a grid compares mixes under one random stream). Blocks are cut on the driver, so each batch, and with
+it the float rounding of the batched forward passes, is the same from run to run.
+
+The prompts (not the generations) pass through the driver; that is fine for millions of short prompts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lerpray.mixing import FIELD as MIX_FIELD
+from lerpray.mixing import AnchorLayout, ExtrapolationBounds, MixError, resolve_mix
+
+__all__ = ["OUTPUT_SCHEMA", "PLAN_SCHEMA", "BatchInputError", "BatchSummary", "GenerateBatch", "load_engine", "plan_rows",
+           "row_seed", "run_batch"]
+
+PLAN_SCHEMA = pa.schema([
+    ("row_id", pa.int64()),  # the prompt's position in the input, from 0
+    ("mix_index", pa.int64()),  # index into the config's mix grid; 0 for a row's own mix
+    ("prompt", pa.string()),
+    ("mix", pa.string()),  # the mix as JSON (keys sorted)
+    ("coefficients", pa.list_(pa.float64())),  # [K] in the anchor set's order
+    ("seed", pa.int64()),
+])
+OUTPUT_SCHEMA = pa.schema([*PLAN_SCHEMA, ("text", pa.string()), ("prompt_tokens", pa.int64()),
+                           ("completion_tokens", pa.int64()), ("finish_reason", pa.string())])
+MAX_REPORTED_PROBLEMS = 10
+_DEFAULT_BOUNDS = ExtrapolationBounds()
+
+
+class BatchInputError(ValueError):
+    """Input rows or mixes the job cannot run; the message names each row and field to change."""
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    output: str
+    input_rows: int
+    mixes_per_row: int
+    expected_rows: int  # input_rows x mixes_per_row
+    written_rows: int
+    missing: int  # plan rows with no output row
+    duplicates: int  # output rows beyond the first for one (row_id, mix_index)
+    unexpected: int  # output keys that are not in the plan
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+
+    @property
+    def complete(self) -> bool:
+        return self.written_rows == self.expected_rows and not (self.missing or self.duplicates or self.unexpected)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+def row_seed(base_seed: int, row_id: int) -> int:
+    """A stable 63-bit seed for input row `row_id` (never Python's salted hash())."""
+    digest = hashlib.blake2b(f"{base_seed}:{row_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
+
+
+def plan_rows(
+    rows: Iterable[Mapping],
+    layout: AnchorLayout,
+    *,
+    grid: list[Mapping] | None = None,
+    base_seed: int = 0,
+    bounds: ExtrapolationBounds | None = _DEFAULT_BOUNDS,
+    prompt_field: str = "prompt",
+    mix_field: str = MIX_FIELD,
+    seed_field: str = "seed",
+) -> list[dict]:
+    """One plan row (see PLAN_SCHEMA) per input row x mix, in (row_id, mix_index) order.
+
+    Raises:
+        BatchInputError: listing the first problems, each as "input row N: field: what to change" (or "mixes.I: ...").
+    """
+    grid_mixes = _resolve_grid(grid, layout, bounds) if grid is not None else None
+    plan: list[dict] = []
+    problems: list[str] = []
+    for row_id, row in enumerate(rows):
+        try:
+            plan.extend(_plan_row(row_id, row, layout, grid_mixes, base_seed, bounds, prompt_field, mix_field,
+                                  seed_field))
+        except (MixError, BatchInputError) as err:
+            problems.append(f"  input row {row_id}: {err}")
+            if len(problems) == MAX_REPORTED_PROBLEMS:
+                problems.append("  ... (stopped at the first problems)")
+                break
+    if problems:
+        raise BatchInputError("the input has rows the job cannot run (rows count from 0 in input order):\n"
+                              + "\n".join(problems))
+    if not plan:
+        raise BatchInputError("the input has no rows; check input.paths")
+    return plan
+
+
+def _resolve_grid(grid, layout, bounds) -> list[tuple[str, tuple[float, ...]]]:
+    resolved = []
+    for i, mix in enumerate(grid):
+        try:
+            resolved.append((json.dumps(mix, sort_keys=True), resolve_mix(mix, layout, bounds)))
+        except MixError as err:
+            raise BatchInputError(f"mixes.{i}: {err}") from None
+    return resolved
+
+
+def _plan_row(row_id, row, layout, grid_mixes, base_seed, bounds, prompt_field, mix_field, seed_field) -> list[dict]:
+    prompt = row.get(prompt_field)
+    if not isinstance(prompt, str) or not prompt:
+        raise BatchInputError(f"{prompt_field}: missing or not a non-empty string; every row needs a prompt")
+    seed = _given_seed(row.get(seed_field), seed_field)
+    seed = row_seed(base_seed, row_id) if seed is None else seed
+    own = _strip_nulls(row.get(mix_field))
+    if grid_mixes is not None:
+        if own is not None:
+            raise BatchInputError(f"{mix_field}: the row has its own mix but the config sets `mixes` (a grid for "
+                                  f"every row); remove one of them")
+        mixes = grid_mixes
+    elif own is None:
+        raise BatchInputError(f"{mix_field}: missing; give every row a mix, or set `mixes` in the config")
+    else:
+        mixes = [_own_mix(own, layout, bounds, mix_field)]
+    return [{"row_id": row_id, "mix_index": i, "prompt": prompt, "mix": text, "coefficients": list(coeffs),
+             "seed": seed} for i, (text, coeffs) in enumerate(mixes)]
+
+
+def _own_mix(value, layout, bounds, mix_field) -> tuple[str, tuple[float, ...]]:
+    if isinstance(value, str):  # Parquet users often store the mix as a JSON string
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise BatchInputError(f"{mix_field}: not valid JSON ({err.msg} at char {err.pos})") from None
+    try:
+        coeffs = resolve_mix(value, layout, bounds)
+    except MixError as err:  # name the input's own column, not the HTTP field
+        raise BatchInputError(f"{mix_field}{err.field.removeprefix(MIX_FIELD)}: {err.message}") from None
+    return json.dumps(value, sort_keys=True), coeffs
+
+
+def _given_seed(value, field: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        seed = int(value)  # NaN, inf and non-numbers raise; 1.5 and "5" do not compare equal below
+        ok = not isinstance(value, bool) and seed == value and 0 <= seed < 2**63
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise BatchInputError(f"{field}: must be a whole number >= 0 and < 2**63 (got {value!r})")
+    return seed
+
+
+def _strip_nulls(value):
+    """Arrow gives every row of a struct column every key, null where the JSON line had none: drop those."""
+    if isinstance(value, Mapping):
+        return {k: _strip_nulls(v) for k, v in value.items() if v is not None}
+    return value
+
+
+# ---- the actors ---------------------------------------------------------------------------------------------------
+
+
+def load_engine(anchors: str, base_model: str | None, *, device: str, dtype: str, max_batch_size: int,
+                endpoint_url: str | None = None, region: str | None = None):
+    """The actor's engine: anchor set from a folder or S3 (explicit endpoint/region, else the AWS environment)."""
+    import torch
+
+    from lerpray.anchors import open_store
+    from lerpray.model.engine import Engine
+
+    store = open_store(anchors, endpoint_url=endpoint_url, region=region)
+    return Engine.from_uri(store, base_model, dtype=getattr(torch, dtype), device=device,
+                           max_batch_size=max_batch_size)
+
+
+class GenerateBatch:
+    """Ray Data actor UDF: builds the engine once, then turns plan batches (pyarrow) into output batches."""
+
+    def __init__(self, engine_factory: Callable, engine_kwargs: dict, sampling: dict, chat: bool) -> None:
+        self.engine = engine_factory(**engine_kwargs)
+        self.sampling, self.chat = sampling, chat
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        requests = [self._request(row) for row in rows]
+        results = self._generate(requests, rows)
+        out = [{**row, "text": r.text, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                "finish_reason": r.finish_reason} for row, r in zip(rows, results, strict=True)]
+        return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
+
+    def _request(self, row: dict):
+        from lerpray.model.engine import GenerationRequest
+        from lerpray.model.sampling import SamplingParams
+
+        sampling = SamplingParams(**self.sampling, seed=row["seed"])
+        text = {"messages": [{"role": "user", "content": row["prompt"]}]} if self.chat else {"prompt": row["prompt"]}
+        return GenerationRequest(coeffs=tuple(row["coefficients"]), sampling=sampling,
+                                 request_id=f"{row['row_id']}:{row['mix_index']}", **text)
+
+    def _generate(self, requests: list, rows: list[dict]) -> list:
+        from lerpray.model.engine import EngineError
+
+        try:
+            return self.engine.generate(requests)
+        except EngineError as err:
+            bad = next((row for row, r in zip(rows, requests, strict=True) if self._fails(r)), None)
+            where = f"input row {bad['row_id']}" if bad else f"one of input rows {rows[0]['row_id']}-{rows[-1]['row_id']}"
+            raise BatchInputError(f"{where}: {err}") from err
+
+    def _fails(self, request) -> bool:
+        from lerpray.model.engine import EngineError
+
+        try:
+            ids = self.engine.encode(request)
+        except EngineError:
+            return True
+        return len(ids) > self.engine.context_length - request.sampling.max_tokens
+
+
+# ---- the job ------------------------------------------------------------------------------------------------------
+
+
+def run_batch(config, *, engine_factory: Callable = load_engine) -> BatchSummary:
+    """Plan, generate and write a batch job (a BatchJobConfig) on the current Ray cluster; verify the output.
+
+    `engine_factory(**engine_kwargs)` builds each actor's engine (tests pass a wrapper; must pickle).
+    """
+    import ray.data
+
+    from lerpray.anchors import open_store, read_manifest
+
+    start = time.perf_counter()
+    s3 = {"endpoint_url": config.s3.endpoint_url, "region": config.s3.region}
+    layout = read_manifest(open_store(config.anchors, **s3)).layout()
+    in_fs, in_paths = _filesystem([_absolute(p) for p in config.input.paths], **s3)
+    out_fs, (out_path,) = _filesystem([_absolute(config.output.path)], **s3)
+    _prepare_output(out_fs, out_path, config.output.overwrite)
+    fields = config.input
+    with _data_context(progress=config.progress):
+        plan = plan_rows(_read_rows(in_paths, fields.resolved_format(), in_fs), layout, grid=config.mixes,
+                         base_seed=config.sampling.seed,
+                         bounds=None if config.extrapolation is None else config.extrapolation.to_bounds(),
+                         prompt_field=fields.prompt_field, mix_field=fields.mix_field, seed_field=fields.seed_field)
+        table = pa.Table.from_pylist(plan, schema=PLAN_SCHEMA)
+        size = config.resources.batch_size
+        blocks = [table.slice(i, size) for i in range(0, table.num_rows, size)]
+        with warnings.catch_warnings():
+            # Ray 2.5x deprecates **ray_remote_args but names no replacement for the actors' retry policy.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            generated = ray.data.from_arrow(blocks).map_batches(
+                GenerateBatch,
+                fn_constructor_kwargs=_actor_kwargs(config, engine_factory, s3),
+                batch_size=size,
+                batch_format="pyarrow",
+                compute=ray.data.ActorPoolStrategy(size=config.resources.num_actors),
+                num_cpus=config.resources.num_cpus_per_actor,
+                num_gpus=config.resources.num_gpus_per_actor or None,
+                max_restarts=config.resources.max_restarts,
+                max_task_retries=config.resources.max_task_retries,
+            )
+        write = generated.write_parquet if config.output.format == "parquet" else generated.write_json
+        try:
+            write(out_path, filesystem=out_fs, min_rows_per_file=config.output.min_rows_per_file)
+        except Exception as err:  # Ray Data wraps an actor's exception: its type is lost on the way, its text is not
+            found = re.search(r"BatchInputError: (.+)", str(err))
+            if found is None:
+                raise
+            raise BatchInputError(found.group(1)) from err
+    return _verify(table, config.output.path, out_path, out_fs, config.output.format, start,
+                   mixes_per_row=len(config.mixes) if config.mixes else 1)
+
+
+def _actor_kwargs(config, engine_factory: Callable, s3: dict) -> dict:
+    res, base = config.resources, config.base_model
+    sampling = config.sampling.model_dump(exclude={"seed"})
+    if base and Path(base).expanduser().exists():  # a local folder: actors may run in another working directory
+        base = _absolute(base)
+    return {
+        "engine_factory": engine_factory,
+        "engine_kwargs": {"anchors": _absolute(config.anchors), "base_model": base, "dtype": res.dtype,
+                          "device": "cuda" if res.num_gpus_per_actor > 0 else "cpu",
+                          "max_batch_size": res.batch_size, **s3},
+        "sampling": {**sampling, "stop": tuple(sampling["stop"])},
+        "chat": config.input.chat,
+    }
+
+
+def _read_rows(paths: list[str], fmt: str, filesystem) -> Iterator[dict]:
+    import ray.data
+
+    read = ray.data.read_parquet if fmt == "parquet" else ray.data.read_json
+    for batch in read(paths, filesystem=filesystem).iter_batches(batch_format="pyarrow", batch_size=None):
+        yield from batch.to_pylist()
+
+
+@contextmanager
+def _data_context(progress: bool):
+    """Ray Data keeps input order (the plan's blocks reach the writer in order) and shows progress bars or not."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars
+    ctx.execution_options.preserve_order, ctx.enable_progress_bars = True, progress
+    try:
+        yield
+    finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
+
+
+def _absolute(uri: str) -> str:
+    return uri if uri.startswith("s3://") else str(Path(uri).expanduser().absolute())
+
+
+def _filesystem(uris: list[str], endpoint_url: str | None, region: str | None):
+    """(pyarrow filesystem, paths): an S3FileSystem honouring the endpoint override for s3:// URIs, else local."""
+    import pyarrow.fs as pafs
+
+    if not any(u.startswith("s3://") for u in uris):
+        return pafs.LocalFileSystem(), uris
+    if not all(u.startswith("s3://") for u in uris):
+        raise BatchInputError(f"mix of s3:// and local paths in {uris}; put all inputs in one place")
+    env = os.environ
+    endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    kwargs: dict = {"region": region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+    return pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v}), [u.removeprefix("s3://") for u in uris]
+
+
+def _prepare_output(fs, path: str, overwrite: bool) -> None:
+    """Refuse a non-empty output folder (the completeness check would count old files), or empty it."""
+    import pyarrow.fs as pafs
+
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        raise BatchInputError(f"output.path {path!r} is a file; give a folder")
+    if info.type == pafs.FileType.NotFound or not fs.get_file_info(pafs.FileSelector(path, recursive=True)):
+        return
+    if not overwrite:
+        raise BatchInputError(f"output.path {path!r} is not empty; choose a new folder or set output.overwrite: "
+                              "true to replace what is there")
+    fs.delete_dir_contents(path)
+
+
+def _verify(plan: pa.Table, output: str, path: str, fs, fmt: str, start: float, mixes_per_row: int) -> BatchSummary:
+    """Read back the output's keys and token counts and compare them with the plan."""
+    import pyarrow.dataset as pads
+
+    columns = ["row_id", "mix_index", "prompt_tokens", "completion_tokens"]
+    written = pads.dataset(path, filesystem=fs, format="parquet" if fmt == "parquet" else "json").to_table(columns)
+    expected = set(zip(plan["row_id"].to_pylist(), plan["mix_index"].to_pylist(), strict=True))
+    keys = list(zip(written["row_id"].to_pylist(), written["mix_index"].to_pylist(), strict=True))
+    unique = set(keys)
+    return BatchSummary(
+        output=output, input_rows=len(set(plan["row_id"].to_pylist())), mixes_per_row=mixes_per_row,
+        expected_rows=plan.num_rows, written_rows=written.num_rows, missing=len(expected - unique),
+        duplicates=len(keys) - len(unique), unexpected=len(unique - expected),
+        prompt_tokens=int(pc.sum(written["prompt_tokens"]).as_py() or 0),
+        completion_tokens=int(pc.sum(written["completion_tokens"]).as_py() or 0),
+        seconds=time.perf_counter() - start,
+    )
