@@ -1,0 +1,108 @@
+"""Per-anchor training progress: workers post to a board (a Ray actor in the driver's job), the driver draws it.
+
+`ProgressBoard` is plain Python; the driver runs it as `ray.remote(num_cpus=0)(ProgressBoard)`. Rank 0 of each
+anchor posts {step, total_steps, loss, tokens_per_s, resumed_from, pid} after every optimizer step, and
+`CheckpointRegistered` (a Ray Train callback in the anchor's controller) posts each checkpoint once Ray Train has
+registered it, i.e. once a restarted worker would resume from it. `ProgressView` draws one tqdm bar per anchor on a
+terminal, or a plain line per anchor every few seconds in logs (`ray job logs`, CI), where bars would be noise.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from ray.train import UserCallback
+
+
+class ProgressBoard:
+    """Latest metrics per anchor, and every registered checkpoint (step, reporting worker's pid) in order."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, dict] = {}
+        self._checkpoints: dict[str, list[dict]] = {}
+
+    def update(self, anchor: str, metrics: dict) -> None:
+        self._latest[anchor] = dict(metrics)
+
+    def checkpoint_registered(self, anchor: str, step: int, pid: int | None) -> None:
+        self._checkpoints.setdefault(anchor, []).append({"step": step, "pid": pid})
+
+    def snapshot(self) -> dict[str, dict]:
+        """{anchor: latest metrics + "checkpoint" (the step of the latest registered checkpoint, 0 if none)}."""
+        return {name: {**m, "checkpoint": self._last_checkpoint(name)} for name, m in self._latest.items()}
+
+    def _last_checkpoint(self, anchor: str) -> int:
+        events = self._checkpoints.get(anchor)
+        return events[-1]["step"] if events else 0
+
+    def checkpoints(self) -> dict[str, list[dict]]:
+        return {name: list(events) for name, events in self._checkpoints.items()}
+
+
+class CheckpointRegistered(UserCallback):
+    """Runs in an anchor's Ray Train controller: tells the board each checkpoint Ray Train has registered."""
+
+    def __init__(self, board, anchor: str):
+        self.board = board
+        self.anchor = anchor
+
+    def after_report(self, run_context, metrics: list[dict], checkpoint) -> None:
+        if checkpoint is not None and metrics:
+            self.board.checkpoint_registered.remote(self.anchor, metrics[0].get("step"), metrics[0].get("pid"))
+
+
+class ProgressView:
+    """Draws board snapshots: tqdm bars on a TTY, else one line per anchor at most every `log_every_s`."""
+
+    def __init__(self, anchors: list[str], *, enabled: bool = True, stream: TextIO | None = None,
+                 log_every_s: float = 10.0):
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.log_every_s = log_every_s
+        self._bars: dict = {}
+        self._last_line: dict[str, tuple[float, int]] = {}
+        if enabled and self.stream.isatty():
+            from tqdm.auto import tqdm
+
+            width = max(len(a) for a in anchors)
+            self._bars = {a: tqdm(total=None, desc=a.ljust(width), position=i, file=self.stream, unit="step",
+                                  dynamic_ncols=True, leave=True) for i, a in enumerate(anchors)}
+
+    def update(self, snapshot: dict[str, dict]) -> None:
+        if not self.enabled:
+            return
+        for anchor, metrics in snapshot.items():
+            if anchor in self._bars:
+                self._draw_bar(anchor, metrics)
+            else:
+                self._log_line(anchor, metrics)
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+    def _draw_bar(self, anchor: str, metrics: dict) -> None:
+        bar = self._bars[anchor]
+        bar.total = metrics["total_steps"]
+        bar.n = metrics["step"]
+        bar.set_postfix_str(describe(metrics), refresh=False)
+        bar.refresh()
+
+    def _log_line(self, anchor: str, metrics: dict) -> None:
+        now, step = time.monotonic(), metrics["step"]
+        last_time, last_step = self._last_line.get(anchor, (-1e9, -1))
+        if step == last_step or (now - last_time < self.log_every_s and not metrics.get("finished")):
+            return
+        self._last_line[anchor] = (now, step)
+        print(f"[lerpray train] {anchor}: step {step}/{metrics['total_steps']} {describe(metrics)}",
+              file=self.stream, flush=True)
+
+
+def describe(metrics: dict) -> str:
+    loss = "-" if metrics.get("loss") is None else f"{metrics['loss']:.4f}"
+    text = f"loss {loss}  {metrics['tokens_per_s']:,.0f} tok/s  ckpt@{metrics.get('checkpoint', 0)}"
+    if metrics.get("resumed_from"):
+        text += f"  (resumed from step {metrics['resumed_from']})"
+    return text + ("  done" if metrics.get("finished") else "")
