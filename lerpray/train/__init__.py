@@ -5,19 +5,18 @@ config.py validates the job YAML; data.py reads, tokenises and packs the texts; 
 per-worker loop; driver.py fans anchors out and publishes; commands.py is `lerpray train`. Ray is imported lazily.
 """
 
-from lerpray.train.config import (
-    AnchorSpec,
-    ConfigError,
-    DeepSpeedSettings,
-    LoraSettings,
-    ResourceSettings,
-    TrainingSettings,
-    TrainJobConfig,
-    load_train_config,
-    parse_train_config,
-)
-from lerpray.train.data import BlockSchedule, DataError, pack_blocks, read_texts
-from lerpray.train.driver import TrainingFailed, TrainOutcome, train_anchors
+import importlib
+
+# Imported on first use (PEP 562): `lerpray --help` and config validation must not pay for torch.
+_LAZY = {
+    **dict.fromkeys(
+        ("AnchorSpec", "ConfigError", "DeepSpeedSettings", "LoraSettings", "ResourceSettings", "TrainingSettings",
+         "TrainJobConfig", "load_train_config", "parse_train_config"),
+        "lerpray.train.config",
+    ),
+    **dict.fromkeys(("BlockSchedule", "DataError", "pack_blocks", "read_texts"), "lerpray.train.data"),
+    **dict.fromkeys(("TrainingFailed", "TrainOutcome", "train_anchors"), "lerpray.train.driver"),
+}
 
 __all__ = [
     "AnchorSpec",
@@ -37,3 +36,9 @@ __all__ = [
     "read_texts",
     "train_anchors",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lerpray.train' has no attribute {name!r}")
