@@ -41,8 +41,10 @@ class SamplingParams:
             raise SamplingError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0.0 < self.top_p <= 1.0:
             raise SamplingError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise SamplingError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0 <= self.top_k < 2**63:  # torch takes int64: a larger top_k would fail inside a batched step
+            raise SamplingError(f"top_k must be >= 0 (0 = off) and below 2**63, got {self.top_k}")
+        if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # torch.Generator.manual_seed's range
+            raise SamplingError(f"seed must be in [-2**63, 2**64), got {self.seed}")
         if self.max_tokens < 1:
             raise SamplingError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if isinstance(self.stop, str):

@@ -54,6 +54,10 @@ class ServeArgs(BaseModel):
     api_key_env: str | None = Field(None, description="env var holding the API key; unset = no auth")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 when the queue is full")
+    store_retry_s: float = Field(
+        120.0, ge=0, description="how long a starting replica retries a failing anchor store (backoff 1 s doubling "
+        "to 30 s) before it fails and Serve starts another",
+    )
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per replica; unset = torch's")
     num_cpus: float = Field(1.0, ge=0, description="CPUs per replica")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per replica")

@@ -9,7 +9,9 @@ streaming as server-sent events, with every failure mapped by `lerpray.serve.err
 # No `from __future__ import annotations`: FastAPI reads the route annotations (Request) at runtime, and Serve
 # pickles this class by value, so string annotations would not resolve on the replica.
 import hmac
+import logging
 import os
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -27,6 +29,8 @@ from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest, Mode
 __all__ = ["LerpServer", "load_engine"]
 
 EngineFactory = Callable[[ServeArgs], EngineLike]
+
+logger = logging.getLogger(__name__)
 
 api = FastAPI(title="lerpray", description="OpenAI-compatible interpolated generation", docs_url=None)
 
@@ -56,6 +60,32 @@ def load_engine(args: ServeArgs) -> EngineLike:
         device=args.device,
         max_batch_size=args.max_batch_size,
     )
+
+
+def _start_engine(factory: EngineFactory, args: ServeArgs) -> EngineLike:
+    """`factory(args)`, retried with exponential backoff (1 s doubling to 30 s) while the anchor store fails (endpoint
+    down, throttled, 5xx) for up to `args.store_retry_s`; then a StoreError saying so, which `serve status` shows
+    before Serve starts another replica. Anything else (a corrupt set, no set at the URI) fails at once."""
+    from lerpray.anchors import ObjectNotFound, StoreError
+
+    started, delays = time.monotonic(), []
+    while True:
+        try:
+            return factory(args)
+        except ObjectNotFound:
+            raise
+        except StoreError as err:
+            delay, waited = min(2.0 ** len(delays), 30.0), time.monotonic() - started
+            if waited + delay > args.store_retry_s:
+                retried = ", ".join(f"{d:g}" for d in delays) or "no"
+                raise StoreError(
+                    f"the anchor store still fails after {len(delays) + 1} attempts in {waited:.0f} s (retried after "
+                    f"{retried} s): {err}. This replica gives up and Serve starts another; raise store_retry_s to "
+                    "wait longer"
+                ) from err
+            logger.warning("anchor store failed (attempt %d, retrying in %g s): %s", len(delays) + 1, delay, err)
+            time.sleep(delay)
+            delays.append(delay)
 
 
 def _api_key(env_var: str | None) -> bytes | None:
@@ -104,6 +134,7 @@ def _sse_line(payload: dict) -> str:
     # Backpressure defaults; cluster/serve.yaml (the `deployments:` block) overrides them, with autoscaling.
     max_ongoing_requests=64,
     max_queued_requests=128,
+    backpressure_config={"retry_after_s": 1},  # Serve's own 503s (max_queued_requests reached) carry Retry-After
     health_check_period_s=5,
     health_check_timeout_s=30,
 )
@@ -112,7 +143,7 @@ class LerpServer:
     def __init__(self, args: dict[str, Any] | ServeArgs, engine_factory: EngineFactory | None = None) -> None:
         self.args = ServeArgs.model_validate(args)
         self._api_key = _api_key(self.args.api_key_env)
-        self.engine = (engine_factory or load_engine)(self.args)
+        self.engine = _start_engine(engine_factory or load_engine, self.args)
         self.card = protocol.model_card(self.args, self.engine.layout, self.engine.context_length)
         self.metrics = ServeMetrics()
         self.batcher = Batcher(
