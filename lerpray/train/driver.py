@@ -18,10 +18,14 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lerpray.train.config import AnchorSpec, TrainJobConfig
 from lerpray.train.data import expand_paths
 from lerpray.train.worker import ADAPTER_DIR, IDENTITY_FILE, WorkerArgs, train_loop_per_worker
+
+if TYPE_CHECKING:
+    from lerpray.anchors import Manifest
 
 # Non-secret settings a worker on another node needs to behave like the driver (credentials stay with the nodes).
 _PROPAGATED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
@@ -35,7 +39,7 @@ class TrainingFailed(RuntimeError):
 @dataclass
 class TrainOutcome:
     run_id: str
-    manifest: object  # lerpray.anchors.Manifest
+    manifest: Manifest
     metrics: dict[str, dict] = field(default_factory=dict)  # anchor -> final metrics
     checkpoints: dict[str, list[dict]] = field(default_factory=dict)  # anchor -> checkpoint events seen
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # anchor -> fit() (start, end), monotonic s
@@ -123,8 +127,9 @@ def worker_args(anchor: AnchorSpec, config: TrainJobConfig, progress=None) -> Wo
     """The flat values one anchor's workers train with."""
     lora, tr, ds = anchor.lora, anchor.training, config.deepspeed
     return WorkerArgs(
-        anchor=anchor.name, base_model=_absolute(config.base_model), data_paths=tuple(map(_absolute, anchor.data.paths)),
-        text_field=anchor.data.text_field, data_format=anchor.data.format,
+        anchor=anchor.name, base_model=_absolute(config.base_model),
+        data_paths=tuple(map(_absolute, anchor.data.paths)), text_field=anchor.data.text_field,
+        data_format=anchor.data.format,
         r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.dropout, target_modules=tuple(lora.target_modules),
         use_rslora=lora.use_rslora, block_size=tr.block_size, batch_size=tr.batch_size, grad_accum=tr.grad_accum,
         learning_rate=tr.learning_rate, lr_schedule=tr.lr_schedule, warmup_steps=tr.warmup_steps,

@@ -62,12 +62,13 @@ class ProgressView:
         self.enabled = enabled
         self.log_every_s = log_every_s
         self._bars: dict = {}
-        self._last_line: dict[str, tuple[float, int]] = {}
+        self._last_line: dict[str, tuple[float, tuple[int, bool]]] = {}
         if enabled and self.stream.isatty():
             from tqdm.auto import tqdm
 
             width = max(len(a) for a in anchors)
-            self._bars = {a: tqdm(total=None, desc=a.ljust(width), position=i, file=self.stream, unit="step",
+            layout = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps [{elapsed}]{postfix}"
+            self._bars = {a: tqdm(total=None, desc=a.ljust(width), position=i, file=self.stream, bar_format=layout,
                                   dynamic_ncols=True, leave=True) for i, a in enumerate(anchors)}
 
     def update(self, snapshot: dict[str, dict]) -> None:
@@ -91,18 +92,23 @@ class ProgressView:
         bar.refresh()
 
     def _log_line(self, anchor: str, metrics: dict) -> None:
-        now, step = time.monotonic(), metrics["step"]
-        last_time, last_step = self._last_line.get(anchor, (-1e9, -1))
-        if step == last_step or (now - last_time < self.log_every_s and not metrics.get("finished")):
+        now, key = time.monotonic(), (metrics["step"], bool(metrics.get("finished")))
+        last_time, last_key = self._last_line.get(anchor, (-1e9, None))
+        if key == last_key or (now - last_time < self.log_every_s and not metrics.get("finished")):
             return
-        self._last_line[anchor] = (now, step)
-        print(f"[lerpray train] {anchor}: step {step}/{metrics['total_steps']} {describe(metrics)}",
+        self._last_line[anchor] = (now, key)
+        print(f"[lerpray train] {anchor}: step {metrics['step']}/{metrics['total_steps']} {describe(metrics)}",
               file=self.stream, flush=True)
 
 
 def describe(metrics: dict) -> str:
+    """One progress line, e.g. `loss 2.3456  1,234 tok/s  ckpt@40  (resumed from step 20)`, from what `metrics` has."""
     loss = "-" if metrics.get("loss") is None else f"{metrics['loss']:.4f}"
-    text = f"loss {loss}  {metrics['tokens_per_s']:,.0f} tok/s  ckpt@{metrics.get('checkpoint', 0)}"
+    parts = [f"loss {loss}", f"{metrics.get('tokens_per_s', 0):,.0f} tok/s"]
+    if "checkpoint" in metrics and not metrics.get("finished"):
+        parts.append(f"ckpt@{metrics['checkpoint']}")  # the finished run's final checkpoint may register a bit later
     if metrics.get("resumed_from"):
-        text += f"  (resumed from step {metrics['resumed_from']})"
-    return text + ("  done" if metrics.get("finished") else "")
+        parts.append(f"(resumed from step {metrics['resumed_from']})")
+    if metrics.get("finished"):
+        parts.append("done")
+    return "  ".join(parts)

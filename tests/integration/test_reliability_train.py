@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ANCHORS = ("sentiment.positive", "sentiment.negative")
 MAX_STEPS, EVERY = 12, 3

@@ -33,11 +33,15 @@ def test_view_writes_plain_lines_off_a_terminal_at_most_every_interval():
     view = ProgressView(["a.x", "a.y"], stream=stream, log_every_s=3600)
     view.update({"a.x": {**metrics(1), "checkpoint": 0}})
     view.update({"a.x": {**metrics(2), "checkpoint": 0}})  # within the interval: skipped
-    view.update({"a.x": {**metrics(10, resumed_from=4), "checkpoint": 10, "finished": True}})
+    view.update({"a.y": {**metrics(10, resumed_from=4), "checkpoint": 8}})
+    view.update({"a.y": {**metrics(10, resumed_from=4), "checkpoint": 8, "finished": True}})  # same step, now done
     view.close()
     lines = stream.getvalue().splitlines()
-    assert lines[0] == "[lerpray train] a.x: step 1/10 loss 2.5000  1,234 tok/s  ckpt@0"
-    assert lines[1].endswith("ckpt@10  (resumed from step 4)  done") and len(lines) == 2
+    assert lines == [
+        "[lerpray train] a.x: step 1/10 loss 2.5000  1,234 tok/s  ckpt@0",
+        "[lerpray train] a.y: step 10/10 loss 2.5000  1,234 tok/s  ckpt@8  (resumed from step 4)",
+        "[lerpray train] a.y: step 10/10 loss 2.5000  1,234 tok/s  (resumed from step 4)  done",
+    ]
 
 
 def test_disabled_view_writes_nothing():
