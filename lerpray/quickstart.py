@@ -1,6 +1,6 @@
 """`lerpray quickstart`: the whole pipeline on this machine with one command (what happens: docs/quickstart.md).
 
-    lerpray quickstart            # bundled SmolLM2-135M: ~10 min on 2 idle CPU cores, ~1 min when it reuses its work
+    lerpray quickstart            # bundled SmolLM2-135M: ~8 min on 2 idle cores, ~1.5 min when it reuses its work
     lerpray quickstart --tiny     # a tiny random Llama, a few steps, no download: the CI-sized run
     lerpray quickstart --fresh    # rebuild the corpus and retrain the anchors
 
@@ -88,8 +88,8 @@ def add_parsers(subparsers) -> None:
     parser.add_argument("--fresh", action="store_true", help="rebuild the corpus and retrain the anchors")
     parser.add_argument("--model", default=None, help="a local Hugging Face model folder instead of SmolLM2")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per anchor (default 60; tiny 4)")
-    parser.add_argument("--tiny", action="store_true", help="a tiny random Llama and a built-in corpus: seconds, "
-                        "no download, meaningless text (the CI-sized run)")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random Llama and a built-in corpus: about a "
+                        "minute, no download, meaningless text (the CI-sized run)")
     parser.add_argument("--port", type=int, default=None, help="HTTP port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--prompts", type=int, default=None, help=f"prompts per alpha, 1..{len(PROMPTS)} "
                         f"(default {len(PROMPTS)}; tiny 2)")
