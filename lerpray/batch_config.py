@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lerpray.config_io import read_yaml, validate_config
 from lerpray.serve.config import BoundsArgs
 
 __all__ = ["BatchConfigError", "BatchJobConfig", "load_batch_config", "parse_batch_config"]
@@ -139,28 +139,9 @@ def load_batch_config(path: str | Path) -> BatchJobConfig:
     Raises:
         BatchConfigError: the file is missing or not YAML, or the config is invalid (every problem, with its path).
     """
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise BatchConfigError(f"cannot read batch config {path}: {err.strerror}") from err
-    except yaml.YAMLError as err:
-        raise BatchConfigError(f"{path} is not valid YAML: {err}") from err
-    return parse_batch_config(raw, source=str(path))
+    return parse_batch_config(read_yaml(path, "batch config", BatchConfigError), source=str(path))
 
 
 def parse_batch_config(raw: Any, source: str = "config") -> BatchJobConfig:
     """Validate an already-parsed config mapping; see `load_batch_config`."""
-    if not isinstance(raw, dict):
-        raise BatchConfigError(f"{source}: the top level must be a mapping of fields, got {type(raw).__name__}")
-    try:
-        return BatchJobConfig.model_validate(raw)
-    except ValidationError as err:
-        lines = []
-        for problem in err.errors(include_url=False):
-            loc = ".".join(str(part) for part in problem["loc"])
-            message = problem["msg"].removeprefix("Value error, ")
-            if problem["type"] == "extra_forbidden":
-                message = "unknown field (check its spelling and section)"
-            lines.append(f"  {loc}: {message}" if loc else f"  {message}")
-        raise BatchConfigError(f"{source} has {len(lines)} problem(s):\n" + "\n".join(lines)) from None
+    return validate_config(BatchJobConfig, raw, source, BatchConfigError)

@@ -13,8 +13,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lerpray.config_io import problem_lines, read_yaml
 
 PAPER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # attribute / pole / run id: safe in URIs, paths and Ray run names
@@ -198,14 +199,7 @@ def load_train_config(path: str | Path) -> TrainJobConfig:
     Raises:
         ConfigError: the file is missing or not YAML, or the config is invalid (every problem, with its path).
     """
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"cannot read training config {path}: {err.strerror}") from err
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
-    return parse_train_config(raw, source=str(path))
+    return parse_train_config(read_yaml(path, "training config", ConfigError), source=str(path))
 
 
 def parse_train_config(raw: Any, source: str = "config") -> TrainJobConfig:
@@ -219,19 +213,10 @@ def parse_train_config(raw: Any, source: str = "config") -> TrainJobConfig:
 
 
 def format_problems(err: ValidationError, source: str) -> str:
-    """One line per problem: `field.path: message` (cross-field problems carry their own paths)."""
-    lines = []
-    errors = err.errors(include_url=False)
-    top_level = {(".".join(map(str, e["loc"])), e["msg"]) for e in errors}
-    for problem in errors:
-        loc = ".".join(str(part) for part in problem["loc"])
-        if _inherited(problem["loc"], problem["msg"], top_level):
-            continue  # an anchor's copy of a bad top-level lora/training field: reported once, at the top
-        message = problem["msg"].removeprefix("Value error, ")
-        if problem["type"] == "extra_forbidden":
-            message = "unknown field (check its spelling and section)"
-        for part in message.splitlines() if not loc else [message]:
-            lines.append(f"  {loc}: {part}" if loc else f"  {part}")
+    """One line per problem: `field.path: message`; an anchor's copy of a bad top-level lora/training field is
+    reported once, at the top (cross-field problems carry their own paths)."""
+    top_level = {(".".join(map(str, e["loc"])), e["msg"]) for e in err.errors(include_url=False)}
+    lines = problem_lines(err, skip=lambda problem: _inherited(problem["loc"], problem["msg"], top_level))
     return f"{source} has {len(lines)} problem(s):\n" + "\n".join(lines)
 
 
