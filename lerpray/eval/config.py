@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from lerpray.config_io import read_yaml, validate_config
 
 if TYPE_CHECKING:
     from lerpray.eval.scorers import Scorer
@@ -159,15 +160,9 @@ class SweepConfig(BaseModel):
 
 
 def load_sweep_config(path: str | Path) -> SweepConfig:
-    """Read and validate a sweep YAML/JSON file."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise SweepConfigError(f"cannot read sweep config {path}: {exc}") from exc
-    try:
-        return SweepConfig.model_validate(raw or {})
-    except ValidationError as exc:
-        raise SweepConfigError(f"invalid sweep config {path}:\n{exc}") from exc
+    """Read and validate a sweep YAML/JSON file (every problem listed with its field path)."""
+    raw = read_yaml(path, "sweep config", SweepConfigError)
+    return validate_config(SweepConfig, raw or {}, str(path), SweepConfigError)
 
 
 def load_prompts(config: PromptConfig) -> list[str]:
