@@ -6,8 +6,9 @@
 
 Workload (issue 2): K=10 anchors, r=32, lora_alpha=16 on q,k,v,o; N requests each with its own mix; 32 prompt
 tokens, 32 new tokens, greedy. Methods and the shared decode loop: see core_methods.py. Repeats are interleaved
-across methods (so load drifts hit them alike); medians are reported. RSS growth over 1,000 distinct mixes runs in
-a fresh subprocess (CPU) so the denominator is a serving process, not this one with its extra model copies.
+across methods (so load drifts hit them alike) after a full-length warm-up of each; medians are reported. RSS
+growth over 1,000 distinct mixes runs in a fresh subprocess (CPU) so the denominator is a serving process, not this
+one with its extra model copies.
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt-tokens", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3, help="timed runs per method; the median is reported")
-    p.add_argument("--per-mix-repeats", type=int, default=None, help="timed runs of per-mix methods (default --repeats)")
+    p.add_argument("--per-mix-repeats", type=int, default=None,
+                   help="timed runs of per-mix methods (default --repeats)")
     p.add_argument("--budget-s", type=float, default=None,
                    help="start no further repeat round once the timed runs took this long (>= 1 run each)")
     p.add_argument("--ttft-trials", type=int, default=15)
@@ -115,18 +117,24 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _timed_runs(args: argparse.Namespace, w) -> dict[tuple[str, int], list]:
-    """Warm each (method, size) once on a short run, then `repeats` interleaved rounds; returns runs per key."""
+    """Warm every (method, size) once at full length, then interleaved rounds; returns the runs per key.
+
+    The warm-up decodes all `new_tokens` so that every shape (batch size x KV length) has been run once before the
+    clock starts: on a GPU, first use of a shape costs far more than the step itself. Each round starts one method
+    later than the previous one, so no method is always the first after a slow one.
+    """
     plan = [(m, b) for b in args.batches for m in BATCHED if m in args.methods]
     plan += [(m, b) for b in args.per_mix_batches for m in PER_MIX if m in args.methods]
     for method, size in plan:
-        run(method, w, 1 if method in PER_MIX else size, new_tokens=2)
+        run(method, w, 1 if method in PER_MIX else size, new_tokens=args.new_tokens)
     runs: dict[tuple[str, int], list] = {key: [] for key in plan}
     start = time.perf_counter()
     for rep in range(max(args.repeats, args.per_mix_repeats)):
         if rep > 0 and args.budget_s is not None and time.perf_counter() - start > args.budget_s:
             print(f"--budget-s {args.budget_s} reached after {rep} round(s): no more repeats", flush=True)
             break
-        for method, size in plan:
+        shift = rep % len(plan)
+        for method, size in plan[shift:] + plan[:shift]:
             per_mix = method in PER_MIX
             if rep >= (args.per_mix_repeats if per_mix else args.repeats):
                 continue

@@ -72,7 +72,8 @@ def _agreement(tokens: torch.Tensor, reference: torch.Tensor | None) -> dict | N
         return None
     n = min(tokens.shape[0], reference.shape[0])
     same = tokens[:n] == reference[:n]  # [n, new_tokens]
-    return {"identical_rows": f"{int(same.all(dim=1).sum())}/{n}", "equal_tokens_frac": round(float(same.float().mean()), 4)}
+    return {"identical_rows": f"{int(same.all(dim=1).sum())}/{n}",
+            "equal_tokens_frac": round(float(same.float().mean()), 4)}
 
 
 def _check(value: float | None, op: str, threshold: float | None, value_cpu: float | None = None) -> dict:
@@ -163,7 +164,8 @@ def _bars(ax, rows: list[dict], key: str) -> None:
     sizes = sorted({r["requests"] for r in rows})
     width = 0.8 / len(sizes)
     for i, size in enumerate(sizes):
-        points = [(j, r[key]) for j, m in enumerate(methods) for r in rows if r["method"] == m and r["requests"] == size]
+        points = [(j, r[key]) for j, m in enumerate(methods)
+                  for r in rows if r["method"] == m and r["requests"] == size]
         bars = ax.bar([j + i * width for j, _ in points], [v for _, v in points], width, label=f"{size} requests")
         ax.bar_label(bars, fmt="%.1f", fontsize=7)
     ax.set_xticks([j + width * (len(sizes) - 1) / 2 for j in range(len(methods))], methods, rotation=20, fontsize=8)

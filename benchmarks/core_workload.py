@@ -149,7 +149,8 @@ def build_workload(model_name: str, *, num_anchors: int, rank: int, lora_alpha: 
     prompts = make_prompts(tokenizer, max_requests, prompt_tokens, synthetic, seed)
     ids = torch.tensor([tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts], device=device)
     return Workload(
-        base=base, imodel=imodel, peft=peft, tokenizer=tokenizer, anchor_names=names, peft_names=peft_names, adapter_dirs=dirs,
+        base=base, imodel=imodel, peft=peft, tokenizer=tokenizer, anchor_names=names, peft_names=peft_names,
+        adapter_dirs=dirs,
         coeffs=random_mixes(max_requests, num_anchors, seed), prompts=prompts, ids=ids,
         device=torch.device(device), cache_kw=cache_kwarg(base),
     )

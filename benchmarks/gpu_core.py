@@ -8,7 +8,8 @@ Same methods, workload shape and decode loop as bench_core.py (K=10 anchors, r=3
 5632, vocab 32000) with random weights: throughput does not depend on the weights' values. Needs torch (CUDA),
 transformers, peft, safetensors, pydantic, tokenizers; imports no Ray, boto3 or gguf. Memory over 1,000 distinct
 mixes is measured in this process (host RSS and CUDA allocated). Built to finish in about 3 minutes on an H100:
-`--budget-s` stops further repeats once the timed runs have taken that long (every method keeps at least one run).
+`--budget-s 100` stops further repeats once the timed runs have taken that long (every method keeps at least one
+run); one round (all methods, after a full-length warm-up) took ~60 s on an H100.
 Any bench_core.py flag can be added to override these defaults.
 """
 
@@ -24,7 +25,7 @@ import bench_core
 GPU_DEFAULTS = [
     "--model", "llama1b", "--device", "cuda", "--dtype", "bf16",
     "--batches", "16", "32", "64", "--per-mix-batches", "16",
-    "--repeats", "3", "--per-mix-repeats", "2", "--budget-s", "120",
+    "--repeats", "3", "--per-mix-repeats", "2", "--budget-s", "100",
     "--ttft-trials", "10", "--rss-mixes", "1000", "--rss-batch", "64", "--rss-in-process", "--profile",
 ]
 TINY_DEFAULTS = [
