@@ -12,6 +12,7 @@ import pytest
 from lerpray.eval import corpora
 from lerpray.eval.corpora import CorpusError, build_corpora, load_manifest, read_pole, split_texts
 from lerpray.eval.scorers import EmbeddingClassifier, flesch_kincaid_grade
+from lerpray.eval.sources import formality_poles, humor_poles
 
 
 def _hash_encoder(texts: list[str]) -> np.ndarray:
@@ -107,12 +108,13 @@ def test_sentiment_corpus_from_the_vader_sdist(tmp_path, cache):
     assert again.poles == manifest.poles
 
 
+def _no_debian(package, cache_dir):
+    raise CorpusError(f"no apt-get here for {package}")
+
+
 @pytest.mark.integration
 def test_humor_falls_back_to_pypi_pyjokes_without_debian(tmp_path, cache, monkeypatch):
-    def no_debian(package, cache_dir):
-        raise CorpusError(f"no apt-get here for {package}")
-
-    monkeypatch.setattr(corpora, "_debian", no_debian)
+    monkeypatch.setattr(corpora, "_debian", _no_debian)
     manifest = build_corpora(tmp_path, ["humor", "simplicity"], max_per_pole=40, cache_dir=cache)
     humorous = manifest.poles["humor.humorous"]
     assert "pyjokes" in humorous.source and "no apt-get here" in humorous.notes
@@ -136,4 +138,13 @@ def test_humor_from_debian_fortunes(tmp_path, cache):
     humorous = manifest.poles["humor.humorous"]
     assert humorous.source.startswith("Debian") and humorous.notes == ""
     assert humorous.counts["available"] > 2000  # ~3.2k fortunes + pyjokes after the prose filter
-    assert manifest.poles["humor.serious"].source.endswith("NYT editorial snippets")
+    assert manifest.poles["humor.serious"].source.endswith("NYT editorial snippets, odd lines")
+
+
+@pytest.mark.integration
+def test_serious_and_formal_poles_share_no_text(cache):
+    """Both poles are NYT editorial snippets; disjoint halves keep their anchors from training on the same text."""
+    serious = humor_poles(cache, debian=_no_debian)["serious"].texts
+    formal = formality_poles(cache)["formal"].texts
+    assert min(len(serious), len(formal)) > 2500  # ~5.1k distinct snippets
+    assert not set(serious) & set(formal)
