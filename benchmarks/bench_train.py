@@ -136,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             print(json.dumps(in_process(args.in_process[0], Path(args.in_process[1]), args, Path(tmp))))
         return 0
+    from lerpray.local_cluster import local_ray
     from lerpray.model.base import bundled_model_dir
-    from lerpray.testing import local_ray, save_tiny_base_model
+    from lerpray.testing import save_tiny_base_model
 
     machine_before = machine_description()
     rounds = []

@@ -277,7 +277,7 @@ def main() -> None:
         return
     from ray import serve
 
-    from lerpray.testing import local_ray
+    from lerpray.local_cluster import local_ray
 
     with local_ray(num_cpus=2, log_to_driver=False), tempfile.TemporaryDirectory() as tmp:
         with socket.socket() as sock:

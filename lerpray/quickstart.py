@@ -124,7 +124,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
 
 def run_quickstart(plan: Plan, stream=None) -> QuickstartReport:
     """The pipeline; Serve and Ray are shut down on the way out, also after an error."""
-    from lerpray.testing import local_ray
+    from lerpray.local_cluster import local_ray
 
     stages = Stages(STAGES, stream)
     report, started = QuickstartReport(plan.workdir), time.monotonic()
