@@ -1,6 +1,6 @@
 """`lerpray eval`: attribute sweeps, weight-space analysis of an anchor set, and pole corpora.
 
-lerpray eval sweep jobs/configs/eval_sweep.yaml [--out DIR] [--anchors URI] [--server URL]
+lerpray eval sweep jobs/configs/eval_sweep.yaml [--out DIR] [--anchors URI] [--server URL] [--replot]
 lerpray eval weights s3://bucket/sets/four-attributes --out results/weights
 lerpray eval corpora --out data/corpora --attributes sentiment,humor --max-per-pole 2000
 lerpray eval classifiers data/corpora --out data/classifiers
@@ -20,6 +20,8 @@ def add_parsers(subparsers) -> None:
     sweep.add_argument("--out", help="output folder (overrides the config's `out`)")
     sweep.add_argument("--anchors", metavar="URI", help="anchor set to run in-process (overrides the config)")
     sweep.add_argument("--server", metavar="URL", help="generate through a running lerpray server instead")
+    sweep.add_argument("--replot", action="store_true",
+                       help="redo the tables, plots and report of the finished sweep in `out`; generate nothing")
     sweep.set_defaults(func=_sweep)
 
     weights = sub.add_parser("weights", help="cosine similarity between the anchors' updates, per layer and overall")
@@ -51,13 +53,14 @@ def add_parsers(subparsers) -> None:
 
 def _sweep(args: argparse.Namespace) -> int:
     from lerpray.eval.config import SweepConfig, load_sweep_config
+    from lerpray.eval.report import rewrite_outputs
     from lerpray.eval.sweep import run_sweep
 
     config = load_sweep_config(args.config)
     overrides = {k: v for k, v in {"out": args.out, "anchors": args.anchors, "server": args.server}.items() if v}
     if overrides:
         config = SweepConfig.model_validate({**config.model_dump(), **overrides})  # re-checked as a whole
-    outputs = run_sweep(config)
+    outputs = rewrite_outputs(config.out) if args.replot else run_sweep(config)
     print(f"wrote {outputs.generations}")
     for path in outputs.plots:
         print(f"wrote {path}")

@@ -29,14 +29,19 @@ __all__ = [
 _PREFIX = "score."
 
 
-def _figure(n_panels: int, width: float = 4.2, height: float = 3.4) -> tuple[Figure, list[Axes]]:
+def _figure(n_panels: int, width: float = 4.2, height: float = 3.4, max_cols: int = 3) -> tuple[Figure, list[Axes]]:
+    """One panel per item, wrapped into rows of at most `max_cols` (so a page can show it); spare cells hidden."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width * n_panels, height), layout="constrained")
+    cols = max(1, min(n_panels, max_cols))
+    rows = math.ceil(n_panels / cols)
+    fig = Figure(figsize=(width * cols, height * rows), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, n_panels, squeeze=False)[0]
-    return fig, list(axes)
+    axes = list(fig.subplots(rows, cols, squeeze=False).flat)
+    for spare in axes[n_panels:]:
+        spare.set_visible(False)
+    return fig, axes[:n_panels]
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -83,7 +88,8 @@ def plot_entanglement(norm: pd.DataFrame, scorer_attributes: dict[str, str], pat
     for (i, j), v in np.ndenumerate(values):
         color = "white" if abs(v) > 1.0 else "black"  # NaN compares False: black
         ax.text(j, i, "n/a" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=9, color=color)
-    ax.set_xticks(range(norm.shape[1]), [f"{s}\n[{scorer_attributes[s]}]" for s in norm.columns], fontsize=8)
+    labels = [f"{s}\n[{scorer_attributes[s]}]" for s in norm.columns]
+    ax.set_xticks(range(norm.shape[1]), labels, fontsize=8, rotation=25, ha="right", rotation_mode="anchor")
     ax.set_yticks(range(norm.shape[0]), list(norm.index))
     ax.set_xlabel("scorer [attribute it measures]")
     ax.set_ylabel("attribute swept 0 -> 1")

@@ -14,6 +14,7 @@ Definitions (all from the generations table, one row per generation, one `score.
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ __all__ = [
     "generations_table",
     "markdown_table",
     "perplexity_summary",
+    "rewrite_outputs",
     "spearman",
     "summarise",
     "write_outputs",
@@ -218,10 +220,12 @@ def write_outputs(
     setup: dict[str, object],
     perplexity: pd.DataFrame | None = None,
 ) -> SweepOutputs:
-    """Write generations.csv, summary.csv, effects.csv, perplexity.csv, the plots and report.md into `out`."""
+    """Write generations.csv, summary.csv, effects.csv, perplexity.csv, the plots, report.md and sweep.json (the
+    setup and the scorers, so `rewrite_outputs` can redo the rest from the CSVs) into `out`."""
     from lerpray.eval import plots
 
     out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps({"setup": setup, "scorers": scorer_attributes}, indent=1))
     # Every string quoted: generated text may hold "\r", which unquoted would split a row for most CSV readers.
     table.to_csv(out / "generations.csv", index=False, quoting=csv.QUOTE_NONNUMERIC)
     summary = summarise(table)
@@ -252,3 +256,19 @@ def write_outputs(
                           scorer_attributes=scorer_attributes, ppl_summary=ppl_summary, base_perplexity=base,
                           plots=figures)  # fmt: skip
     return SweepOutputs(out, out / "generations.csv", report, figures, ppl_path)
+
+
+def rewrite_outputs(out: Path) -> SweepOutputs:
+    """Recompute the tables, plots and report of a finished sweep from its generations.csv and perplexity.csv,
+    without generating anything (after a change to the statistics or the plots, or a hand-edited table)."""
+    from lerpray.eval.sweep import SweepError
+
+    out = Path(out)
+    missing = [name for name in ("generations.csv", "sweep.json") if not (out / name).is_file()]
+    if missing:
+        raise SweepError(f"{out} has no {' or '.join(missing)}: --replot needs a finished sweep there; run it first")
+    meta = json.loads((out / "sweep.json").read_text())
+    table = pd.read_csv(out / "generations.csv", keep_default_na=False, na_values=[""])
+    table["text"] = table["text"].fillna("").astype(str)  # an empty generation is text, not a missing value
+    ppl = pd.read_csv(out / "perplexity.csv") if (out / "perplexity.csv").is_file() else None
+    return write_outputs(out, table, meta["scorers"], setup=meta["setup"], perplexity=ppl)

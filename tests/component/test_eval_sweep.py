@@ -88,6 +88,22 @@ def test_plots_and_report_are_written(sweep_out):
     assert len(effects) == 2 * 2  # swept attributes x scorers
 
 
+def test_replot_rebuilds_tables_plots_and_report_from_the_csvs(sweep_out, tmp_path, capsys):
+    """`--replot` recomputes everything downstream of generations.csv and perplexity.csv; it generates nothing."""
+    before = {name: pd.read_csv(sweep_out / name) for name in ("summary.csv", "effects.csv")}
+    report = (sweep_out / "report.md").read_text()
+    for path in [*sweep_out.glob("*.png"), sweep_out / "report.md", sweep_out / "effects.csv", sweep_out / "summary.csv"]:
+        path.unlink()
+    config = sweep_out.parent / "sweep.yaml"
+    assert cli_main(["eval", "sweep", str(config), "--replot", "--anchors", str(tmp_path / "no-such-set")]) == 0
+    for name, frame in before.items():
+        pd.testing.assert_frame_equal(pd.read_csv(sweep_out / name), frame)
+    assert (sweep_out / "report.md").read_text() == report
+    assert (sweep_out / "ternary_sentiment_formality_humor.png").stat().st_size > 5000
+    assert cli_main(["eval", "sweep", str(config), "--replot", "--out", str(tmp_path / "empty")]) != 0
+    assert "has no generations.csv or sweep.json: --replot needs a finished sweep there" in capsys.readouterr().err
+
+
 def test_perplexity_per_mix_and_base(sweep_out):
     ppl = pd.read_csv(sweep_out / "perplexity.csv")
     assert len(ppl) == 24 + 1 and (ppl["perplexity"] > 1).all()
