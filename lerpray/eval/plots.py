@@ -73,7 +73,7 @@ def plot_score_curves(summary: pd.DataFrame, scorer_attributes: dict[str, str], 
             ax.fill_between(part["x"], mean - std, mean + std, alpha=0.15)
         if grid == "alpha" and len(rows):
             _shade_extrapolation(ax, rows["x"].tolist())
-        ax.set_title(f"{scorer} (measures {attr})")
+        ax.set_title(f"{scorer} (measures {attr})", fontsize=10)
         ax.set_xlabel("alpha (shaded: extrapolation)" if grid == "alpha" else f"lambda of {group.split('+')[0]}")
         ax.set_ylabel("score (mean ± 1 std)")
         ax.legend(fontsize=8, title="swept" if grid == "alpha" else None)
@@ -137,12 +137,13 @@ def plot_ternary(summary: pd.DataFrame, attributes: Sequence[str], scorer_attrib
         ax.plot(*np.vstack([corners, corners[:1]]).T, color="k", linewidth=1)
         for (cx, cy), name, dy in zip(corners, attributes, (-0.07, -0.07, 0.04), strict=True):
             ax.text(cx, cy + dy, name, ha="center", fontsize=9)
-        ax.set_title(f"{scorer} (mean); corners: lambda = 1", pad=14)
+        ax.set_title(scorer, pad=14)
         ax.set_xlim(-0.1, 1.1)
         ax.set_ylim(-0.12, corners[2, 1] + 0.1)  # room for the corner labels and whole corner markers
         ax.set_aspect("equal")
         ax.axis("off")
         fig.colorbar(points, ax=ax, shrink=0.7)
+    fig.suptitle(f"mean score over the lambda simplex of {', '.join(attributes)}; a corner is lambda = 1")
     return _save(fig, path)
 
 
