@@ -104,13 +104,13 @@ def _classifiers(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lerpray.eval.corpora import load_manifest
-    from lerpray.eval.scorers import EmbeddingClassifier
+    from lerpray.eval.scorers import EmbeddingClassifier, ScorerError
 
     known = sorted(load_manifest(args.corpora).attributes)
     attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else known
     unknown = sorted(set(attributes) - set(known))
     if unknown:
-        raise SystemExit(f"error: {args.corpora} has no attributes {unknown}; it has {known}")
+        raise ScorerError(f"{args.corpora} has no attributes {unknown}; it has {known}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     metrics = {}

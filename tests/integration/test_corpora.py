@@ -82,8 +82,8 @@ def test_classifiers_command_fits_saves_and_reports(tmp_path, capsys):
     scorer = get_scorer(str(tmp_path / "clf" / "politeness.json"))
     polite, rude = scorer.score(["thank you so much, if you please", "get out, now"])
     assert polite > rude
-    with pytest.raises(SystemExit, match="no attributes \\['humor'\\]"):
-        main(["eval", "classifiers", str(out), "--out", str(tmp_path / "clf"), "--attributes", "humor"])
+    assert main(["eval", "classifiers", str(out), "--out", str(tmp_path / "clf"), "--attributes", "humor"]) != 0
+    assert "has no attributes ['humor']; it has ['politeness']" in capsys.readouterr().err
 
 
 @pytest.mark.unit
