@@ -213,9 +213,10 @@ def send_requests(url: str, prompts: Sequence[str], samples: int, max_tokens: in
 
     Sample s of every prompt uses seed s at every alpha (common random numbers: only the mix differs).
     """
+    from lerpray.eval.backends import generate_http
     from lerpray.eval.config import SamplingConfig
     from lerpray.eval.scorers import get_scorer
-    from lerpray.eval.sweep import generate_http, make_jobs
+    from lerpray.eval.sweep import make_jobs
 
     mixes = [{"alpha": {ATTRIBUTE: alpha}} for alpha in ALPHAS]
     jobs = make_jobs(len(ALPHAS), len(prompts), samples, seed=0)

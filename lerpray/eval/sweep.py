@@ -1,4 +1,4 @@
-"""Sweeps: grids of mixes, generation of every (mix, prompt, sample) in-process or through a server, scoring.
+"""Sweeps: grids of mixes, every (mix, prompt, sample) generated (lerpray.eval.backends) and scored, then reported.
 
 Grid points are mixes in the paper's parametrisation (lerpray.mixing): for attribute i with alpha_i and lambda_i,
 c[high_i] = lambda_i * alpha_i and c[low_i] = lambda_i * (1 - alpha_i). Points with an alpha outside [0, 1] carry
@@ -11,23 +11,19 @@ Jobs are ordered prompt-major with the mix innermost, so each engine batch holds
 
 from __future__ import annotations
 
-import json
 import math
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from lerpray.eval.config import GridConfig, SamplingConfig, SweepConfig, load_prompts
+from lerpray.eval.config import GridConfig, SweepConfig, load_prompts
 from lerpray.mixing import AnchorLayout, ExtrapolationBounds, resolve_mix
 
 if TYPE_CHECKING:
     from lerpray.eval.report import SweepOutputs
-    from lerpray.model.engine import Engine, GenerationResult
+    from lerpray.model.engine import Engine
 
 __all__ = [
     "GridPoint",
@@ -35,8 +31,6 @@ __all__ = [
     "SweepError",
     "alpha_grid",
     "build_grid",
-    "generate_http",
-    "generate_in_process",
     "lambda_grid",
     "make_jobs",
     "resolve_points",
@@ -152,95 +146,10 @@ def make_jobs(n_points: int, n_prompts: int, samples: int, seed: int) -> list[Jo
     ]
 
 
-def generate_in_process(
-    engine: Engine,
-    coeffs: Sequence[tuple[float, ...]],
-    prompts: Sequence[str],
-    jobs: Sequence[Job],
-    sampling: SamplingConfig,
-    *,
-    chat: bool = False,
-) -> list[GenerationResult]:
-    """Run every job through one engine (continuous batching, any mix per row); results in job order."""
-    from lerpray.model.engine import GenerationRequest, GenerationResult
-    from lerpray.model.sampling import SamplingParams
-
-    requests = []
-    for i, job in enumerate(jobs):
-        params = SamplingParams(**sampling.model_dump(), seed=job.seed)
-        text = prompts[job.prompt]
-        prompt = {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
-        requests.append(GenerationRequest(coeffs=coeffs[job.point], sampling=params, request_id=str(i), **prompt))
-    pieces: dict[str, list[str]] = {r.request_id: [] for r in requests}
-    results: dict[str, GenerationResult] = {}
-    with tqdm(total=len(requests), desc="generate", unit="gen") as bar:
-        for event in engine.stream(requests):
-            pieces[event.request_id].append(event.text)
-            if event.finish_reason is not None:
-                text = "".join(pieces[event.request_id])
-                results[event.request_id] = GenerationResult(
-                    event.request_id, text, event.prompt_tokens, event.completion_tokens, event.finish_reason
-                )
-                bar.update(1)
-    return [results[r.request_id] for r in requests]
-
-
-def generate_http(
-    server: str,
-    mixes: Sequence[dict],
-    prompts: Sequence[str],
-    jobs: Sequence[Job],
-    sampling: SamplingConfig,
-    *,
-    chat: bool = False,
-    model: str | None = None,
-    concurrency: int = 8,
-    timeout_s: float = 300.0,
-    api_key: str | None = None,
-) -> list[GenerationResult]:
-    """Run every job against a lerpray (OpenAI-compatible) server, at most `concurrency` requests in flight."""
-    from lerpray.model.engine import GenerationResult
-
-    url = server.rstrip("/") + ("/v1/chat/completions" if chat else "/v1/completions")
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
-
-    def one(i: int) -> GenerationResult:
-        job = jobs[i]
-        text = prompts[job.prompt]
-        body = {"model": model, "max_tokens": sampling.max_tokens, "temperature": sampling.temperature,
-                "top_p": sampling.top_p, "seed": job.seed, "interpolation": mixes[job.point]}  # fmt: skip
-        body |= {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
-        if sampling.top_k:
-            body["top_k"] = sampling.top_k  # lerpray's extension; OpenAI has no top_k
-        reply = _post_json(url, {k: v for k, v in body.items() if v is not None}, headers, timeout_s)
-        choice = reply["choices"][0]
-        usage = reply.get("usage") or {}
-        out = choice["message"]["content"] if chat else choice["text"]
-        return GenerationResult(str(i), out, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
-                                choice.get("finish_reason") or "")  # fmt: skip
-
-    pool = ThreadPoolExecutor(max_workers=concurrency)
-    try:
-        return list(tqdm(pool.map(one, range(len(jobs))), total=len(jobs), desc="generate", unit="gen"))
-    finally:  # on an error, do not wait for the requests still queued
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _post_json(url: str, body: dict, headers: dict[str, str], timeout_s: float) -> dict:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers, method="POST")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        detail = exc.read().decode(errors="replace")[:500]
-        raise SweepError(f"{url} answered {exc.code}: {detail}") from exc
-    except (urllib.error.URLError, TimeoutError) as exc:
-        raise SweepError(f"cannot reach the server at {url}: {exc}; is `lerpray serve` running there?") from exc
-
-
 def run_sweep(config: SweepConfig) -> SweepOutputs:
     """Build the grid, generate every (mix, prompt, sample), score every generation with every scorer, measure
     perplexity per mix, then write the tables, the plots and report.md into `config.out`."""
+    from lerpray.eval.backends import generate_http, generate_in_process
     from lerpray.eval.perplexity import heldout_texts, sweep_perplexity
     from lerpray.eval.report import generations_table, write_outputs
 

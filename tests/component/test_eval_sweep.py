@@ -14,8 +14,9 @@ import torch
 import yaml
 
 from lerpray.cli import main as cli_main
+from lerpray.eval.backends import generate_http
 from lerpray.eval.config import SamplingConfig, SweepConfig
-from lerpray.eval.sweep import GridPoint, SweepError, alpha_grid, generate_http, make_jobs, run_sweep
+from lerpray.eval.sweep import GridPoint, SweepError, alpha_grid, make_jobs, run_sweep
 
 pytestmark = pytest.mark.component
 
