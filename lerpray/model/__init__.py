@@ -18,9 +18,10 @@ _LAZY = {
     **dict.fromkeys(
         ("CoeffsNotSetError", "InterpolatedLinear", "InterpolatedModel", "interpolate"), "lerpray.model.interpolated"
     ),
+    "Engine": "lerpray.model.engine",
     **dict.fromkeys(
-        ("Engine", "EngineError", "PromptTooLongError", "GenerationRequest", "GenerationResult", "TokenEvent"),
-        "lerpray.model.engine",
+        ("EngineError", "PromptTooLongError", "GenerationRequest", "GenerationResult", "TokenEvent"),
+        "lerpray.model.requests",
     ),
     "SamplingParams": "lerpray.model.sampling",
 }

@@ -13,7 +13,7 @@ import re
 from pydantic import ValidationError
 
 from lerpray.mixing import MixError
-from lerpray.model.engine import EngineError, PromptTooLongError
+from lerpray.model.requests import EngineError, PromptTooLongError
 from lerpray.model.sampling import SamplingError
 from lerpray.serve.batcher import QueueFullError
 from lerpray.serve.schemas import ErrorBody, ErrorResponse

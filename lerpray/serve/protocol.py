@@ -10,7 +10,7 @@ import time
 import uuid
 
 from lerpray.mixing import AnchorLayout, default_mix, resolve_mix
-from lerpray.model.engine import GenerationRequest, TokenEvent
+from lerpray.model.requests import GenerationRequest, TokenEvent
 from lerpray.model.sampling import SamplingParams
 from lerpray.serve import errors
 from lerpray.serve.config import ServeArgs
