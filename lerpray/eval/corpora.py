@@ -9,10 +9,13 @@
 Built-in attributes (high pole / low pole) and where their text comes from (details in docs/data.md):
 
     sentiment   positive / negative   VADER human-rated snippets, mean valence >= +1.5 / <= -1.5
-    humor       humorous / serious    Debian fortunes + pyjokes (fallback: PyPI pyjokes) / NYT editorial snippets
-    simplicity  simple / complex      non-tweet VADER sentences with Flesch-Kincaid grade <= 4 / >= 12
+    humor       humorous / serious    Debian fortunes + pyjokes (fallback: PyPI pyjokes) / NYT editorial, neutral
+                                      movie and Amazon snippets
+    simplicity  simple / complex      movie/Amazon/NYT sentences with Flesch-Kincaid grade <= 4 / >= 12
     formality   formal / informal     NYT editorial snippets / tweets (both from the VADER archive)
 
+Each built-in attribute's poles are matched on the other attributes' proxies (tone, grade, source, length:
+lerpray/eval/matching.py), so that an anchor learns its attribute rather than what else its pole's text differs in.
 Downloading and parsing the sources lives in lerpray/eval/sources.py. Downloads are cached under
 $LERPRAY_CACHE/corpora (default ~/.cache/lerpray/corpora), so a rebuild takes seconds.
 Your own data: a YAML/JSON config naming each attribute's high and low pole and a .jsonl/.txt file for each.

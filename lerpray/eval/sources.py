@@ -23,10 +23,11 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from lerpray.eval.matching import COMPOUND_EDGES, GRADE_EDGES, VALENCE_EDGES, WORDS_EDGES, band, match_poles
 from lerpray.eval.scorers import flesch_kincaid_grade
 
 __all__ = [
@@ -200,48 +201,93 @@ def _humorous(cache: Path, debian: Callable[[str, Path], Path]) -> PoleTexts:
                          notes=f"Debian fortunes unavailable, fell back to PyPI pyjokes: {exc}")  # fmt: skip
 
 
-def _nyt(cache: Path, half: int) -> PoleTexts:
-    """One of two disjoint halves (alternate lines) of the NYT editorial snippets: humor's serious pole takes one,
-    formality's formal pole the other, so the two anchors never train on the same text."""
-    texts = list(dict.fromkeys(t for _, t in _vader(cache, "nyt")))[half::2]  # ~70 snippets occur twice
-    source = f"vaderSentiment {VADER_VERSION} sdist: NYT editorial snippets, {('even', 'odd')[half]} lines"
-    return PoleTexts(texts, source, VADER_LICENCE)
+def _nyt(cache: Path, half: int) -> dict[str, float]:
+    """text -> valence for one of two disjoint halves (alternate lines) of the NYT editorial snippets: humor's serious
+    pole draws on one, formality's formal pole on the other, so the two anchors never train on the same text."""
+    valence = dict((t, v) for v, t in _vader(cache, "nyt"))  # ~70 snippets occur twice
+    return {t: valence[t] for t in list(valence)[half::2]}
+
+
+def _matched(
+    high: tuple[str, dict[str, Hashable], str], low: tuple[str, dict[str, Hashable], str], on: str
+) -> dict[str, PoleTexts]:
+    """Both poles (name, text -> covariate cell, source) matched on their cells; the notes say what was kept.
+    Licence: the VADER archive's (humor_poles puts the humorous pole's own back)."""
+    kept = match_poles(high[1], low[1])
+    return {
+        name: PoleTexts(texts, source, VADER_LICENCE, notes=f"matched on {on}: kept {len(texts)} of {len(cells)}.")
+        for (name, cells, source), texts in zip((high, low), kept, strict=True)
+    }  # fmt: skip
+
+
+def _grade(text: str) -> int:
+    return band(flesch_kincaid_grade(text), GRADE_EDGES)
 
 
 def sentiment_poles(cache: Path) -> dict[str, PoleTexts]:
-    rows = [row for kind in _VADER_FILES for row in _vader(cache, kind)]
-    source = f"vaderSentiment {VADER_VERSION} sdist: hutto_ICWSM_2014, all four sub-corpora, mean valence "
+    """Snippets of all four sub-corpora by human valence, matched on sub-corpus and reading grade."""
+    rows = [(kind, v, t) for kind in _VADER_FILES for v, t in _vader(cache, kind)]
     cut = SENTIMENT_MIN_VALENCE
-    return {
-        "positive": PoleTexts([t for v, t in rows if v >= cut], f"{source}>= +{cut}", VADER_LICENCE),
-        "negative": PoleTexts([t for v, t in rows if v <= -cut], f"{source}<= -{cut}", VADER_LICENCE),
-    }
+    source = f"vaderSentiment {VADER_VERSION} sdist: hutto_ICWSM_2014, all four sub-corpora, mean valence "
+    positive = {t: (kind, _grade(t)) for kind, v, t in rows if v >= cut}
+    negative = {t: (kind, _grade(t)) for kind, v, t in rows if v <= -cut}
+    return _matched(("positive", positive, f"{source}>= +{cut}"), ("negative", negative, f"{source}<= -{cut}"),
+                    "sub-corpus and Flesch-Kincaid grade band")  # fmt: skip
 
 
 def simplicity_poles(cache: Path) -> dict[str, PoleTexts]:
-    """Sentences (>= 6 words, no URLs) of the movie, Amazon and NYT snippets, by Flesch-Kincaid grade."""
-    sentences = [s for kind in ("movie", "amazon", "nyt") for _, text in _vader(cache, kind)
-                 for s in re.split(r"(?<=[.!?])\s+", text)
-                 if len(s.split()) >= MIN_WORDS and "http" not in s and "www." not in s]  # fmt: skip
-    graded = [(flesch_kincaid_grade(s), s) for s in sentences]
+    """Sentences (>= 6 words, no URLs) of the movie, Amazon and NYT snippets by Flesch-Kincaid grade, matched on
+    sub-corpus and VADER tone (simple sentences are otherwise less positive than complex ones)."""
+    from lerpray.eval.scorers import VaderSentiment
+
+    sentences = list(dict.fromkeys(
+        (kind, s) for kind in ("movie", "amazon", "nyt") for _, text in _vader(cache, kind)
+        for s in re.split(r"(?<=[.!?])\s+", text)
+        if len(s.split()) >= MIN_WORDS and "http" not in s and "www." not in s
+    ))  # fmt: skip
+    tones = VaderSentiment().score([s for _, s in sentences])
+    graded = [(flesch_kincaid_grade(s), (kind, band(c, COMPOUND_EDGES)), s)
+              for (kind, s), c in zip(sentences, tones, strict=True)]  # fmt: skip
     source = f"vaderSentiment {VADER_VERSION} sdist: movie/Amazon/NYT sentences with Flesch-Kincaid grade "
-    return {
-        "simple": PoleTexts(
-            [s for g, s in graded if g <= SIMPLE_MAX_GRADE], f"{source}<= {SIMPLE_MAX_GRADE:g}", VADER_LICENCE
-        ),
-        "complex": PoleTexts(
-            [s for g, s in graded if g >= COMPLEX_MIN_GRADE], f"{source}>= {COMPLEX_MIN_GRADE:g}", VADER_LICENCE
-        ),
-    }
+    simple = {s: cell for g, cell, s in graded if g <= SIMPLE_MAX_GRADE}
+    complex_ = {s: cell for g, cell, s in graded if g >= COMPLEX_MIN_GRADE}
+    return _matched(("simple", simple, f"{source}<= {SIMPLE_MAX_GRADE:g}"),
+                    ("complex", complex_, f"{source}>= {COMPLEX_MIN_GRADE:g}"),
+                    "sub-corpus and VADER tone band")  # fmt: skip
 
 
 def formality_poles(cache: Path) -> dict[str, PoleTexts]:
-    tweets = [t for _, t in _vader(cache, "tweets")]
-    tweet_source = f"vaderSentiment {VADER_VERSION} sdist: tweets"
-    return {"formal": _nyt(cache, 0), "informal": PoleTexts(tweets, tweet_source, VADER_LICENCE)}
+    """NYT editorial snippets vs tweets, matched on human valence and length (tweets are otherwise more upbeat)."""
+
+    def cells(valence: dict[str, float]) -> dict[str, Hashable]:
+        return {t: (band(v, VALENCE_EDGES), band(len(t.split()), WORDS_EDGES)) for t, v in valence.items()}
+
+    source = f"vaderSentiment {VADER_VERSION} sdist: "
+    formal = ("formal", cells(_nyt(cache, 0)), f"{source}NYT editorial snippets, even lines")
+    informal = ("informal", cells({t: v for v, t in _vader(cache, "tweets")}), f"{source}tweets")
+    return _matched(formal, informal, "human valence band and length band")
 
 
 def humor_poles(cache: Path, debian: Callable[[str, Path], Path] = fetch_debian) -> dict[str, PoleTexts]:
-    """Humorous: Debian fortunes + pyjokes (PyPI pyjokes if Debian fails); serious: NYT editorial snippets (the half
-    formality does not use), like the news side of the jokes-vs-news humor-detection data."""
-    return {"humorous": _humorous(cache, debian), "serious": _nyt(cache, 1)}
+    """Humorous: Debian fortunes + pyjokes (PyPI pyjokes if Debian fails). Serious: NYT editorial snippets (the half
+    formality does not use) and movie and Amazon snippets of neutral valence (sentiment's poles never use those),
+    like the news side of jokes-vs-news humor data; both matched on VADER tone and reading grade."""
+    from lerpray.eval.scorers import VaderSentiment
+
+    humorous = _humorous(cache, debian)
+    cut = SENTIMENT_MIN_VALENCE
+    serious = list(_nyt(cache, 1)) + [t for kind in ("movie", "amazon") for v, t in _vader(cache, kind) if abs(v) < cut]
+    vader = VaderSentiment()
+
+    def cells(texts: list[str]) -> dict[str, Hashable]:
+        texts = [t for t in dict.fromkeys(texts) if any(c.isalpha() for c in t)]  # "..." has no grade
+        return {t: (band(c, COMPOUND_EDGES), _grade(t)) for t, c in zip(texts, vader.score(texts), strict=True)}
+
+    serious_source = (f"vaderSentiment {VADER_VERSION} sdist: NYT editorial snippets (odd lines), movie and Amazon "
+                      f"snippets with |valence| < {cut}")  # fmt: skip
+    poles = _matched(("humorous", cells(humorous.texts), humorous.source), ("serious", cells(serious), serious_source),
+                     "VADER tone band and Flesch-Kincaid grade band")  # fmt: skip
+    kept = poles["humorous"]
+    notes = " ".join(filter(None, [kept.notes, humorous.notes]))  # the fallback's note, if it was taken
+    poles["humorous"] = PoleTexts(kept.texts, humorous.source, humorous.licence, notes)
+    return poles

@@ -12,7 +12,7 @@ import pytest
 from lerpray.eval import corpora
 from lerpray.eval.corpora import CorpusError, build_corpora, load_manifest, read_pole, split_texts
 from lerpray.eval.scorers import EmbeddingClassifier, flesch_kincaid_grade
-from lerpray.eval.sources import formality_poles, humor_poles
+from lerpray.eval.sources import _vader, formality_poles, humor_poles, sentiment_poles, simplicity_poles
 
 
 def _hash_encoder(texts: list[str]) -> np.ndarray:
@@ -108,7 +108,8 @@ def test_sentiment_corpus_from_the_vader_sdist(tmp_path, cache):
     assert set(manifest.poles) == {"sentiment.positive", "sentiment.negative"}
     for record in manifest.poles.values():
         assert (record.counts["train"], record.counts["heldout"]) == (54, 6)
-        assert record.counts["available"] > 4000  # ~6.3k positive, ~4.9k negative snippets at |valence| >= 1.5
+        assert record.counts["available"] > 4000  # ~4.6k of each pole after matching (6.3k / 4.9k before)
+        assert record.notes.startswith("matched on sub-corpus and Flesch-Kincaid grade band")
         assert "MIT" in record.licence
     lines = (tmp_path / "a" / "sentiment.positive.train.jsonl").read_text().splitlines()
     assert len(lines) == 54 and all(json.loads(line)["text"] for line in lines)
@@ -155,15 +156,38 @@ def _debian_reachable() -> bool:
 def test_humor_from_debian_fortunes(tmp_path, cache):
     manifest = build_corpora(tmp_path, ["humor"], max_per_pole=30, cache_dir=cache)
     humorous = manifest.poles["humor.humorous"]
-    assert humorous.source.startswith("Debian") and humorous.notes == ""
-    assert humorous.counts["available"] > 2000  # ~3.2k fortunes + pyjokes after the prose filter
-    assert manifest.poles["humor.serious"].source.endswith("NYT editorial snippets, odd lines")
+    assert humorous.source.startswith("Debian") and humorous.notes.startswith("matched on")
+    assert humorous.counts["available"] > 2000  # ~3.1k fortunes + pyjokes after the prose filter and matching
+    assert "NYT editorial snippets (odd lines)" in manifest.poles["humor.serious"].source
 
 
 @pytest.mark.integration
 def test_serious_and_formal_poles_share_no_text(cache):
-    """Both poles are NYT editorial snippets; disjoint halves keep their anchors from training on the same text."""
+    """Both poles draw on the NYT editorial snippets; disjoint halves keep their anchors from the same text."""
     serious = humor_poles(cache, debian=_no_debian)["serious"].texts
     formal = formality_poles(cache)["formal"].texts
-    assert min(len(serious), len(formal)) > 2500  # ~5.1k distinct snippets
+    assert min(len(serious), len(formal)) > 100
     assert not set(serious) & set(formal)
+
+
+def _mean(values):
+    return sum(values) / len(values)
+
+
+@pytest.mark.integration
+def test_matching_removes_the_confounds_between_poles(cache):
+    """Unmatched, tweets (informal) are far more upbeat than NYT snippets (formal), positive snippets come from
+    tweets more often than negative ones, and simple sentences are less positive than complex ones."""
+    from lerpray.eval.scorers import VaderSentiment
+
+    vader = VaderSentiment().score
+    formality = formality_poles(cache)
+    gap = _mean(vader(formality["informal"].texts)) - _mean(vader(formality["formal"].texts))
+    assert abs(gap) < 0.05, gap  # 0.21 before matching
+    tweets = {t for _, t in _vader(cache, "tweets")}
+    sentiment = sentiment_poles(cache)
+    share = [_mean([t in tweets for t in sentiment[p].texts]) for p in ("positive", "negative")]
+    assert share[0] == pytest.approx(share[1], abs=0.005), share  # 0.20 vs 0.11 before
+    simplicity = simplicity_poles(cache)
+    gap = _mean(vader(simplicity["simple"].texts)) - _mean(vader(simplicity["complex"].texts))
+    assert abs(gap) < 0.03, gap  # -0.07 before
