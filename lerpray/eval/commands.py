@@ -104,22 +104,39 @@ def _classifiers(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lerpray.eval.corpora import load_manifest
+    from lerpray.eval.pole_scores import pole_entanglement, pole_means
     from lerpray.eval.scorers import EmbeddingClassifier, ScorerError
 
-    known = sorted(load_manifest(args.corpora).attributes)
+    manifest = load_manifest(args.corpora)
+    known = sorted(manifest.attributes)
     attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else known
     unknown = sorted(set(attributes) - set(known))
     if unknown:
         raise ScorerError(f"{args.corpora} has no attributes {unknown}; it has {known}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = {}
+    metrics, classifiers = {}, {}
     for attribute in attributes:
         clf, metrics[attribute] = EmbeddingClassifier.from_corpora(args.corpora, attribute, split=args.split)
         clf.save(out / f"{attribute}.json")
+        classifiers[attribute] = clf
         m = metrics[attribute]
         print(f"{attribute:16s} held-out accuracy {m['heldout_accuracy']:.3f} (n={m['n_heldout']:.0f}), "
               f"fit accuracy {m['train_accuracy']:.3f} (n={m['n_train']:.0f})  -> {out / (attribute + '.json')}")
     (out / "metrics.json").write_text(json.dumps({"split": args.split, "classifiers": metrics}, indent=1))
     print(f"wrote {out / 'metrics.json'}")
+
+    # Scored on the split the classifiers were not fitted on (by default: the anchors' training text).
+    other = "train" if args.split == "heldout" else "heldout"
+    pairs = {a: manifest.attributes[a] for a in attributes}
+    means = pole_means(args.corpora, classifiers, pairs, split=other)
+    matrix = pole_entanglement(means, pairs)
+    print(f"\nentanglement already in the data ({other} split): each classifier's difference (columns) between an "
+          "attribute's two poles (rows), over that attribute's own classifier's")
+    print("poles \\ scorer".ljust(16) + "".join(f"{j:>12s}" for j in attributes))
+    for i, row in matrix.items():
+        print(f"{i:16s}" + "".join(f"{row[j]:12.2f}" for j in attributes))
+    report = {"split": other, "pole_means": means, "entanglement": matrix}
+    (out / "pole_scores.json").write_text(json.dumps(report, indent=1))
+    print(f"wrote {out / 'pole_scores.json'}")
     return 0

@@ -79,6 +79,8 @@ def test_classifiers_command_fits_saves_and_reports(tmp_path, capsys):
     assert "politeness       held-out accuracy" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "clf" / "metrics.json").read_text())
     assert metrics["split"] == "train" and metrics["classifiers"]["politeness"]["n_train"] > 0
+    pole_scores = json.loads((tmp_path / "clf" / "pole_scores.json").read_text())  # scored on the other split
+    assert pole_scores["split"] == "heldout" and pole_scores["entanglement"] == {"politeness": {"politeness": 1.0}}
     scorer = get_scorer(str(tmp_path / "clf" / "politeness.json"))
     polite, rude = scorer.score(["thank you so much, if you please", "get out, now"])
     assert polite > rude
