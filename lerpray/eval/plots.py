@@ -84,7 +84,7 @@ def plot_entanglement(norm: pd.DataFrame, scorer_attributes: dict[str, str], pat
     """Heatmap of the normalised change 0 -> 1 [swept attribute x scorer] (1 on the diagonal by construction)."""
     fig, (ax,) = _figure(1, width=2.5 + 1.3 * max(2, norm.shape[1]), height=1.5 + 0.9 * max(2, norm.shape[0]))
     values = norm.to_numpy(float)
-    image = ax.imshow(np.clip(values, -1.5, 1.5), cmap="RdBu_r", vmin=-1.5, vmax=1.5)
+    image = ax.imshow(np.clip(values, -1.5, 1.5), cmap="RdBu_r", vmin=-1.5, vmax=1.5, aspect="auto")  # fill the figure
     for (i, j), v in np.ndenumerate(values):
         color = "white" if abs(v) > 1.0 else "black"  # NaN compares False: black
         ax.text(j, i, "n/a" if math.isnan(v) else f"{v:.2f}", ha="center", va="center", fontsize=9, color=color)
