@@ -154,7 +154,9 @@ class LoadRun:
                 route, path, body = random_request(rng, self.card, self.max_tokens)
                 for attempt in range(self.retries + 1):
                     record = send(client, route, path, body, attempt)
-                    retry = attempt < self.retries and (record.status is None or record.status >= 500)
+                    # A dropped connection includes a stream cut after its 200 (its replica died mid-reply).
+                    failed = record.status is None or record.status >= 500 or record.error is not None
+                    retry = attempt < self.retries and failed
                     record.final = not retry
                     with self._lock:
                         self.records.append(record)

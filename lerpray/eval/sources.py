@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from lerpray.eval.matching import COMPOUND_EDGES, GRADE_EDGES, VALENCE_EDGES, WORDS_EDGES, band, match_poles
-from lerpray.eval.scorers import flesch_kincaid_grade
+from lerpray.eval.scorers import VaderSentiment, flesch_kincaid_grade
 
 __all__ = [
     "PYJOKES_VERSION",
@@ -238,8 +238,6 @@ def sentiment_poles(cache: Path) -> dict[str, PoleTexts]:
 def simplicity_poles(cache: Path) -> dict[str, PoleTexts]:
     """Sentences (>= 6 words, no URLs) of the movie, Amazon and NYT snippets by Flesch-Kincaid grade, matched on
     sub-corpus and VADER tone (simple sentences are otherwise less positive than complex ones)."""
-    from lerpray.eval.scorers import VaderSentiment
-
     sentences = list(dict.fromkeys(
         (kind, s) for kind in ("movie", "amazon", "nyt") for _, text in _vader(cache, kind)
         for s in re.split(r"(?<=[.!?])\s+", text)
@@ -272,8 +270,6 @@ def humor_poles(cache: Path, debian: Callable[[str, Path], Path] = fetch_debian)
     """Humorous: Debian fortunes + pyjokes (PyPI pyjokes if Debian fails). Serious: NYT editorial snippets (the half
     formality does not use) and movie and Amazon snippets of neutral valence (sentiment's poles never use those),
     like the news side of jokes-vs-news humor data; both matched on VADER tone and reading grade."""
-    from lerpray.eval.scorers import VaderSentiment
-
     humorous = _humorous(cache, debian)
     cut = SENTIMENT_MIN_VALENCE
     serious = list(_nyt(cache, 1)) + [t for kind in ("movie", "amazon") for v, t in _vader(cache, kind) if abs(v) < cut]

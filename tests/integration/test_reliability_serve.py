@@ -183,7 +183,8 @@ def test_killed_replica_recovers_by_itself_under_load(base_url):
     report("kill-replica", figures)
     assert sum(r.final for r in failed) == 0, "a request failed even after client retries"
     assert len(failed) <= len(in_flight), "more attempts failed than were in flight when the replica died"
-    assert all(r.status in (None, 500, 502, 503) for r in failed), figures["failures"]
+    # a 5xx from Serve's proxy, a refused connection, or a stream cut after its 200 when its replica died
+    assert all(r.status in (None, 500, 502, 503) or r.error is not None for r in failed), figures["failures"]
     assert all(r.status == 200 for r in records if r.start > recovered_at), "failures after the replacement"
 
 
