@@ -23,7 +23,6 @@ Your own data: a YAML/JSON config naming each attribute's high and low pole and 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -34,6 +33,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, Field
 
+from lerpray.eval.matching import seeded_order
 from lerpray.eval.sources import (
     CorpusError,
     PoleTexts,
@@ -167,7 +167,7 @@ def split_texts(
     Ordering by hash makes the split independent of the order sources list their texts.
     """
     unique = list(dict.fromkeys(t for t in texts if t))
-    ordered = sorted(unique, key=lambda t: hashlib.sha256(f"{seed}\0{t}".encode()).hexdigest())
+    ordered = seeded_order(unique, seed)
     chosen = ordered if limit is None else ordered[:limit]
     n_held = 0 if heldout_fraction <= 0 else max(0, min(len(chosen) - 1, max(1, round(heldout_fraction * len(chosen)))))
     return chosen[n_held:], chosen[:n_held]

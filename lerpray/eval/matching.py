@@ -14,14 +14,19 @@ from __future__ import annotations
 import bisect
 import hashlib
 from collections import defaultdict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 
-__all__ = ["COMPOUND_EDGES", "GRADE_EDGES", "VALENCE_EDGES", "WORDS_EDGES", "band", "match_poles"]
+__all__ = ["COMPOUND_EDGES", "GRADE_EDGES", "VALENCE_EDGES", "WORDS_EDGES", "band", "match_poles", "seeded_order"]
 
 VALENCE_EDGES = (-2.0, -0.5, 0.5, 2.0)  # mean human valence (-4..+4) of a VADER archive snippet
 COMPOUND_EDGES = (-0.5, -0.05, 0.05, 0.5)  # VADER compound score (-1..1), for texts without human ratings
 GRADE_EDGES = (4.0, 8.0, 12.0)  # Flesch-Kincaid grade
 WORDS_EDGES = (10, 20)  # word count
+
+
+def seeded_order(texts: Iterable[str], seed: int) -> list[str]:
+    """Texts sorted by sha256(seed, text): a seeded shuffle that depends on neither input order nor hash seed."""
+    return sorted(texts, key=lambda t: hashlib.sha256(f"{seed}\0{t}".encode()).digest())
 
 
 def band(value: float, edges: Sequence[float]) -> int:
@@ -34,8 +39,7 @@ def match_poles(
 ) -> tuple[list[str], list[str]]:
     """(high, low) texts kept by coarsened exact matching; each mapping is text -> its cell (a tuple of bins).
 
-    In a cell holding h high and l low texts, min(h, l) of each are kept: the first by sha256(seed, text), so the
-    result depends on neither the input order nor Python's hash seed.
+    In a cell holding h high and l low texts, min(h, l) of each are kept: the first in `seeded_order`.
     """
     pools: dict[Hashable, tuple[list[str], list[str]]] = defaultdict(lambda: ([], []))
     for side, cells in enumerate((high, low)):
@@ -46,5 +50,5 @@ def match_poles(
         sides = pools[cell]
         n = min(len(sides[0]), len(sides[1]))
         for side, texts in enumerate(sides):
-            kept[side].extend(sorted(texts, key=lambda t: hashlib.sha256(f"{seed}\0{t}".encode()).digest())[:n])
+            kept[side].extend(seeded_order(texts, seed)[:n])
     return kept
