@@ -13,6 +13,11 @@ Loop-form semantics, for row i with logits z_i [V]:
         keep the top_k_i most likely tokens (top_k_i == 0: all)
         keep the smallest most-likely-first prefix whose mass reaches top_p_i (always at least one token)
         token = first j (in most-likely-first order) with cumsum(p_kept)[j] > u_i * sum(p_kept), u_i ~ U[0, 1)
+
+Determinism: a seed gives the same draws u_i whatever the batch. The logits they meet can differ in the last bits
+between batch shapes and CPUs (BLAS picks different kernels on Intel and AMD), so "same seed, same text" holds
+token for token except where a draw lands within that rounding (~1e-6) of a boundary between two tokens; likewise
+greedy rows are batch invariant except at near-ties of their top two logits. The tests check their margins.
 """
 
 from __future__ import annotations
