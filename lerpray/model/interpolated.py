@@ -26,17 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lerpray.lora_math import (
-    CoeffsShapeError,
-    Factors,
-    StackedLora,
-    add_stacked_delta_,
-    column_weights,
-    merged_delta,
-    stack_factors,
-)
-from lerpray.mixing import mix_key
+from lerpray.lora_math import CoeffsShapeError, Factors, StackedLora, column_weights, merged_delta, stack_factors
 from lerpray.model.base import ModelMismatchError, check_compatible
+from lerpray.model.lora_groups import ShrinkGroup, group_siblings
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -55,24 +47,28 @@ class _MixState:
     """Shared by all layers of one InterpolatedModel: the coefficients of the next forward passes.
 
     Most layers stack the same anchors with the same ranks and scales, so their per-column weights C_r are equal:
-    they are computed once per `set_coeffs` and pattern (not once per layer and forward), which keeps the per-layer
-    hot path to three kernels.
+    they are computed once per forward and pattern (not once per layer), which keeps the per-layer hot path to
+    three kernels. They are recomputed at the start of every forward from `coeffs`, so a caller may update the
+    coefficient tensor in place between forwards (a captured CUDA graph reads it as a static input).
     """
 
     def __init__(self) -> None:
         self.coeffs: Tensor | None = None  # [N, K] float32
-        self._columns: dict[tuple, Tensor] = {}  # layer pattern -> C_r [N, R] in the layers' dtype
+        self._columns: dict[tuple, Tensor] = {}  # layer or group pattern -> C_r [N, R] in the layers' dtype
 
     def set(self, coeffs: Tensor) -> None:
         self.coeffs = coeffs
         self._columns.clear()
 
-    def columns(self, layer: InterpolatedLinear) -> Tensor:
+    def new_forward(self, *_) -> None:
+        self._columns.clear()
+
+    def columns(self, owner: InterpolatedLinear | ShrinkGroup) -> Tensor:
         if self.coeffs is None:
             raise CoeffsNotSetError("no coefficients set: call set_coeffs(coeffs [N, K]) or use merged(coeffs [K])")
-        col = self._columns.get(layer.pattern)
+        col = self._columns.get(owner.pattern)
         if col is None:
-            col = self._columns[layer.pattern] = column_weights(self.coeffs, layer.stacked).to(layer.A_cat.dtype)
+            col = self._columns[owner.pattern] = column_weights(self.coeffs, owner.stacked).to(owner.A_cat.dtype)
         return col
 
 
@@ -109,6 +105,7 @@ class InterpolatedLinear(nn.Module):
         # Layers with equal patterns share their per-column weights within a forward (see _MixState).
         self.pattern = (tuple(stacked.owner.tolist()), tuple(stacked.col_scale.tolist()), like["dtype"])
         self._state = state
+        self.group: ShrinkGroup | None = None  # siblings sharing this layer's input share one shrink matmul
         self.merged_weight: Tensor | None = None  # [d_out, d_in] while InterpolatedModel.merged() is active
 
     @property
@@ -122,14 +119,20 @@ class InterpolatedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # x [N, T, d_in] -> [N, T, d_out]
         if self.merged_weight is not None:
             return F.linear(x, self.merged_weight, self.bias)
-        col = self._state.columns(self)  # [N, R]
+        col = self._state.columns(self.group or self)  # [N, R] (the group's columns when grouped)
         if x.shape[0] != col.shape[0]:
             raise CoeffsShapeError(
                 f"coefficients have {col.shape[0]} rows but the batch has {x.shape[0]}: "
                 "set one coefficient row per batch row"
             )
         y = F.linear(x, self.base_weight(), self.bias)  # [N, T, d_out]
-        return add_stacked_delta_(y, x, col, self.stacked)
+        if self.group is not None:
+            h = self.group.projection(self, x, col)  # [N, T, r], weighted
+        else:
+            h = x @ self.A_cat.T  # [N, T, R]
+            h.mul_(col.view(col.shape[0], *([1] * (x.dim() - 2)), col.shape[1]))
+        y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), self.B_cat.T)  # y += h @ B_cat.T, in place
+        return y
 
     @torch.no_grad()
     def merge(self, coeffs: Tensor) -> Tensor:
@@ -188,11 +191,19 @@ class InterpolatedModel:
         device = next(iter(self.layers.values())).A_cat.device
         self._state.set(coeffs.to(device))
 
+    def bind_coeffs(self, coeffs: Tensor) -> None:
+        """Use `coeffs` [N, K] as is (float32, on the layers' device, validated by the caller): no copy, no check.
+
+        For the engine's coefficient buffer, which it updates in place between forwards and which a captured CUDA
+        graph reads as a static input; `set_coeffs` is the checked form.
+        """
+        self._state.set(coeffs)
+
     @contextmanager
     def merged(self, coeffs: Tensor | Sequence[float]) -> Iterator[InterpolatedModel]:
         """Run every row with one mix merged into the weights: W = W0 + sum_k c_k s_k B_k A_k (W0 untouched).
 
-        Merged weights are cached per quantised mix (`lerpray.mixing.mix_key`) in an LRU of `merge_cache_size`
+        Merged weights are cached per mix (rounded to 6 decimals) in an LRU of `merge_cache_size`
         entries. Memory: each entry is a full copy of every adapted weight matrix (for SmolLM2-135M with all 7
         projections adapted, ~100M parameters: ~0.4 GB in fp32), on top of the base model.
         """
@@ -207,7 +218,7 @@ class InterpolatedModel:
                 layer.merged_weight = previous[path]
 
     def _merged_weights(self, coeffs: Tensor) -> dict[str, Tensor]:
-        key = mix_key(coeffs.tolist())
+        key = tuple(round(float(c), 6) + 0.0 for c in coeffs.tolist())  # + 0.0: -0.0 and 0.0 share a key
         if key in self._merge_cache:
             self._merge_cache.move_to_end(key)
             return self._merge_cache[key]
@@ -251,6 +262,8 @@ def interpolate(model: PreTrainedModel, anchor_set: AnchorSet, *, merge_cache_si
         layers[path] = InterpolatedLinear(model.get_submodule(path), stack_factors(factors), state)
         parent, _, child = path.rpartition(".")
         setattr(model.get_submodule(parent), child, layers[path])
+    group_siblings(layers)
+    model.register_forward_pre_hook(state.new_forward)
     return InterpolatedModel(model, layout, layers, state, merge_cache_size)
 
 

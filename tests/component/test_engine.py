@@ -1,108 +1,20 @@
-"""The batching engine on a tiny Llama: padded, batched, continuously-merged generation equals an unpadded
+"""The batching engine on a tiny Llama: batched, continuously-admitted generation equals an unpadded
 one-row-at-a-time reference loop; per-row sampling, stop strings, streaming and chat prompts."""
 
 from __future__ import annotations
 
 import pytest
-import torch
+from engine_helpers import MIXED, ONE, PROMPTS, TWO, WILD, reference_greedy, req, token_ids
 
-from lerpray.model.engine import Engine, EngineError, GenerationRequest, PromptTooLongError, SamplingParams
+from lerpray.model import Engine, EngineError, GenerationRequest, PromptTooLongError, SamplingParams
 from lerpray.testing import tiny_tokenizer
 
 pytestmark = pytest.mark.component
 
-PROMPTS = ["Hello there", "A much longer prompt than the others, to force padding", "xyz"]
-ONE, TWO, MIXED, WILD = (1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.2, 0.3, 0.4, 0.1), (1.5, -0.5, 2.0, -1.0)
 CHAT_TEMPLATE = (
     "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<assistant>{% endif %}"
 )
-
-
-def printable_only(module, inputs, logits):
-    """Let the random tiny model emit only printable ASCII bytes (ByT5 ids 35..129), so that its texts are
-    non-empty and stop strings have something to match. Applied to the logits, after the interpolated layers."""
-    banned = torch.ones(logits.shape[-1], dtype=torch.bool)
-    banned[35:130] = False
-    return logits.masked_fill(banned, -1e4)
-
-
-@pytest.fixture(scope="module")
-def base_dir(tiny_llama_model, tmp_path_factory) -> str:
-    folder = tmp_path_factory.mktemp("tiny-base")
-    tiny_llama_model.save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def imodel(tiny_anchor_set, base_dir):
-    """The real interpolated tiny Llama (conftest's four anchors), loaded the way serving loads it."""
-    engine = Engine.from_uri(tiny_anchor_set, base_model=base_dir)
-    assert engine.layout.anchors == ("sentiment.positive", "sentiment.negative", "formality.formal",
-                                     "formality.informal")
-    engine.model.lm_head.register_forward_hook(printable_only)
-    return engine.imodel
-
-
-@pytest.fixture
-def engine(imodel):
-    return Engine(imodel, tiny_tokenizer(), max_batch_size=8)
-
-
-@pytest.fixture
-def spy(imodel, monkeypatch):
-    """Records the shape of every set_coeffs call and counts merged() uses."""
-    calls = {"shapes": [], "merged": 0}
-    set_coeffs, merged = imodel.set_coeffs, imodel.merged
-
-    def spy_set(coeffs):
-        calls["shapes"].append(tuple(coeffs.shape))
-        set_coeffs(coeffs)
-
-    def spy_merged(coeffs):
-        calls["merged"] += 1
-        return merged(coeffs)
-
-    monkeypatch.setattr(imodel, "set_coeffs", spy_set)
-    monkeypatch.setattr(imodel, "merged", spy_merged)
-    return calls
-
-
-def req(prompt, coeffs=ONE, rid=None, **sampling):
-    sampling.setdefault("temperature", 0.0)
-    sampling.setdefault("max_tokens", 12)
-    kw = {"request_id": rid} if rid else {}
-    return GenerationRequest(coeffs=coeffs, prompt=prompt, sampling=SamplingParams(**sampling), **kw)
-
-
-@torch.inference_mode()
-def reference_greedy(engine: Engine, request: GenerationRequest) -> list[int]:
-    """Plain HF loop, one row, no padding, no position ids: what the engine must reproduce.
-
-    Batched rows differ from this loop by float rounding (~1e-6; BLAS kernels differ between CPUs and batch
-    shapes), so token-for-token equality is a fair claim only where no step is a near tie: the loop checks that
-    its top two logits are always 1e-4 apart (100x the rounding), and says so if a change of model or prompt makes one a tie."""
-    ids = torch.tensor([engine.encode(request)])
-    engine.imodel.set_coeffs(torch.tensor([request.coeffs]))
-    out, tokens = engine.model(input_ids=ids, use_cache=True), []
-    for _ in range(request.sampling.max_tokens):
-        top2 = out.logits[0, -1].topk(2).values
-        assert top2[0] - top2[1] > 1e-4, f"near tie at token {len(tokens)}: greedy equality would rest on rounding"
-        token = int(out.logits[0, -1].argmax())
-        tokens.append(token)
-        if token == engine.tokenizer.eos_token_id:
-            break
-        cache = out["cache"] if "cache" in out.keys() else out["past_key_values"]  # transformers >= 5.2x / older
-        out = engine.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
-    return tokens
-
-
-def token_ids(engine: Engine, requests: list[GenerationRequest]) -> dict[str, list[int]]:
-    tokens: dict[str, list[int]] = {r.request_id: [] for r in requests}
-    for event in engine.stream(requests):
-        tokens[event.request_id].append(event.token_id)
-    return tokens
 
 
 def test_batched_greedy_equals_unpadded_reference(engine, spy):
@@ -247,7 +159,7 @@ def test_bad_requests_are_refused(engine):
 
 
 def test_merged_fast_path_only_when_all_rows_share_a_mix(imodel, spy):
-    fast = Engine(imodel, tiny_tokenizer(), merged_fast_path=True)
+    fast = Engine(imodel, tiny_tokenizer(), merged_fast_path=True, prefill_chunk=256)  # each prompt in one step
     shared = [req(PROMPTS[0], MIXED, max_tokens=6), req(PROMPTS[1], MIXED, max_tokens=6)]
     assert token_ids(fast, shared) == token_ids(Engine(imodel, tiny_tokenizer()), shared)
     assert spy["merged"] == 6  # one prefill + five decode steps, all one mix
