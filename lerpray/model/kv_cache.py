@@ -13,7 +13,6 @@ times per slot-set lifetime). Pure torch + the transformers Cache interface; no 
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, CacheLayerMixin
 

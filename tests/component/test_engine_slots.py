@@ -57,7 +57,7 @@ def test_long_prefill_does_not_stall_decoding_rows(imodel):
     """A 135-token prompt arrives while three rows decode: it is prefilled 8 tokens a step, and every step of
     its prefill still gives each decoding row its next token."""
     engine = Engine(imodel, tiny_tokenizer(), max_batch_size=4, prefill_chunk=8)
-    short = [req(p, m, rid=f"s{i}", max_tokens=60) for i, (p, m) in enumerate(zip(PROMPTS, [ONE, TWO, WILD]))]
+    short = [req(p, m, rid=f"s{i}", max_tokens=60) for i, (p, m) in enumerate(zip(PROMPTS, [ONE, TWO, WILD], strict=True))]
     tokens, history = run(engine, {0: short, 12: [req(LONG, MIXED, rid="long", max_tokens=4)]})
     assert {e.request_id for e in history[11]} == {"s0", "s1", "s2"}  # all decoding when the long one arrives
     first_long = next(i for i, events in enumerate(history) if any(e.request_id == "long" for e in events))
@@ -142,8 +142,8 @@ def test_cuda_graph_decode_matches_eager_and_never_recaptures_for_a_new_mix(imod
     cuda.model.to("cuda")
     graphs = Engine(cuda, tiny_tokenizer(), max_batch_size=4, cuda_graphs=True)
     eager = Engine(cuda, tiny_tokenizer(), max_batch_size=4, cuda_graphs=False)
-    first = [req(p, m, max_tokens=8) for p, m in zip(PROMPTS, [ONE, TWO, WILD])]
+    first = [req(p, m, max_tokens=8) for p, m in zip(PROMPTS, [ONE, TWO, WILD], strict=True)]
     assert [r.text for r in graphs.generate(first)] == [r.text for r in eager.generate(first)]
     captures = graphs._graphs.captures
-    graphs.generate([req(p, m, max_tokens=8) for p, m in zip(PROMPTS, [MIXED, WILD, (0.3, 0.3, 0.3, 0.1)])])
+    graphs.generate([req(p, m, max_tokens=8) for p, m in zip(PROMPTS, [MIXED, WILD, (0.3, 0.3, 0.3, 0.1)], strict=True)])
     assert graphs._graphs.captures == captures
