@@ -6,13 +6,16 @@ max_queued_requests) are deployment options and live in the YAML's `deployments:
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lerpray.mixing import ExtrapolationBounds
 
-__all__ = ["BoundsArgs", "ServeArgs"]
+__all__ = ["BoundsArgs", "PresetMix", "ServeArgs"]
+
+PRESET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")  # no ":", which starts an inline mix
 
 
 class BoundsArgs(BaseModel):
@@ -34,6 +37,24 @@ class BoundsArgs(BaseModel):
         return ExtrapolationBounds(self.alpha_min, self.alpha_max, self.weight_min, self.weight_max)
 
 
+class PresetMix(BaseModel):
+    """A preset: a mix in the request's `interpolation` form under a model id of its own (GET /v1/models lists it).
+
+    Its names and ranges are checked against the anchor set when a replica starts
+    (lerpray.serve.protocol.preset_coeffs), since the set is not known before.
+    """
+
+    model_config = ConfigDict(extra="forbid", serialize_by_alias=True)  # "lambda" both ways
+
+    alpha: dict[str, float] | None = None
+    lambda_: dict[str, float] | None = Field(None, alias="lambda")
+    anchors: dict[str, float] | None = None
+    extrapolate: bool = False
+
+    def as_mix(self) -> dict[str, object]:
+        return self.model_dump(exclude_defaults=True)
+
+
 class ServeArgs(BaseModel):
     """Everything a replica needs to load its engine and police requests."""
 
@@ -50,6 +71,9 @@ class ServeArgs(BaseModel):
     default_max_tokens: int = Field(128, ge=1, description="max_tokens when a request gives none")
     extrapolation: BoundsArgs | None = Field(
         default_factory=BoundsArgs, description='bounds for "extrapolate": true; null disables extrapolation'
+    )
+    presets: dict[str, PresetMix] = Field(
+        default_factory=dict, description='model id -> mix, e.g. {"lerpray-upbeat": {"alpha": {"sentiment": 0.9}}}'
     )
     api_key_env: str | None = Field(None, description="env var holding the API key; unset = no auth")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
@@ -69,6 +93,16 @@ class ServeArgs(BaseModel):
                 f"default_max_tokens ({self.default_max_tokens}) must not exceed max_tokens_cap "
                 f"({self.max_tokens_cap}); lower it or raise the cap"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _preset_ids(self) -> ServeArgs:
+        for name in self.presets:
+            if name == self.model_name or not PRESET_ID.match(name):
+                raise ValueError(
+                    f"presets: {name[:64]!r} cannot be a preset id; use letters, digits and . _ / - (no ':', which "
+                    f"starts an inline mix), at most 128 characters, and not the served id {self.model_name!r}"
+                )
         return self
 
     def bounds(self) -> ExtrapolationBounds | None:

@@ -1,8 +1,9 @@
 """The Serve deployment: a thin shim between HTTP and the engine (cf. Ray Serve LLM's `LLMServer`).
 
-Its duties: (1) load the engine and the anchor set's manifest at start, (2) authenticate and parse requests into
-engine requests (`lerpray.serve.protocol`), (3) hand them to the continuous batcher, (4) answer in OpenAI's shapes,
-streaming as server-sent events, with every failure mapped by `lerpray.serve.errors`. It takes an
+Its duties: (1) load the engine and the anchor set's manifest at start, and check the config's presets against
+it, (2) authenticate and parse requests into engine requests (`lerpray.serve.protocol`), (3) hand them to the
+continuous batcher, (4) answer in OpenAI's shapes, streaming as server-sent events, with every failure mapped by
+`lerpray.serve.errors`. It takes an
 `engine_factory` so tests can inject an engine; the default loads `Engine.from_uri`.
 """
 
@@ -24,7 +25,8 @@ from lerpray.serve import errors, protocol
 from lerpray.serve.batcher import Batcher, EngineLike
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.metrics import ServeMetrics
-from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest, ModelList
+from lerpray.serve.responses import ModelList
+from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest
 
 __all__ = ["LerpServer", "load_engine"]
 
@@ -144,7 +146,8 @@ class LerpServer:
         self.args = ServeArgs.model_validate(args)
         self._api_key = _api_key(self.args.api_key_env)
         self.engine = _start_engine(engine_factory or load_engine, self.args)
-        self.card = protocol.model_card(self.args, self.engine.layout, self.engine.context_length)
+        protocol.preset_coeffs(self.args, self.engine.layout)  # a preset that does not fit the set fails the start
+        self.cards = protocol.model_cards(self.args, self.engine.layout, self.engine.context_length)
         self.metrics = ServeMetrics()
         self.batcher = Batcher(
             self.engine,
@@ -179,7 +182,7 @@ class LerpServer:
             self._authorize(request)
         except errors.ApiError as err:
             return self._error(err, "models")
-        return JSONResponse(ModelList(data=[self.card]).model_dump())
+        return JSONResponse(ModelList(data=self.cards).model_dump())
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Response:
@@ -200,7 +203,9 @@ class LerpServer:
         streaming = False
         try:
             first = await anext(events)  # queue-full and per-request engine errors surface here, before headers
-            reply = protocol.Reply(route, gen.request_id, self.args.model_name, gen.coeffs, self.engine.layout)
+            model = parsed.model or self.args.model_name
+            fingerprint = self.cards[0].fingerprint
+            reply = protocol.Reply(route, gen.request_id, model, gen.coeffs, self.engine.layout, fingerprint)
             if parsed.stream:
                 streaming = True  # the SSE generator owns `events` from here on
                 sse = self._sse(reply, first, events, parsed.include_usage())

@@ -16,7 +16,7 @@ from lerpray.mixing import MixError
 from lerpray.model.requests import EngineError, PromptTooLongError
 from lerpray.model.sampling import SamplingError
 from lerpray.serve.batcher import QueueFullError
-from lerpray.serve.schemas import ErrorBody, ErrorResponse
+from lerpray.serve.responses import ErrorBody, ErrorResponse
 
 __all__ = [
     "ApiError",
@@ -89,10 +89,12 @@ def unauthorized(header_present: bool) -> ApiError:
     )
 
 
-def unknown_model(requested: str, served: str) -> ApiError:
+def unknown_model(requested: str, served: str, presets: list[str]) -> ApiError:
+    shown = requested if len(requested) <= 64 else requested[:61] + "..."
+    ids = ", ".join(repr(m) for m in [served, *presets])
     return ApiError(
-        404, f"model {requested!r} does not exist here; this server serves {served!r} (GET /v1/models)",
-        param="model", code="model_not_found",
+        404, f"model {shown!r} does not exist here; this server serves {ids}, or {served}:<mix> with a mix inline "
+        f"(e.g. {served}:ATTRIBUTE=0.8; GET /v1/models)", param="model", code="model_not_found",
     )
 
 
@@ -145,4 +147,6 @@ def _code(pydantic_type: str) -> str:
         return "missing_field"
     if pydantic_type == "extra_forbidden":
         return "unknown_field"
+    if pydantic_type == "unsupported_value":  # schemas.UNSUPPORTED: a real OpenAI field this server does not take
+        return pydantic_type
     return "invalid_type" if pydantic_type.endswith("_type") else "invalid_value"

@@ -1,7 +1,9 @@
 """OpenAI protocol <-> engine: parsed requests become `GenerationRequest`s, token events become responses/chunks.
 
 Pure (no Ray, no HTTP): the deployment calls these; the rules that can refuse a request (served model id,
-max_tokens cap, the mix) are checked here and raise the errors `lerpray.serve.errors` maps.
+max_tokens cap, the mix) are checked here and raise the errors `lerpray.serve.errors` maps. A request's mix is its
+`interpolation` if it has one, else its model id's: a preset's, an inline mix's (lerpray/serve/model_ids.py), or the
+centre of the anchors' hull for the served id itself.
 """
 
 from __future__ import annotations
@@ -9,41 +11,39 @@ from __future__ import annotations
 import time
 import uuid
 
-from lerpray.mixing import AnchorLayout, default_mix, resolve_mix
+from lerpray.mixing import AnchorLayout, MixError, default_mix, resolve_mix
 from lerpray.model.requests import GenerationRequest, TokenEvent
 from lerpray.model.sampling import SamplingParams
-from lerpray.serve import errors
+from lerpray.serve import errors, model_ids
 from lerpray.serve.config import ServeArgs
-from lerpray.serve.schemas import (
+from lerpray.serve.responses import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,
     ChatCompletionChunk,
-    ChatCompletionRequest,
     ChatCompletionResponse,
     ChatDelta,
     CompletionChoice,
     CompletionChunk,
-    CompletionRequest,
     CompletionResponse,
     ModelCard,
     Usage,
 )
+from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest
 
-__all__ = ["Reply", "generation_request", "model_card"]
+__all__ = ["Reply", "generation_request", "model_cards", "preset_coeffs"]
 
 
 def generation_request(
     parsed: CompletionRequest | ChatCompletionRequest, args: ServeArgs, layout: AnchorLayout
 ) -> GenerationRequest:
     """Check a parsed request against the server's policy and turn it into an engine request."""
-    if parsed.model is not None and parsed.model != args.model_name:
-        raise errors.unknown_model(parsed.model, args.model_name)
+    coeffs = model_coeffs(parsed.model, args, layout)  # [K]; also checks the model id when `interpolation` is given
     max_tokens = args.default_max_tokens if parsed.max_tokens is None else parsed.max_tokens
     if max_tokens > args.max_tokens_cap:
         raise errors.max_tokens_over_cap(max_tokens, args.max_tokens_cap)
-    mix = default_mix(layout) if parsed.interpolation is None else parsed.interpolation
-    coeffs = resolve_mix(mix, layout, args.bounds())  # [K]
+    if parsed.interpolation is not None:  # the body's mix overrides the model id's
+        coeffs = resolve_mix(parsed.interpolation, layout, args.bounds())
     sampling = SamplingParams(
         temperature=1.0 if parsed.temperature is None else parsed.temperature,
         top_p=1.0 if parsed.top_p is None else parsed.top_p,
@@ -59,16 +59,43 @@ def generation_request(
     return GenerationRequest(coeffs=coeffs, prompt=parsed.prompt_text(), sampling=sampling, request_id=request_id)
 
 
-def model_card(args: ServeArgs, layout: AnchorLayout, context_length: int) -> ModelCard:
-    """GET /v1/models' entry: the anchor set (attributes, poles) and the base model from its manifest."""
-    from lerpray.anchors import open_store, read_manifest
+def model_coeffs(model: str | None, args: ServeArgs, layout: AnchorLayout) -> tuple[float, ...]:
+    """The coefficients [K] a model id stands for; 404 for an id this server does not serve."""
+    if model is None or model == args.model_name:
+        return resolve_mix(default_mix(layout), layout, args.bounds())
+    if model in args.presets:
+        return resolve_mix(args.presets[model].as_mix(), layout, args.bounds())  # checked at startup
+    spec = model_ids.inline_spec(model, args.model_name)
+    if spec is None:
+        raise errors.unknown_model(model, args.model_name, list(args.presets))
+    return model_ids.inline_coeffs(spec, layout, args.bounds())
 
-    manifest = read_manifest(open_store(args.anchors))
+
+def preset_coeffs(args: ServeArgs, layout: AnchorLayout) -> dict[str, tuple[float, ...]]:
+    """Every preset's coefficients; a ValueError naming the preset and what to change if one does not fit the set."""
+    out = {}
+    for name, preset in args.presets.items():
+        try:
+            out[name] = resolve_mix(preset.as_mix(), layout, args.bounds())
+        except MixError as err:
+            path = err.field.replace("interpolation", f"presets.{name}", 1)
+            raise ValueError(f"serve config {path}: {err.message}") from None
+    return out
+
+
+def model_cards(args: ServeArgs, layout: AnchorLayout, context_length: int) -> list[ModelCard]:
+    """GET /v1/models' entries: the served id (the anchor set, its attributes and poles, the base model from its
+    manifest) and one per preset; `fingerprint` identifies the set's manifest (system_fingerprint of replies)."""
+    from lerpray.anchors import MANIFEST_NAME, open_store, read_manifest
+    from lerpray.anchors.format import sha256
+
+    store = open_store(args.anchors)
+    manifest = read_manifest(store)
     base = manifest.base_model.model_dump(mode="json")
     if args.base_model is not None:
         base["served_from"] = args.base_model
     bounds = args.bounds()
-    return ModelCard(
+    served = ModelCard(
         id=args.model_name,
         created=int(manifest.created_at.timestamp()),
         base_model=base,
@@ -76,17 +103,34 @@ def model_card(args: ServeArgs, layout: AnchorLayout, context_length: int) -> Mo
         attributes={a: {"high": p.high, "low": p.low} for a, p in manifest.attributes.items()},
         extrapolation=None if bounds is None else vars(bounds).copy(),
         context_length=context_length,
+        max_tokens_cap=args.max_tokens_cap,
+        default_max_tokens=args.default_max_tokens,
+        fingerprint=f"v{manifest.version}-{sha256(store.read_bytes(MANIFEST_NAME))[:12]}",
     )
+    presets = [
+        served.model_copy(update={"id": name, "parent": args.model_name, "interpolation": preset.as_mix()})
+        for name, preset in args.presets.items()
+    ]
+    return [served, *presets]
 
 
 class Reply:
     """Accumulates one request's token events into an OpenAI response, or turns each into a stream chunk."""
 
-    def __init__(self, route: str, request_id: str, model: str, coeffs: tuple[float, ...], layout: AnchorLayout):
+    def __init__(
+        self,
+        route: str,
+        request_id: str,
+        model: str,
+        coeffs: tuple[float, ...],
+        layout: AnchorLayout,
+        fingerprint: str | None = None,
+    ):
         self.route = route
         self.chat = route == "chat"
         self.id = ("chatcmpl-" if self.chat else "cmpl-") + request_id
         self.model = model
+        self.fingerprint = fingerprint
         self.created = int(time.time())
         self.mix = dict(zip(layout.anchors, coeffs, strict=True))
         self.parts: list[str] = []
@@ -107,32 +151,28 @@ class Reply:
         if not self.chat:
             return []
         choice = ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))
-        return [self._dump(ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=[choice]))]
+        return [ChatCompletionChunk(choices=[choice], **self._common()).model_dump()]
 
     def usage_chunk(self) -> dict:
         """The last chunk when stream_options.include_usage is set: no choices, the token counts."""
         kind = ChatCompletionChunk if self.chat else CompletionChunk
-        return self._dump(kind(id=self.id, created=self.created, model=self.model, choices=[], usage=self.usage))
+        return kind(choices=[], usage=self.usage, **self._common()).model_dump()
 
     def response(self) -> dict:
         text = "".join(self.parts)
-        common = {"id": self.id, "created": self.created, "model": self.model, "usage": self.usage}
+        common = {**self._common(), "usage": self.usage, "interpolation": self.mix}
         if self.chat:
             choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=self.finish_reason)
-            body = ChatCompletionResponse(choices=[choice], interpolation=self.mix, **common)
-        else:
-            choice = CompletionChoice(text=text, finish_reason=self.finish_reason)
-            body = CompletionResponse(choices=[choice], interpolation=self.mix, **common)
-        return body.model_dump()
+            return ChatCompletionResponse(choices=[choice], **common).model_dump()
+        choice = CompletionChoice(text=text, finish_reason=self.finish_reason)
+        return CompletionResponse(choices=[choice], **common).model_dump()
 
     def _chunk(self, text: str, finish_reason: str | None) -> dict:
         if self.chat:
-            delta = ChatDelta(content=text or None)
-            choices = [ChatChunkChoice(delta=delta, finish_reason=finish_reason)]
-            return self._dump(ChatCompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices))
+            choices = [ChatChunkChoice(delta=ChatDelta(content=text or None), finish_reason=finish_reason)]
+            return ChatCompletionChunk(choices=choices, **self._common()).model_dump()
         choices = [CompletionChoice(text=text, finish_reason=finish_reason)]
-        return self._dump(CompletionChunk(id=self.id, created=self.created, model=self.model, choices=choices))
+        return CompletionChunk(choices=choices, **self._common()).model_dump()
 
-    @staticmethod
-    def _dump(chunk: ChatCompletionChunk | CompletionChunk) -> dict:
-        return chunk.model_dump()
+    def _common(self) -> dict:
+        return {"id": self.id, "created": self.created, "model": self.model, "system_fingerprint": self.fingerprint}

@@ -11,11 +11,12 @@ import os
 import socket
 
 import httpx
+import openai_fields
 import pytest
 
 from lerpray.anchors import open_store, read_manifest
 from lerpray.mixing import resolve_mix
-from lerpray.model.engine import Engine, GenerationRequest, SamplingParams
+from lerpray.model import Engine, GenerationRequest, SamplingParams
 from lerpray.testing import tiny_anchor_set
 
 pytestmark = pytest.mark.integration
@@ -28,6 +29,7 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 CAP, BODY_LIMIT = 48, 16 * 1024
 MIX = {"alpha": {"sentiment": 0.8, "formality": 0.3}, "lambda": {"sentiment": 0.6, "formality": 0.4}}
 MESSAGES = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Tell me about cats."}]
+PRESETS = {"lerpray-upbeat": {"alpha": {"sentiment": 0.9}}, "lerpray-mix": MIX}
 
 
 def free_port() -> int:
@@ -55,7 +57,7 @@ def base_url(anchors: str):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = ServeArgs(
             anchors=anchors, api_key_env=KEY_ENV, max_tokens_cap=CAP, default_max_tokens=8,
-            max_body_bytes=BODY_LIMIT, num_cpus=0.5,
+            max_body_bytes=BODY_LIMIT, num_cpus=0.5, presets=PRESETS,
         )
         serve.run(make_app(args), name="lerpray", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
@@ -100,8 +102,11 @@ def test_healthz_needs_no_key(base_url):
 
 def test_models_lists_the_anchor_set(http, anchors):
     manifest = read_manifest(open_store(anchors))
-    (card,) = http.get("/v1/models").json()["data"]
-    assert card["id"] == "lerpray"
+    card, *presets = http.get("/v1/models").json()["data"]
+    assert card["id"] == "lerpray" and card["parent"] is None
+    assert card["fingerprint"] == f"v{manifest.version}-" + card["fingerprint"].split("-")[1]
+    assert [(p["id"], p["parent"], p["interpolation"]) for p in presets] == [
+        (name, "lerpray", mix) for name, mix in PRESETS.items()]
     assert card["anchors"] == [a.name for a in manifest.anchors]
     assert card["attributes"] == {"sentiment": {"high": "positive", "low": "negative"},
                                   "formality": {"high": "formal", "low": "informal"}}
@@ -166,7 +171,7 @@ def test_streamed_chat_opens_with_the_role(http):
 def test_openai_client(base_url, engine):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
-    assert [m.id for m in client.models.list()] == ["lerpray"]
+    assert [m.id for m in client.models.list()] == ["lerpray", *PRESETS]
     completion = client.completions.create(
         model="lerpray", prompt="Once upon a time", max_tokens=16, seed=7, extra_body={"interpolation": MIX}
     )
@@ -205,7 +210,11 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": 5}, 400, "prompt", "invalid_type"),
     ("/v1/completions", {"max_tokens": 5}, 400, "prompt", "missing_field"),
     ("/v1/completions", {"prompt": "x", "temprature": 0.5}, 400, "temprature", "unknown_field"),
-    ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n", "invalid_value"),
+    ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n", "unsupported_value"),
+    ("/v1/chat/completions", {"messages": MESSAGES, "tools": [{"type": "function"}]}, 400, "tools",
+     "unsupported_value"),
+    ("/v1/completions", {"prompt": "x", "model": "lerpray:sentiment=2"}, 400, "model", "invalid_interpolation"),
+    ("/v1/completions", {"prompt": "x", "model": "lerpray:sentiment"}, 400, "model", "invalid_interpolation"),
     ("/v1/completions", {"prompt": "x", "temperature": -1}, 400, "temperature", "invalid_value"),
     ("/v1/completions", {"prompt": "x", "interpolation": [0.5]}, 400, "interpolation", "invalid_interpolation"),
     ("/v1/completions", {"prompt": "x", "interpolation": {"lambda": {"sentiment": 1.0}}}, 400, "interpolation.alpha",
@@ -245,3 +254,48 @@ def test_bad_stream_request_fails_before_streaming(http):
     response = http.post("/v1/completions", json=body)
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "interpolation.alpha.sentiment"
+
+
+def completion_text(http, **body) -> dict:
+    response = http.post("/v1/completions", json={"prompt": "Once upon a time", "max_tokens": 12, "seed": 5, **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_presets_and_inline_mixes_are_model_ids(http):
+    """A preset id, an inline mix and the same `interpolation` give the same text; the reply names the model id."""
+    by_body = completion_text(http, interpolation=MIX)
+    by_preset = completion_text(http, model="lerpray-mix")
+    inline = "lerpray:sentiment=0.8,formality=0.3;lambda:sentiment=0.6,formality=0.4"
+    by_inline = completion_text(http, model=inline)
+    assert by_preset["choices"][0]["text"] == by_inline["choices"][0]["text"] == by_body["choices"][0]["text"]
+    assert by_preset["interpolation"] == by_inline["interpolation"] == by_body["interpolation"]
+    assert (by_preset["model"], by_inline["model"], by_body["model"]) == ("lerpray-mix", inline, "lerpray")
+    assert by_body["system_fingerprint"] == http.get("/v1/models").json()["data"][0]["fingerprint"]
+
+
+def test_interpolation_overrides_a_preset(http):
+    overridden = completion_text(http, model="lerpray-upbeat", interpolation=MIX)
+    assert overridden["interpolation"] == completion_text(http, interpolation=MIX)["interpolation"]
+    assert overridden["model"] == "lerpray-upbeat"
+
+
+def test_every_openai_field_over_http(http):
+    """Every field of the openai client's request types (each example value built from them): accepted, or a 400
+    naming the field; never a 500 and never "unknown field". The unit twin: tests/unit/test_serve_fields.py."""
+    refused = 0
+    for path, field, value in openai_fields.variants():
+        short = {} if field == "max_completion_tokens" else {"max_tokens": 2}  # the two may not come together
+        response = http.post(path, json={**openai_fields.BASE_BODIES[path], **short, field: value})
+        if response.status_code == 200:
+            continue
+        error = response.json()["error"]
+        if field == "model":
+            assert (response.status_code, error["param"]) == (404, "model"), error
+            continue
+        refused += 1
+        assert response.status_code == 400, (field, value, error)
+        assert error["code"] != "unknown_field", (field, value, error)
+        assert error["param"] == field or error["param"].startswith((f"{field}.", f"{field}[")), (field, error)
+    assert refused > 20  # the neutral-only and refused fields
+

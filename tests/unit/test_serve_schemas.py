@@ -12,7 +12,7 @@ import yaml
 from pydantic import ValidationError
 
 from lerpray.mixing import AnchorLayout, MixError
-from lerpray.model.engine import EngineError, PromptTooLongError, TokenEvent
+from lerpray.model import EngineError, PromptTooLongError, TokenEvent
 from lerpray.serve.batcher import Batcher, QueueFullError
 from lerpray.serve.commands import APP_IMPORT_PATH, serve_config
 from lerpray.serve.config import ServeArgs
@@ -52,7 +52,7 @@ def test_chat_request_normalises_openai_variants():
         ('{"prompt": "x", "max_tokens": "5"}', "max_tokens", "valid integer"),  # strict: no coercion
         ('{"prompt": "x", "max_tokens": 2.0}', "max_tokens", "valid integer"),
         ('{"prompt": "x", "temperature": 1e999}', "temperature", "finite"),
-        ('{"prompt": "x", "n": 3}', "n", "only n=1"),
+        ('{"prompt": "x", "n": 3}', "n", "not supported by this server yet"),
         ('{"prompt": ["a", "b"]}', "prompt", "one prompt per request"),
         ('{"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}', "stop", "at most 4"),
         ('{"prompt": "x", "presence_penalty": 0.5}', "presence_penalty", "not supported"),
@@ -70,7 +70,8 @@ def test_completion_request_errors_name_the_field(body, param, fragment):
 def test_union_errors_report_the_deepest_branch():
     body = '{"messages": [{"role": "user", "content": [{"type": "image_url", "text": "x"}]}]}'
     error = error_of(ChatCompletionRequest, body)
-    assert error["param"] == "messages[0].content[0].type"
+    assert error["param"] == "messages[0].content[0]"
+    assert "only text parts" in error["message"]
 
 
 def test_non_object_and_invalid_json_bodies():
@@ -211,7 +212,7 @@ class ScriptedEngine:
 
 
 def req(prompt: str, max_tokens: int = 4):
-    from lerpray.model.engine import GenerationRequest, SamplingParams
+    from lerpray.model import GenerationRequest, SamplingParams
 
     return GenerationRequest(coeffs=(1.0, 0.0), prompt=prompt, sampling=SamplingParams(max_tokens=max_tokens))
 

@@ -1,0 +1,136 @@
+"""OpenAI-compatible response, stream-chunk, model-list and error bodies.
+
+Each reply also says what produced it: `interpolation` (every anchor's resolved coefficient) on full responses,
+and OpenAI's `system_fingerprint` (the anchor set's version and manifest digest) on responses and chunks alike.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, JsonValue, model_serializer
+
+__all__ = [
+    "AssistantMessage", "ChatChoice", "ChatChunkChoice", "ChatCompletionChunk", "ChatCompletionResponse", "ChatDelta",
+    "CompletionChoice", "CompletionChunk", "CompletionResponse", "ErrorBody", "ErrorResponse", "ModelCard",
+    "ModelList", "Usage",
+]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int) -> Usage:
+        return cls(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+
+
+class _Response(BaseModel):
+    id: str
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    system_fingerprint: str | None = Field(None, description="the anchor set: v<version>-<manifest sha256 prefix>")
+
+
+class CompletionChoice(BaseModel):
+    index: int = 0
+    text: str
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class CompletionResponse(_Response):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
+    usage: Usage
+    interpolation: dict[str, float] = Field(description="the resolved coefficient of every anchor")
+
+
+class CompletionChunk(_Response):
+    object: Literal["text_completion"] = "text_completion"
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionResponse(_Response):
+    object: Literal["chat.completion"] = "chat.completion"
+    choices: list[ChatChoice]
+    usage: Usage
+    interpolation: dict[str, float] = Field(description="the resolved coefficient of every anchor")
+
+
+class ChatDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _drop_unset(self, handler: Any) -> dict[str, Any]:
+        """OpenAI sends `role` only in the first delta and no `content` in the last."""
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class ChatChunkChoice(BaseModel):
+    index: int = 0
+    delta: ChatDelta
+    logprobs: None = None
+    finish_reason: str | None = None
+
+
+class ChatCompletionChunk(_Response):
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    choices: list[ChatChunkChoice]
+    usage: Usage | None = None
+
+
+class ModelCard(BaseModel):
+    """One model id: the anchor set on its base model, or a preset (a named mix of it, `parent` the served id)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "lerpray"
+    parent: str | None = Field(None, description="a preset's served model id; null for the served id itself")
+    interpolation: JsonValue = Field(None, description="a preset's mix (the request form); null: the hull's centre")
+    base_model: dict[str, Any]
+    anchors: list[str]
+    attributes: dict[str, dict[str, str]] = Field(description='attribute -> {"high": anchor, "low": anchor}')
+    extrapolation: dict[str, float] | None = Field(description="bounds for extrapolate: true; null = not allowed")
+    context_length: int
+    max_tokens_cap: int = Field(description="the largest max_tokens a request may ask for")
+    default_max_tokens: int = Field(description="max_tokens when a request gives none")
+    fingerprint: str = Field(description="the anchor set: v<version>-<manifest sha256 prefix>, as system_fingerprint")
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
