@@ -1,10 +1,10 @@
-"""Batch throughput: the Ray Data pipeline (lerpray.batch) vs the in-process engine on the same prompts x mixes.
+"""Batch throughput: the Ray Data pipeline (lerpray.batch.pipeline) vs the in-process engine on the same prompts x mixes.
 
     python benchmarks/bench_batch.py                       # tiny random Llama, 2-CPU local Ray (~1-2 min)
     python benchmarks/bench_batch.py --model bundled --prompts 16 --max-tokens 32   # SmolLM2-135M, random anchors
 
 Workload: --prompts prompts x --mixes mixes (alpha of one attribute spread over [0, 1]), greedy, --max-tokens new
-tokens per row. The same plan (lerpray.batch.plan_rows) feeds both sides, so both generate the same requests.
+tokens per row. The same plan (lerpray.batch.plan.plan_rows) feeds both sides, so both generate the same requests.
 
     in-process   Engine.from_uri once, then engine.generate(all requests) with max_batch_size = --batch-size
                  (continuous batching); load and generate timed separately; run before and after the pipeline
@@ -71,7 +71,7 @@ class TimedEngine:
     """The pipeline's engine, with its load and generate() times appended to a file per actor process."""
 
     def __init__(self, log_dir: str, **engine_kwargs) -> None:
-        from lerpray.batch import load_engine
+        from lerpray.batch.pipeline import load_engine
 
         start = time.perf_counter()
         self.engine = load_engine(**engine_kwargs)
@@ -109,8 +109,8 @@ def actor_times(log_dir: Path) -> dict:
 def in_process(anchors: Path, plan: list[dict], batch_size: int, max_tokens: int) -> dict:
     import torch
 
-    from lerpray.batch import load_engine
-    from lerpray.model.engine import GenerationRequest
+    from lerpray.batch.pipeline import load_engine
+    from lerpray.model.requests import GenerationRequest
     from lerpray.model.sampling import SamplingParams
 
     start = time.perf_counter()
@@ -130,8 +130,8 @@ def in_process(anchors: Path, plan: list[dict], batch_size: int, max_tokens: int
 
 
 def pipeline(anchors: Path, prompts: Path, mixes: list[dict], args, actors: int, out: Path) -> dict:
-    from lerpray.batch import run_batch
-    from lerpray.batch_config import parse_batch_config
+    from lerpray.batch.config import parse_batch_config
+    from lerpray.batch.pipeline import run_batch
 
     config = parse_batch_config({
         "anchors": str(anchors), "input": {"paths": str(prompts)}, "mixes": mixes,
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from lerpray.anchors import open_store, read_manifest
-    from lerpray.batch import plan_rows
+    from lerpray.batch.plan import plan_rows
 
     torch.set_num_threads(args.threads)
     machine = machine_description("cpu")

@@ -90,8 +90,9 @@ def in_process(base: str, data_file: Path, args: argparse.Namespace, out: Path) 
     """The same anchor's training without Ray: one process, one thread, same loop body as lerpray.train.worker."""
     from peft import LoraConfig, get_peft_model
 
+    from lerpray.data.text_io import read_texts
     from lerpray.model.base import load_base_model
-    from lerpray.train.data import BlockSchedule, pack_blocks, read_texts
+    from lerpray.train.packing import BlockSchedule, pack_blocks
 
     start = time.perf_counter()
     model, tokenizer = load_base_model(base)
@@ -136,8 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             print(json.dumps(in_process(args.in_process[0], Path(args.in_process[1]), args, Path(tmp))))
         return 0
-    from lerpray.local_cluster import local_ray
     from lerpray.model.base import bundled_model_dir
+    from lerpray.ray_cluster import local_ray
     from lerpray.testing import save_tiny_base_model
 
     machine_before = machine_description()

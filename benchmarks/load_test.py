@@ -279,7 +279,7 @@ def main() -> None:
         return
     from ray import serve
 
-    from lerpray.local_cluster import local_ray
+    from lerpray.ray_cluster import local_ray
 
     with local_ray(num_cpus=2, log_to_driver=False), tempfile.TemporaryDirectory() as tmp:
         with socket.socket() as sock:

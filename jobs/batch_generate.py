@@ -29,10 +29,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lerpray.batch import BatchInputError
-from lerpray.batch_commands import run_and_report
-from lerpray.batch_config import BatchConfigError, load_batch_config
-from lerpray.train.commands import connect_ray
+from lerpray.batch.commands import run_and_report
+from lerpray.batch.config import BatchConfigError, load_batch_config
+from lerpray.batch.plan import BatchInputError
+from lerpray.ray_cluster import connect_ray
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

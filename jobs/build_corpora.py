@@ -20,8 +20,8 @@ from lerpray.cli import main as lerpray_main
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The job is `lerpray eval corpora` (same flags); kept as a file so `ray job submit` and RayJobs can name it."""
-    return lerpray_main(["eval", "corpora", *(sys.argv[1:] if argv is None else argv)])
+    """The job is `lerpray data corpora` (same flags); kept as a file so `ray job submit` and RayJobs can name it."""
+    return lerpray_main(["data", "corpora", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-id", default=None, help="resume the Ray runs of this id (default: the config's)")
     args = parser.parse_args(argv)
 
-    from lerpray.train.commands import connect_ray, run_training
+    from lerpray.ray_cluster import connect_ray
+    from lerpray.train.commands import run_training
     from lerpray.train.config import ConfigError, load_train_config
 
     try:

@@ -1,4 +1,4 @@
-"""The `lerpray` command.
+"""The `lerpray` command (also `python -m lerpray`).
 
 Each area owns its subcommands in a small `commands` module exposing `add_parsers(subparsers)`; those modules import
 their heavy dependencies (torch, Ray, ...) inside the handlers so that `lerpray --help` stays instant.
@@ -12,13 +12,14 @@ import sys
 
 # Area command modules, in the order their subcommands appear in --help.
 COMMAND_MODULES = (
-    "lerpray.quickstart",
+    "lerpray.quickstart.commands",
+    "lerpray.data.commands",
     "lerpray.train.commands",
     "lerpray.serve.commands",
     "lerpray.model.commands",
-    "lerpray.batch_commands",
+    "lerpray.batch.commands",
     "lerpray.eval.commands",
-    "lerpray.jobs_commands",
+    "lerpray.submit.commands",
     "lerpray.anchors.commands",
 )
 

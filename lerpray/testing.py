@@ -1,7 +1,8 @@
-"""Tiny models, tokenizers and random PEFT adapters built in code.
+"""Tiny models, tokenizers and random PEFT adapters built in code, for the tests and the benchmarks.
 
-Used by the tests, the benchmarks and the CI-sized quickstart: everything here runs in seconds on a CPU and needs
-no files from any hub. Shapes are what matter here, not behaviour.
+Everything here runs in seconds on a CPU and needs no files from any hub; shapes are what matter, not behaviour.
+The tiny Llama and its tokenizer are the --tiny quickstart's (lerpray/quickstart/tiny.py), listed here so a test
+finds every builder in one place. Production code never imports this module.
 """
 
 from __future__ import annotations
@@ -12,37 +13,22 @@ from pathlib import Path
 
 import torch
 
+from lerpray.quickstart.tiny import save_tiny_base_model, tiny_llama, tiny_tokenizer
+
+__all__ = [
+    "LLAMA_TARGETS",
+    "TINY_ANCHORS",
+    "TINY_CHAT_TEMPLATE",
+    "anchor_set_from_adapters",
+    "random_adapter",
+    "save_tiny_base_model",
+    "tiny_anchor_set",
+    "tiny_gpt2",
+    "tiny_llama",
+    "tiny_tokenizer",
+]
+
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
-
-
-def tiny_tokenizer():
-    """A byte-level tokenizer that needs no files (ByT5: 3 special tokens + 256 bytes + 125 extra ids)."""
-    from transformers import ByT5Tokenizer
-
-    tokenizer = ByT5Tokenizer()
-    # Engines pad on the left for batched decoding; ByT5 pads on the right by default.
-    tokenizer.padding_side = "left"
-    return tokenizer
-
-
-def tiny_llama(seed: int = 0, hidden_size: int = 32, num_layers: int = 2, vocab_size: int = 384):
-    """A randomly initialised Llama (GQA, 2 layers) small enough for unit tests."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=0,
-        eos_token_id=1,
-        bos_token_id=None,
-    )
-    torch.manual_seed(seed)
-    return LlamaForCausalLM(config).eval()
 
 
 def tiny_gpt2(seed: int = 0, hidden_size: int = 32, num_layers: int = 2, vocab_size: int = 384):
@@ -162,14 +148,3 @@ def tiny_anchor_set(root: str | Path, *, seed: int = 0) -> Path:
     }
     build_anchor_set(model_identity(model, str(base)), adapters, root / "anchors", overwrite=True)
     return root / "anchors"
-
-
-def save_tiny_base_model(out_dir: str | Path, *, seed: int = 0, hidden_size: int = 32, num_layers: int = 2) -> Path:
-    """Save `tiny_llama` and `tiny_tokenizer` as one HF folder that lerpray.model.base.load_base_model(path) loads.
-
-    Training tests use it as the base model: Ray Train workers load the model by path in their own processes.
-    """
-    out_dir = Path(out_dir)
-    tiny_llama(seed=seed, hidden_size=hidden_size, num_layers=num_layers).save_pretrained(str(out_dir))
-    tiny_tokenizer().save_pretrained(str(out_dir))
-    return out_dir

@@ -16,10 +16,11 @@ from lerpray.anchors.format import (
     Manifest,
     check_compatible,
 )
+from lerpray.anchors.keys import check_key
 from lerpray.anchors.load import load_anchor_set, read_manifest, verify_anchor_set
 from lerpray.anchors.peft_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, parse_adapter, read_adapter
 from lerpray.anchors.publish import KNOWN_POLE_PAIRS, build_anchor_set, default_poles
-from lerpray.anchors.store import LocalStore, Store, check_key, open_store
+from lerpray.anchors.store import LocalStore, Store, open_store
 
 __all__ = [
     "ADAPTER_CONFIG",

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from urllib.parse import urlparse
 
 from lerpray.anchors.errors import ObjectNotFound, StoreError
-from lerpray.anchors.store import check_key
+from lerpray.anchors.keys import check_key
+from lerpray.configs import BUCKET_NAME
 
 MiB = 1024 * 1024
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _DENIED = {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
            "ExpiredToken", "InvalidToken", "AccountProblem"}
 _MISSING = {"NoSuchKey", "404", "NotFound"}
@@ -57,7 +56,7 @@ class S3Store:
     ):
         from boto3.s3.transfer import TransferConfig
 
-        if not _BUCKET.match(bucket or ""):
+        if not BUCKET_NAME.match(bucket or ""):
             raise StoreError(f"invalid S3 bucket name {bucket!r} in s3://{bucket}/{prefix}: use 3-63 lowercase "
                              "letters, digits, dots and hyphens (s3://bucket/prefix)")
         self.bucket = bucket

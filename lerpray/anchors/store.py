@@ -1,8 +1,8 @@
 """Where anchor sets live: a `Store` is a flat key -> bytes namespace under one root (a local folder or an S3 prefix).
 
-Keys are relative, "/"-separated paths ("sentiment.positive/adapter_config.json"). `check_key` refuses anything
-that could leave the root: "..", ".", empty segments, absolute paths, backslashes. Prefix operations (`list`,
-`delete_prefix`) work on whole path segments: prefix "a" covers "a" and "a/..." but not "ab".
+Keys are relative, "/"-separated paths ("sentiment.positive/adapter_config.json"), checked by keys.check_key.
+Prefix operations (`list`, `delete_prefix`) work on whole path segments: prefix "a" covers "a" and "a/..." but not
+"ab". `open_store(uri)` picks the store: LocalStore here, S3Store in s3.py.
 
 This module and s3.py are lerpray's only cloud I/O.
 """
@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
 from lerpray.anchors.errors import ObjectNotFound, StoreError
+from lerpray.anchors.keys import check_key
 
 _TMP_PREFIX = ".lerpray-tmp-"  # partial writes of LocalStore; never listed
 
@@ -36,28 +37,6 @@ class Store(Protocol):
     def list(self, prefix: str = "") -> list[str]: ...
 
     def delete_prefix(self, prefix: str) -> None: ...
-
-
-def check_key(key: str, *, allow_root: bool = False) -> str:
-    """Return `key` if it is a safe relative key, else raise StoreError saying why.
-
-    Args:
-        key: "/"-separated relative path.
-        allow_root: accept "" (the store root itself), for prefixes.
-    """
-    if allow_root and key == "":
-        return key
-    if not isinstance(key, str) or not key:
-        raise StoreError(f"store key must be a non-empty string, got {key!r}")
-    if "\\" in key or "\x00" in key:
-        raise StoreError(f"store key {key!r} contains a backslash or NUL; use '/'-separated relative paths")
-    if key.startswith("/"):
-        raise StoreError(f"store key {key!r} is absolute; keys are relative to the store root")
-    for segment in key.split("/"):
-        if segment in ("", ".", ".."):
-            raise StoreError(f"store key {key!r} has an empty, '.' or '..' segment; keys cannot leave the store "
-                             "root or be ambiguous")
-    return key
 
 
 class LocalStore:

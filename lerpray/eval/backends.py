@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from lerpray.eval.config import SamplingConfig
+from lerpray.configs import SamplingSettings
+from lerpray.eval.grid import Job, SweepError
 
 if TYPE_CHECKING:
-    from lerpray.eval.sweep import Job
     from lerpray.model.engine import Engine, GenerationResult
 
 __all__ = ["generate_http", "generate_in_process"]
@@ -26,7 +26,7 @@ def generate_in_process(
     coeffs: Sequence[tuple[float, ...]],
     prompts: Sequence[str],
     jobs: Sequence[Job],
-    sampling: SamplingConfig,
+    sampling: SamplingSettings,
     *,
     chat: bool = False,
 ) -> list[GenerationResult]:
@@ -36,7 +36,7 @@ def generate_in_process(
 
     requests = []
     for i, job in enumerate(jobs):
-        params = SamplingParams(**sampling.model_dump(), seed=job.seed)
+        params = SamplingParams(**sampling.engine_kwargs(), seed=job.seed)
         text = prompts[job.prompt]
         prompt = {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
         requests.append(GenerationRequest(coeffs=coeffs[job.point], sampling=params, request_id=str(i), **prompt))
@@ -59,7 +59,7 @@ def generate_http(
     mixes: Sequence[dict],
     prompts: Sequence[str],
     jobs: Sequence[Job],
-    sampling: SamplingConfig,
+    sampling: SamplingSettings,
     *,
     chat: bool = False,
     model: str | None = None,
@@ -81,6 +81,8 @@ def generate_http(
         body |= {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
         if sampling.top_k:
             body["top_k"] = sampling.top_k  # lerpray's extension; OpenAI has no top_k
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
         reply = _post_json(url, {k: v for k, v in body.items() if v is not None}, headers, timeout_s)
         choice = reply["choices"][0]
         usage = reply.get("usage") or {}
@@ -102,12 +104,6 @@ def _post_json(url: str, body: dict, headers: dict[str, str], timeout_s: float) 
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")[:500]
-        raise _sweep_error(f"{url} answered {exc.code}: {detail}") from exc
+        raise SweepError(f"{url} answered {exc.code}: {detail}") from exc
     except (urllib.error.URLError, TimeoutError) as exc:
-        raise _sweep_error(f"cannot reach the server at {url}: {exc}; is `lerpray serve` running there?") from exc
-
-
-def _sweep_error(message: str) -> Exception:
-    from lerpray.eval.sweep import SweepError  # imported late: lerpray.eval.sweep imports this module
-
-    return SweepError(message)
+        raise SweepError(f"cannot reach the server at {url}: {exc}; is `lerpray serve` running there?") from exc

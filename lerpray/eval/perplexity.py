@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 if TYPE_CHECKING:
     import pandas as pd
 
-    from lerpray.eval.sweep import GridPoint
+    from lerpray.eval.grid import GridPoint
     from lerpray.model.interpolated import InterpolatedModel
 
 __all__ = ["PerplexityError", "encode_texts", "heldout_texts", "mix_nll", "perplexities", "sweep_perplexity"]
@@ -36,10 +36,11 @@ class PerplexityError(ValueError):
 def heldout_texts(*, texts: Path | None, corpora: Path | None, max_texts: int, seed: int = 0) -> list[str]:
     """Texts for perplexity: a file (.jsonl with "text" or one per line), or every pole's held-out split of a built
     corpora folder in equal shares (so no pole dominates). Sampled deterministically down to `max_texts`."""
-    from lerpray.eval.corpora import load_manifest, read_pole, read_texts
+    from lerpray.data.corpora import load_manifest, read_pole
+    from lerpray.data.text_io import read_texts
 
     if texts is not None:
-        pool = read_texts(texts)
+        pool = read_texts(texts, allow_empty=True)
     elif corpora is not None:
         poles = sorted(load_manifest(corpora).poles)
         share = max(1, max_texts // max(1, len(poles)))

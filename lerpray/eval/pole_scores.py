@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from lerpray.eval.corpora import PolePair, read_pole
+from lerpray.data.corpora import PolePair, read_pole
 from lerpray.eval.scorers import Scorer
 
 __all__ = ["pole_entanglement", "pole_means"]

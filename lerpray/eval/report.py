@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from lerpray.eval.grid import SweepError
+
 if TYPE_CHECKING:
-    from lerpray.eval.sweep import GridPoint, Job
+    from lerpray.eval.grid import GridPoint, Job
 
 __all__ = [
     "ENTANGLEMENT_LIMIT",
@@ -261,8 +263,6 @@ def write_outputs(
 def rewrite_outputs(out: Path) -> SweepOutputs:
     """Recompute the tables, plots and report of a finished sweep from its generations.csv and perplexity.csv,
     without generating anything (after a change to the statistics or the plots, or a hand-edited table)."""
-    from lerpray.eval.sweep import SweepError
-
     out = Path(out)
     missing = [name for name in ("generations.csv", "sweep.json") if not (out / name).is_file()]
     if missing:

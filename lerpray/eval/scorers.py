@@ -16,11 +16,12 @@ import functools
 import json
 import math
 import random
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from lerpray.data.features import flesch_kincaid_grade, vader_analyzer, vader_compound
 
 __all__ = [
     "EmbeddingClassifier",
@@ -29,18 +30,12 @@ __all__ = [
     "ScorerError",
     "TextBlobPolarity",
     "VaderSentiment",
-    "count_syllables",
-    "flesch_kincaid_grade",
     "get_scorer",
 ]
 
 CLASSIFIER_FORMAT = "lerpray-embedding-classifier"
 Encoder = Callable[[list[str]], np.ndarray]  # texts -> [N, D] float embeddings
 
-_WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)*")
-_SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)")
-_VOWEL_GROUP = re.compile(r"[aeiouy]+")
-_SILENT_ENDING = re.compile(r"(?:[^laeiouysxzcgh]es|[^laeiouytd]ed|[^laeiouy]e)$")
 
 
 class ScorerError(ValueError):
@@ -66,12 +61,10 @@ class VaderSentiment(Scorer):
     high_pole = "positive"
 
     def __init__(self) -> None:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-
-        self._analyzer = SentimentIntensityAnalyzer()
+        vader_analyzer()  # fail here, not at the first score, when vaderSentiment is missing
 
     def score(self, texts: list[str]) -> list[float]:
-        return [float(self._analyzer.polarity_scores(t)["compound"]) for t in texts]
+        return vader_compound(texts)
 
 
 class TextBlobPolarity(Scorer):
@@ -90,36 +83,6 @@ class TextBlobPolarity(Scorer):
 
     def score(self, texts: list[str]) -> list[float]:
         return [float(self._blob(t).sentiment.polarity) for t in texts]
-
-
-def count_syllables(word: str) -> int:
-    """Syllables of one English word by a vowel-group heuristic (no dictionary).
-
-    Lower-case; words of <= 3 letters count 1; drop a silent ending after a consonant: "-e" (not after "l", so
-    "table" keeps "-le"), "-es" (not after s, x, z, c, g, h: "makes" 1, "boxes" 2), "-ed" (not after t, d:
-    "jumped" 1, "wanted" 2); drop a leading "y"; count runs of vowels (aeiouy); at least 1. Agrees with
-    dictionaries on most common words ("readability" 5, "people" 2) and misses some ("create" 1, "played" 2).
-    """
-    w = word.lower()
-    if len(w) <= 3:
-        return 1
-    w = _SILENT_ENDING.sub(lambda m: m.group(0)[0], w)
-    w = w[1:] if w.startswith("y") else w
-    return max(1, len(_VOWEL_GROUP.findall(w)))
-
-
-def flesch_kincaid_grade(text: str) -> float:
-    """Flesch-Kincaid grade level: 0.39 * words/sentences + 11.8 * syllables/words - 15.59 (Kincaid et al. 1975).
-
-    Words are runs of letters (apostrophes inside allowed); sentences end at ., ! or ? followed by space or the
-    end (a text without one is one sentence). Returns NaN for a text with no words.
-    """
-    words = _WORD.findall(text)
-    if not words:
-        return float("nan")
-    sentences = max(1, sum(1 for part in _SENTENCE_END.split(text) if _WORD.search(part)))
-    syllables = sum(count_syllables(w) for w in words)
-    return 0.39 * len(words) / sentences + 11.8 * syllables / len(words) - 15.59
 
 
 class FleschKincaidGrade(Scorer):
@@ -256,7 +219,7 @@ class EmbeddingClassifier(Scorer):
         cls, corpora_dir: str | Path, attribute: str, *, split: str = "heldout", encoder: Encoder | None = None
     ) -> tuple[EmbeddingClassifier, dict[str, float]]:
         """Fit on one split of a built corpus (default: the held-out texts the anchors never trained on)."""
-        from lerpray.eval.corpora import load_manifest, read_pole
+        from lerpray.data.corpora import load_manifest, read_pole
 
         manifest = load_manifest(corpora_dir)
         if attribute not in manifest.attributes:

@@ -1,157 +1,29 @@
-"""Sweeps: grids of mixes, every (mix, prompt, sample) generated (lerpray.eval.backends) and scored, then reported.
-
-Grid points are mixes in the paper's parametrisation (lerpray.mixing): for attribute i with alpha_i and lambda_i,
-c[high_i] = lambda_i * alpha_i and c[low_i] = lambda_i * (1 - alpha_i). Points with an alpha outside [0, 1] carry
-`"extrapolate": true`. Sample s of every prompt uses seed `prompts.seed + s` at every mix (common random numbers),
-so differences between mixes are not drowned by sampling noise.
-
-Jobs are ordered prompt-major with the mix innermost, so each engine batch holds many mixes of a few prompts
-(similar lengths, little padding); the engine runs any mix in any row of one forward pass.
+"""Sweeps: grids of mixes (lerpray.eval.grid), every (mix, prompt, sample) generated (lerpray.eval.backends) and
+scored, perplexity per mix (lerpray.eval.perplexity), then tables, plots and report.md (lerpray.eval.report).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
-from lerpray.eval.config import GridConfig, SweepConfig, load_prompts
-from lerpray.mixing import AnchorLayout, ExtrapolationBounds, resolve_mix
+from lerpray.eval.backends import generate_http, generate_in_process
+from lerpray.eval.config import SweepConfig, load_prompts
+from lerpray.eval.grid import SweepError, build_grid, make_jobs, resolve_points
+from lerpray.eval.report import SweepOutputs, generations_table, write_outputs
+from lerpray.mixing import AnchorLayout
 
 if TYPE_CHECKING:
-    from lerpray.eval.report import SweepOutputs
     from lerpray.model.engine import Engine
 
-__all__ = [
-    "GridPoint",
-    "Job",
-    "SweepError",
-    "alpha_grid",
-    "build_grid",
-    "lambda_grid",
-    "make_jobs",
-    "resolve_points",
-    "run_sweep",
-    "simplex_grid",
-]
-
-
-class SweepError(ValueError):
-    """A sweep that cannot run as configured; the message says what to change."""
-
-
-@dataclass(frozen=True)
-class GridPoint:
-    mix_id: str  # unique within a sweep, e.g. "alpha:sentiment=0.25"
-    grid: str  # "alpha" | "lambda" | "simplex"
-    attribute: str  # the swept attribute (alpha grid) or the attributes mixed, joined by "+"
-    x: float  # alpha of the swept attribute, or lambda of the first attribute; NaN on a simplex
-    alpha: dict[str, float] = field(hash=False)
-    lam: dict[str, float] = field(hash=False)
-
-    @property
-    def extrapolate(self) -> bool:
-        return any(not 0.0 <= a <= 1.0 for a in self.alpha.values())
-
-    def mix(self) -> dict:
-        """The `interpolation` object of this point (lerpray.mixing.resolve_mix / the HTTP API)."""
-        spec: dict = {"alpha": dict(self.alpha), "lambda": dict(self.lam)}
-        return {**spec, "extrapolate": True} if self.extrapolate else spec
-
-
-def _r(value: float) -> float:
-    return round(float(value), 10) + 0.0  # 1 - 0.7 -> 0.3, and -0.0 -> 0.0, so ids and mixes are clean
-
-
-def alpha_grid(attributes: Sequence[str], alphas: Sequence[float]) -> list[GridPoint]:
-    """Each attribute swept alone (lambda 1, other attributes off) over `alphas`."""
-    return [
-        GridPoint(f"alpha:{attr}={_r(a):g}", "alpha", attr, _r(a), {attr: _r(a)}, {attr: 1.0})
-        for attr in attributes
-        for a in alphas
-    ]
-
-
-def lambda_grid(attributes: Sequence[str], lambdas: Sequence[float], fixed_alpha: dict[str, float]) -> list[GridPoint]:
-    """Two attributes at fixed alphas (default 1: their high poles), lambda of the first over `lambdas`."""
-    first, second = attributes
-    alpha = {a: _r(fixed_alpha.get(a, 1.0)) for a in attributes}
-    points = []
-    for lam in lambdas:
-        lams = {first: _r(lam), second: _r(1.0 - lam)}
-        mix_id = f"lambda:{first}={lams[first]:g},{second}={lams[second]:g}"
-        points.append(GridPoint(mix_id, "lambda", f"{first}+{second}", _r(lam), alpha, lams))
-    return points
-
-
-def simplex_grid(attributes: Sequence[str], steps: int, fixed_alpha: dict[str, float]) -> list[GridPoint]:
-    """Three attributes at fixed alphas, lambda on the simplex in multiples of 1/steps ((steps+1)(steps+2)/2 points)."""
-    alpha = {a: _r(fixed_alpha.get(a, 1.0)) for a in attributes}
-    points = []
-    for i in range(steps + 1):
-        for j in range(steps + 1 - i):
-            lams = dict(zip(attributes, (_r(i / steps), _r(j / steps), _r((steps - i - j) / steps)), strict=True))
-            mix_id = "simplex:" + ",".join(f"{a}={v:g}" for a, v in lams.items())
-            points.append(GridPoint(mix_id, "simplex", "+".join(attributes), math.nan, alpha, lams))
-    return points
-
-
-def build_grid(grids: Sequence[GridConfig], known_attributes: Sequence[str] | None) -> list[GridPoint]:
-    """All points of all grids, duplicates (same mix id) dropped. `known_attributes`: the anchor set's, if known."""
-    points: dict[str, GridPoint] = {}
-    for index, grid in enumerate(grids):
-        names = grid.attributes if grid.attributes is not None else known_attributes
-        if names is None:
-            raise SweepError(f"grids[{index}]: list `attributes` (the server's anchor set is not known here)")
-        unknown = [a for a in [*names, *grid.fixed_alpha] if known_attributes is not None and a not in known_attributes]
-        if unknown:
-            raise SweepError(
-                f"grids[{index}]: unknown attributes {unknown}; the anchor set has {list(known_attributes)}"
-            )
-        if grid.kind == "alpha":
-            new = alpha_grid(names, grid.alphas)
-        elif grid.kind == "lambda":
-            new = lambda_grid(names, grid.lambdas, grid.fixed_alpha)
-        else:
-            new = simplex_grid(names, grid.steps, grid.fixed_alpha)
-        points.update((p.mix_id, p) for p in new)
-    return list(points.values())
-
-
-def resolve_points(points: Sequence[GridPoint], layout: AnchorLayout) -> list[tuple[float, ...]]:
-    """Coefficients [K] of every point; bounds widened to the grid's alphas (this sweep's operator is its user)."""
-    alphas = [a for p in points for a in p.alpha.values()]
-    bounds = ExtrapolationBounds(alpha_min=min(-1.0, *alphas), alpha_max=max(2.0, *alphas))
-    return [resolve_mix(p.mix(), layout, bounds) for p in points]
-
-
-@dataclass(frozen=True)
-class Job:
-    point: int  # index into the grid points
-    prompt: int  # index into the prompts
-    sample: int
-    seed: int
-
-
-def make_jobs(n_points: int, n_prompts: int, samples: int, seed: int) -> list[Job]:
-    """Every (point, prompt, sample), prompt-major with the mix innermost: a batch of consecutive jobs mixes mixes."""
-    return [
-        Job(point, prompt, sample, seed + sample)
-        for prompt in range(n_prompts)
-        for sample in range(samples)
-        for point in range(n_points)
-    ]
+__all__ = ["run_sweep"]
 
 
 def run_sweep(config: SweepConfig) -> SweepOutputs:
     """Build the grid, generate every (mix, prompt, sample), score every generation with every scorer, measure
     perplexity per mix, then write the tables, the plots and report.md into `config.out`."""
-    from lerpray.eval.backends import generate_http, generate_in_process
-    from lerpray.eval.perplexity import heldout_texts, sweep_perplexity
-    from lerpray.eval.report import generations_table, write_outputs
+    from lerpray.eval.perplexity import heldout_texts, sweep_perplexity  # torch: only when a sweep runs
 
     engine = _engine(config) if config.anchors and (config.server is None or config.perplexity) else None
     layout = engine.layout if engine is not None else _layout(config.anchors)

@@ -84,14 +84,12 @@ class WeightSimilarity:
                 "per_layer": {k: mat(v) for k, v in self.per_layer.items()},
                 "per_module": {k: mat(v) for k, v in self.per_module.items()}}  # fmt: skip
 
-    def save(self, out_dir: str | Path) -> list[Path]:
-        """weights.json (all matrices) and weights_cosine.png (overall + per-layer heatmap)."""
-        from lerpray.eval.plots import plot_weight_similarity
-
+    def save(self, out_dir: str | Path) -> Path:
+        """weights.json (all matrices) in `out_dir`; its path. The heatmap is plots.plot_weight_similarity."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "weights.json").write_text(json.dumps(self.to_json(), indent=1))
-        return [out / "weights.json", plot_weight_similarity(self, out / "weights_cosine.png")]
+        return out / "weights.json"
 
 
 def weight_similarity(anchor_set: AnchorSet) -> WeightSimilarity:

@@ -11,30 +11,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lerpray.configs import BoundsArgs
 from lerpray.mixing import ExtrapolationBounds
 
-__all__ = ["BoundsArgs", "PresetMix", "ServeArgs"]
+__all__ = ["PresetMix", "ServeArgs"]
 
 PRESET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")  # no ":", which starts an inline mix
-
-
-class BoundsArgs(BaseModel):
-    """Where a request that sets `"extrapolate": true` may go (the paper calls alpha in [-1, 2] stable)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    alpha_min: float = -1.0
-    alpha_max: float = 2.0
-    weight_min: float = -1.0
-    weight_max: float = 2.0
-
-    @model_validator(mode="after")
-    def _contains_unit_interval(self) -> BoundsArgs:
-        self.to_bounds()  # raises ValueError (-> pydantic ValidationError) if a range does not contain [0, 1]
-        return self
-
-    def to_bounds(self) -> ExtrapolationBounds:
-        return ExtrapolationBounds(self.alpha_min, self.alpha_max, self.weight_min, self.weight_max)
 
 
 class PresetMix(BaseModel):

@@ -1,8 +1,9 @@
 """Anchor training on Ray Train: a job YAML -> one TorchTrainer per anchor (DDP or DeepSpeed ZeRO), run
 concurrently -> PEFT adapters + manifest published to a local folder or an object store.
 
-config.py validates the job YAML; data.py reads, tokenises and packs the texts; worker.py (with engines.py) is the
-per-worker loop; driver.py fans anchors out and publishes; commands.py is `lerpray train`. Ray is imported lazily.
+config.py validates the job YAML; packing.py tokenises and packs the texts (read by lerpray.data.text_io);
+worker.py (with strategies.py: DDP or DeepSpeed) is the per-worker loop; driver.py fans anchors out and publishes;
+progress.py shows it; commands.py is `lerpray train`. Ray is imported lazily.
 """
 
 import importlib
@@ -14,7 +15,7 @@ _LAZY = {
          "TrainJobConfig", "load_train_config", "parse_train_config"),
         "lerpray.train.config",
     ),
-    **dict.fromkeys(("BlockSchedule", "DataError", "pack_blocks", "read_texts"), "lerpray.train.data"),
+    **dict.fromkeys(("BlockSchedule", "pack_blocks"), "lerpray.train.packing"),
     **dict.fromkeys(("TrainingFailed", "TrainOutcome", "train_anchors"), "lerpray.train.driver"),
 }
 
@@ -22,7 +23,6 @@ __all__ = [
     "AnchorSpec",
     "BlockSchedule",
     "ConfigError",
-    "DataError",
     "DeepSpeedSettings",
     "LoraSettings",
     "ResourceSettings",
@@ -33,7 +33,6 @@ __all__ = [
     "load_train_config",
     "pack_blocks",
     "parse_train_config",
-    "read_texts",
     "train_anchors",
 ]
 

@@ -23,6 +23,7 @@ def add_parsers(subparsers) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from lerpray.ray_cluster import connect_ray
     from lerpray.train.config import load_train_config
 
     config = load_train_config(args.config)  # before Ray: a bad config fails in a second
@@ -45,20 +46,3 @@ def run_training(config, *, overwrite: bool, run_id: str | None, show_progress: 
     for name, metrics in outcome.metrics.items():
         print(f"  {name}: {metrics.get('step')} steps, {describe(metrics)}")
     return 0
-
-
-def connect_ray(address: str | None) -> None:
-    """Join the given / current cluster, or start a local one."""
-    import os
-
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address)
-        return
-    try:
-        ray.init(address="auto")
-    except ConnectionError:
-        ray.init()

@@ -9,13 +9,12 @@ top-level sections. jobs/configs/train_local.yaml explains every field.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
-from lerpray.config_io import problem_lines, read_yaml
+from lerpray.configs import S3Settings, StrictModel, check_uri, problem_lines, read_yaml
 
 PAPER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # attribute / pole / run id: safe in URIs, paths and Ray run names
@@ -27,11 +26,7 @@ class ConfigError(ValueError):
     """The training config is unreadable or invalid; the message lists every problem with its field path."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class LoraSettings(_Strict):
+class LoraSettings(StrictModel):
     r: int = Field(32, gt=0)
     lora_alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
@@ -39,7 +34,7 @@ class LoraSettings(_Strict):
     use_rslora: bool = False
 
 
-class TrainingSettings(_Strict):
+class TrainingSettings(StrictModel):
     block_size: int = Field(128, gt=1)
     batch_size: int = Field(8, gt=0)  # blocks per worker per micro-step
     grad_accum: int = Field(1, gt=0)
@@ -53,7 +48,7 @@ class TrainingSettings(_Strict):
     seed: int = 0  # data order, LoRA init and dropout
 
 
-class DataSpec(_Strict):
+class DataSpec(StrictModel):
     paths: list[str] = Field(min_length=1)  # files or folders, local or s3://bucket/key
     text_field: str = "text"  # the JSONL field holding the text
     format: Literal["auto", "jsonl", "text"] = "auto"  # auto: by extension (.jsonl/.json vs anything else)
@@ -66,10 +61,10 @@ class DataSpec(_Strict):
     @field_validator("paths")
     @classmethod
     def _uris(cls, paths: list[str]) -> list[str]:
-        return [_check_uri(p) for p in paths]
+        return [check_uri(p) for p in paths]
 
 
-class AnchorSpec(_Strict):
+class AnchorSpec(StrictModel):
     attribute: Name
     pole: Name
     data: DataSpec
@@ -81,12 +76,12 @@ class AnchorSpec(_Strict):
         return f"{self.attribute}.{self.pole}"
 
 
-class PolesSpec(_Strict):
+class PolesSpec(StrictModel):
     high: Name  # the pole fully active at alpha = 1
     low: Name  # the pole fully active at alpha = 0
 
 
-class ResourceSettings(_Strict):
+class ResourceSettings(StrictModel):
     workers_per_anchor: int = Field(1, gt=0)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -94,20 +89,12 @@ class ResourceSettings(_Strict):
     max_concurrent_anchors: int | None = Field(None, gt=0)  # None: as many as the cluster fits
 
 
-class DeepSpeedSettings(_Strict):
+class DeepSpeedSettings(StrictModel):
     stage: Literal[2, 3]
     offload_optimizer: bool = False
 
 
-class S3Settings(_Strict):
-    """Connection to an S3-compatible store; unset fields come from the standard AWS environment."""
-
-    endpoint_url: str | None = None  # e.g. http://minio:9000; default AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL
-    region: str | None = None  # default AWS_REGION / AWS_DEFAULT_REGION
-    profile: str | None = None  # default AWS_PROFILE (anchor-set and data I/O; Ray's checkpoint I/O reads the env)
-
-
-class TrainJobConfig(_Strict):
+class TrainJobConfig(StrictModel):
     run_id: Name | None = None  # names the Ray runs; reuse it to resume an interrupted job from its checkpoints
     base_model: str | None = None  # local HF folder or hub id; None = the bundled SmolLM2-135M-Instruct
     attributes: dict[Name, PolesSpec] = Field(min_length=1)
@@ -121,7 +108,7 @@ class TrainJobConfig(_Strict):
     max_failures: int = Field(2, ge=0)  # worker-group restarts per anchor before the run fails
     output: str  # anchor-set URI: s3://bucket/prefix/name or a local folder
     storage_path: str | None = None  # Ray Train checkpoints: s3://... or a local/shared folder; None = Ray's default
-    s3: S3Settings = S3Settings()
+    s3: S3Settings = S3Settings()  # profile: anchor-set and data I/O; Ray's checkpoint I/O reads AWS_PROFILE
 
     @model_validator(mode="before")
     @classmethod
@@ -145,7 +132,7 @@ class TrainJobConfig(_Strict):
     @field_validator("output", "storage_path")
     @classmethod
     def _uri(cls, value: str | None) -> str | None:
-        return None if value is None else _check_uri(value)
+        return None if value is None else check_uri(value)
 
     @model_validator(mode="after")
     def _poles_match(self) -> TrainJobConfig:
@@ -157,18 +144,6 @@ class TrainJobConfig(_Strict):
     @property
     def anchor_names(self) -> list[str]:
         return [a.name for a in self.anchors]
-
-
-def _check_uri(uri: str) -> str:
-    if uri.startswith("s3://"):
-        if not re.match(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$", uri):
-            raise ValueError(f"{uri!r} is not an S3 URI like s3://bucket/prefix (bucket: 3-63 lowercase chars)")
-        return uri
-    if "://" in uri:
-        raise ValueError(f"{uri!r}: only s3:// URIs and local paths are supported")
-    if not uri.strip():
-        raise ValueError("empty path")
-    return uri
 
 
 def _pole_problems(attributes: dict[str, PolesSpec], anchors: list[AnchorSpec]) -> list[str]:

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lerpray.data.errors import DataError
+from lerpray.data.text_io import expand_paths
 from lerpray.train.config import AnchorSpec, TrainJobConfig
-from lerpray.train.data import expand_paths
-from lerpray.train.worker import ADAPTER_DIR, IDENTITY_FILE, WorkerArgs, train_loop_per_worker
+from lerpray.train.worker import ADAPTER_DIR, IDENTITY_FILE, train_loop_per_worker
+from lerpray.train.worker_args import WorkerArgs
 
 if TYPE_CHECKING:
     from lerpray.anchors import Manifest
@@ -79,8 +81,11 @@ def train_anchors(
     run_id = run_id or config.run_id or new_run_id()
     store = _output_store(config)
     _refuse_existing(store, overwrite)
-    for anchor in config.anchors:
-        expand_paths(anchor.data.paths, _s3_options(config))  # a missing local file fails here, not in a worker
+    for i, anchor in enumerate(config.anchors):
+        try:  # a missing local file fails here, not in a worker
+            expand_paths(anchor.data.paths, config.s3.options())
+        except DataError as err:
+            raise DataError(f"anchors.{i}.data.paths: {err}") from None
     board = ray.remote(num_cpus=0)(ProgressBoard).remote()
     trainers = {a.name: _trainer(a, config, run_id, board) for a in config.anchors}
     view = ProgressView(list(trainers), enabled=show_progress)
@@ -136,7 +141,7 @@ def worker_args(anchor: AnchorSpec, config: TrainJobConfig, progress=None) -> Wo
         weight_decay=tr.weight_decay, max_grad_norm=tr.max_grad_norm, epochs=tr.epochs, max_steps=tr.max_steps,
         seed=tr.seed, checkpoint_every=config.checkpoint_every,
         deepspeed_stage=ds.stage if ds else None, offload_optimizer=bool(ds and ds.offload_optimizer),
-        use_gpu=config.resources.use_gpu, s3_options=_s3_options(config), progress=progress,
+        use_gpu=config.resources.use_gpu, s3_options=config.s3.options(), progress=progress,
     )
 
 
@@ -235,7 +240,7 @@ def _publish(config: TrainJobConfig, results: dict, store, overwrite: bool, run_
 def _output_store(config: TrainJobConfig):
     from lerpray.anchors import open_store
 
-    return open_store(config.output, **_s3_options(config))
+    return open_store(config.output, **config.s3.options())
 
 
 def _refuse_existing(store, overwrite: bool) -> None:
@@ -244,10 +249,6 @@ def _refuse_existing(store, overwrite: bool) -> None:
     if not overwrite and store.exists(MANIFEST_NAME):
         raise AnchorSetError(f"an anchor set already exists at {store.uri}; pass --overwrite to replace it (as a "
                              "new version) or choose another `output`")
-
-
-def _s3_options(config: TrainJobConfig) -> dict[str, str | None]:
-    return {k: v for k, v in config.s3.model_dump().items() if v is not None}
 
 
 def _storage(config: TrainJobConfig):

@@ -5,62 +5,28 @@ load model + data -> wrap (DDP via ray.train.torch.prepare_model, or deepspeed.i
 ray.train.get_checkpoint() -> step -> every `checkpoint_every` steps ray.train.report(checkpoint=...) -> the final
 checkpoint also holds the PEFT adapter folder (`adapter/`) and the base model identity (`base_model.json`).
 
-Resumption is exact: batches are a pure function of the step (data.BlockSchedule) and dropout is reseeded per step,
+Resumption is exact: batches are a pure function of the step (packing.BlockSchedule) and dropout is reseeded per step,
 so only the weights, the optimizer and the step count live in a checkpoint.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from lerpray.train.data import BlockSchedule, pack_blocks, read_texts, steps_for_epochs
-from lerpray.train.engines import build_engine
+from lerpray.data.text_io import read_texts
+from lerpray.train.packing import BlockSchedule, pack_blocks, steps_for_epochs
+from lerpray.train.strategies import build_strategy
+from lerpray.train.worker_args import WorkerArgs
 
 ADAPTER_DIR = "adapter"  # PEFT folder inside the final checkpoint
 IDENTITY_FILE = "base_model.json"
 STATE_FILE = "state.json"
-
-
-@dataclass(frozen=True)
-class WorkerArgs:
-    """Everything one anchor's workers need, as flat values (built by the driver from the job config)."""
-
-    anchor: str
-    base_model: str | None
-    data_paths: tuple[str, ...]
-    text_field: str
-    data_format: str
-    r: int
-    lora_alpha: float
-    lora_dropout: float
-    target_modules: tuple[str, ...]
-    use_rslora: bool
-    block_size: int
-    batch_size: int
-    grad_accum: int
-    learning_rate: float
-    lr_schedule: str
-    warmup_steps: int
-    weight_decay: float
-    max_grad_norm: float | None
-    epochs: float
-    max_steps: int | None
-    seed: int
-    checkpoint_every: int
-    deepspeed_stage: int | None = None
-    offload_optimizer: bool = False
-    use_gpu: bool = False
-    s3_options: dict[str, str | None] = field(default_factory=dict)  # endpoint_url / region / profile for s3:// data
-    progress: Any = None  # a driver.ProgressBoard actor handle, or None
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -89,25 +55,25 @@ def run_worker(args: WorkerArgs) -> None:
                       target_modules=list(args.target_modules), use_rslora=args.use_rslora, task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, lora)
     peft_model.train()
-    engine = build_engine(peft_model, args, total_steps=total_steps, world_size=world)
+    strategy = build_strategy(peft_model, args, total_steps=total_steps)
 
-    start_step = _resume(engine)
+    start_step = _resume(strategy)
     tokens_per_step = schedule.blocks_per_step * args.block_size
     started, losses = time.perf_counter(), []
     for step in range(start_step, total_steps):
         torch.manual_seed(_step_seed(args.seed, step, rank))  # dropout masks independent of restarts
         step_loss = 0.0
         for micro in range(args.grad_accum):
-            batch = schedule.batch(blocks, step, micro).to(engine.device)  # [B, T]
-            step_loss += engine.micro_step(batch, last=micro == args.grad_accum - 1) / args.grad_accum
-        engine.optimizer_step()
+            batch = schedule.batch(blocks, step, micro).to(strategy.device)  # [B, T]
+            step_loss += strategy.micro_step(batch, last=micro == args.grad_accum - 1) / args.grad_accum
+        strategy.optimizer_step()
         losses.append(_mean_across_ranks(step_loss, world))
         done = step + 1
         rate = tokens_per_step * (done - start_step) / (time.perf_counter() - started)
         metrics = {"step": done, "total_steps": total_steps, "loss": losses[-1], "tokens_per_s": rate,
                    "tokens": done * tokens_per_step, "resumed_from": start_step, "pid": os.getpid()}
         if done % args.checkpoint_every == 0 and done < total_steps:
-            _checkpoint(engine, metrics, rank)
+            _checkpoint(strategy, metrics, rank)
         _show(args, rank, metrics)
     elapsed = time.perf_counter() - started
     final = {  # loss is None when a relaunch found the run already at its last step
@@ -117,11 +83,11 @@ def run_worker(args: WorkerArgs) -> None:
         "train_seconds": elapsed, "tokens_per_s": tokens_per_step * (total_steps - start_step) / elapsed,
         "pid": os.getpid(),
     }
-    _checkpoint(engine, final, rank, peft_model=peft_model, identity=identity.model_dump_json())
+    _checkpoint(strategy, final, rank, peft_model=peft_model, identity=identity.model_dump_json())
     _show(args, rank, {**final, "finished": True})
 
 
-def _resume(engine) -> int:
+def _resume(strategy) -> int:
     """Load the latest checkpoint Ray Train hands this attempt (after a worker restart or a driver restart)."""
     import ray.train
 
@@ -129,11 +95,11 @@ def _resume(engine) -> int:
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as folder:
-        engine.load(Path(folder))
+        strategy.load(Path(folder))
         return int(json.loads((Path(folder) / STATE_FILE).read_text())["step"])
 
 
-def _checkpoint(engine, metrics: dict, rank: int, *, peft_model=None, identity: str | None = None) -> None:
+def _checkpoint(strategy, metrics: dict, rank: int, *, peft_model=None, identity: str | None = None) -> None:
     """Save (weights, optimizer, step) and report it; the final one adds the adapter and base identity.
 
     Every rank calls ray.train.report (it is a barrier); Ray Train merges the ranks' folders into one checkpoint.
@@ -142,9 +108,9 @@ def _checkpoint(engine, metrics: dict, rank: int, *, peft_model=None, identity: 
 
     with tempfile.TemporaryDirectory(prefix="lerpray-ckpt-") as tmp:
         folder = Path(tmp)
-        wrote = engine.save(folder, rank)
+        wrote = strategy.save(folder, rank)
         if peft_model is not None:
-            wrote = engine.save_adapter(peft_model, folder / ADAPTER_DIR, rank) or wrote
+            wrote = strategy.save_adapter(peft_model, folder / ADAPTER_DIR, rank) or wrote
         if rank == 0:
             (folder / STATE_FILE).write_text(json.dumps({"step": metrics["step"]}))
             if identity is not None:
@@ -172,19 +138,3 @@ def _mean_across_ranks(value: float, world: int) -> float:
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 1_009 + rank) % (2**63)
-
-
-def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
-    """Multiplier of the base learning rate at optimizer step `s` (0-based): linear warmup, then the schedule."""
-
-    def factor(s: int) -> float:
-        if s < warmup_steps:
-            return (s + 1) / (warmup_steps + 1)
-        progress = (s - warmup_steps) / max(1, total_steps - warmup_steps)
-        if schedule == "linear":
-            return max(0.0, 1.0 - progress)
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-
-    return factor

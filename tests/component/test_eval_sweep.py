@@ -14,9 +14,11 @@ import torch
 import yaml
 
 from lerpray.cli import main as cli_main
+from lerpray.configs import SamplingSettings
 from lerpray.eval.backends import generate_http
-from lerpray.eval.config import SamplingConfig, SweepConfig
-from lerpray.eval.sweep import GridPoint, SweepError, alpha_grid, make_jobs, run_sweep
+from lerpray.eval.config import SweepConfig
+from lerpray.eval.grid import GridPoint, SweepError, alpha_grid, make_jobs
+from lerpray.eval.sweep import run_sweep
 
 pytestmark = pytest.mark.component
 
@@ -54,7 +56,7 @@ def sweep_out(three_attribute_set, tmp_path_factory):
         "grids": [{"kind": "alpha", "attributes": ["sentiment", "formality"]},
                   {"kind": "simplex", "attributes": ["sentiment", "formality", "humor"], "steps": 2}],
         "prompts": {"limit": 2, "samples": 2, "seed": 7},
-        "sampling": {"max_tokens": 8, "temperature": 0.8},
+        "sampling": {"max_tokens": 8, "temperature": 0.8, "top_p": 0.95},
         "scorers": ["vader", {"spec": "fkgl", "attribute": "formality"}],
         "perplexity": {"texts": str(root / "heldout.txt"), "batch_size": 2},
     }  # fmt: skip
@@ -193,7 +195,7 @@ def stub_server():
 def test_http_backend_sends_each_mix_with_its_seed(stub_server):
     points = alpha_grid(["sentiment"], [0.0, 0.5, 2.0])
     jobs = make_jobs(len(points), 2, 2, seed=3)
-    results = generate_http(stub_server, [p.mix() for p in points], ["p0", "p1"], jobs, SamplingConfig(max_tokens=5),
+    results = generate_http(stub_server, [p.mix() for p in points], ["p0", "p1"], jobs, SamplingSettings(max_tokens=5),
                             model="lerpray", concurrency=3)  # fmt: skip
     assert [r.text for r in results] == [f"p{j.prompt}|{points[j.point].x}|{j.seed}" for j in jobs]
     assert results[0].completion_tokens == 5
@@ -204,7 +206,7 @@ def test_http_backend_sends_each_mix_with_its_seed(stub_server):
     assert set(_Stub.auth) == {None}
     bad = [GridPoint("alpha:sentiment=9", "alpha", "sentiment", 9.0, {"sentiment": 9.0}, {"sentiment": 1.0})]
     with pytest.raises(SweepError, match="answered 400.*must be in"):
-        generate_http(stub_server, [p.mix() for p in bad], ["p"], make_jobs(1, 1, 1, 0), SamplingConfig())
+        generate_http(stub_server, [p.mix() for p in bad], ["p"], make_jobs(1, 1, 1, 0), SamplingSettings())
 
 
 def test_sweep_through_a_server_without_a_local_model(stub_server, tmp_path, monkeypatch):

@@ -31,7 +31,7 @@ class CrashOnce:
     it once per job, across actor restarts)."""
 
     def __init__(self, marker: str, **engine_kwargs) -> None:
-        from lerpray.batch import load_engine
+        from lerpray.batch.pipeline import load_engine
 
         self.engine, self.marker = load_engine(**engine_kwargs), Path(marker)
 
@@ -78,7 +78,7 @@ def cluster(tiny_set, s3_server):
 
 
 def job(anchors, inputs, output, **overrides):
-    from lerpray.batch_config import parse_batch_config
+    from lerpray.batch.config import parse_batch_config
 
     config = {
         "anchors": str(anchors),
@@ -100,8 +100,8 @@ def in_process(anchors, rows: list[dict]) -> list[tuple]:
     """The same requests through an in-process engine, in the pipeline's batches (same float rounding)."""
     import torch
 
-    from lerpray.batch import load_engine
-    from lerpray.model.engine import GenerationRequest
+    from lerpray.batch.pipeline import load_engine
+    from lerpray.model.requests import GenerationRequest
     from lerpray.model.sampling import SamplingParams
 
     engine = load_engine(str(anchors), None, device="cpu", dtype="float32", max_batch_size=BATCH_SIZE)
@@ -141,7 +141,8 @@ def test_same_requests_give_the_same_rows_locally_with_a_crash_and_on_s3(cluster
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from lerpray.batch import row_seed, run_batch
+    from lerpray.batch.pipeline import run_batch
+    from lerpray.batch.plan import row_seed
 
     prompts = tmp_path / "prompts.jsonl"
     lines = [{"prompt": p} for p in PROMPTS]
@@ -203,7 +204,8 @@ def test_a_prompt_the_engine_refuses_is_named_by_its_row(tiny_set):
     Ray Data the same BatchInputError reaches the driver (run_batch re-raises it from Ray's wrapper)."""
     import pyarrow as pa
 
-    from lerpray.batch import PLAN_SCHEMA, BatchInputError, GenerateBatch, load_engine
+    from lerpray.batch.pipeline import GenerateBatch, load_engine
+    from lerpray.batch.plan import PLAN_SCHEMA, BatchInputError
 
     udf = GenerateBatch(load_engine, {"anchors": tiny_set, "base_model": None, "device": "cpu", "dtype": "float32",
                                       "max_batch_size": 4}, {"temperature": 0.0, "max_tokens": 4}, chat=False)

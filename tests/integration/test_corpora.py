@@ -9,10 +9,13 @@ import subprocess
 import numpy as np
 import pytest
 
-from lerpray.eval import corpora
-from lerpray.eval.corpora import CorpusError, build_corpora, load_manifest, read_pole, split_texts
-from lerpray.eval.scorers import EmbeddingClassifier, flesch_kincaid_grade
-from lerpray.eval.sources import _vader, formality_poles, humor_poles, sentiment_poles, simplicity_poles
+from lerpray.data import corpora
+from lerpray.data.corpora import build_corpora, load_manifest, read_pole, split_texts
+from lerpray.data.errors import CorpusError, DataError
+from lerpray.data.features import flesch_kincaid_grade
+from lerpray.data.sources import _vader, formality_poles, humor_poles, sentiment_poles, simplicity_poles
+from lerpray.data.text_io import read_texts
+from lerpray.eval.scorers import EmbeddingClassifier
 
 
 def _hash_encoder(texts: list[str]) -> np.ndarray:
@@ -93,8 +96,8 @@ def test_bad_inputs_raise_corpus_errors(tmp_path):
     with pytest.raises(CorpusError, match="unknown attribute 'politeness'"):
         build_corpora(tmp_path / "out", ["politeness"])
     (tmp_path / "bad.jsonl").write_text('{"txt": "typo"}\n')
-    with pytest.raises(CorpusError, match='bad.jsonl:1: expected a JSON object with a "text" field'):
-        corpora.read_texts(tmp_path / "bad.jsonl")
+    with pytest.raises(DataError, match="bad.jsonl:1 has no string field 'text'"):
+        read_texts(tmp_path / "bad.jsonl")
     with pytest.raises(CorpusError, match="no corpora.json"):
         load_manifest(tmp_path)
 

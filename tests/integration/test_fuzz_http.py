@@ -44,7 +44,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """(base URL, replica PID): Serve started with `lerpray serve`'s default http_options, on a free port."""
-    from lerpray.local_cluster import local_ray
+    from lerpray.ray_cluster import local_ray
     from lerpray.serve import ServeArgs, make_app
     from lerpray.serve.commands import serve_config
     from lerpray.testing import tiny_anchor_set

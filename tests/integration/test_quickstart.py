@@ -13,8 +13,9 @@ from collections import Counter
 
 import pytest
 
-from lerpray.quickstart import STAGES, plan_from_args
-from lerpray.quickstart_steps import ALPHAS, ANCHORS, Generation, build_corpus, clear_built, training_config, trend
+from lerpray.quickstart.config import plan_from_args
+from lerpray.quickstart.pipeline import STAGES
+from lerpray.quickstart.steps import ALPHAS, ANCHORS, Generation, build_corpus, clear_built, training_config, trend
 
 
 def quickstart_args(*flags: str) -> argparse.Namespace:
@@ -28,8 +29,8 @@ def test_tiny_quickstart_runs_end_to_end_and_a_second_run_reuses_it(tmp_path, ca
     pytest.importorskip("ray")
     pytest.importorskip("vaderSentiment")
     from lerpray.anchors import open_store, read_manifest, verify_anchor_set
-    from lerpray.quickstart import run_quickstart
-    from lerpray.quickstart_steps import reusable_set
+    from lerpray.quickstart.pipeline import run_quickstart
+    from lerpray.quickstart.steps import reusable_set
 
     workdir = tmp_path / "qs"
     plan = plan_from_args(quickstart_args("--tiny", "--workdir", str(workdir), "--steps", "2"))

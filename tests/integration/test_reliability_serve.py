@@ -82,7 +82,7 @@ def replica_states(app: str) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def port():
-    from lerpray.local_cluster import local_ray
+    from lerpray.ray_cluster import local_ray
 
     with local_ray(num_cpus=2, log_to_driver=False):
         port = free_port()

@@ -31,7 +31,7 @@ MAX_STEPS, EVERY = 12, 3
 def cluster_address():
     import ray
 
-    from lerpray.local_cluster import local_ray
+    from lerpray.ray_cluster import local_ray
 
     with local_ray(num_cpus=2, log_to_driver=False):
         yield ray.get_runtime_context().gcs_address

@@ -172,7 +172,7 @@ def test_submit_train_follow_publishes_a_verified_anchor_set(ray_head, tmp_path,
 
 @needs_batch_job
 def test_submit_batch_follow_writes_one_row_per_prompt_and_mix(ray_head, tmp_path):
-    from lerpray.batch_config import parse_batch_config
+    from lerpray.batch.config import parse_batch_config
     from lerpray.testing import tiny_anchor_set
 
     anchors = tiny_anchor_set(tmp_path / "set")

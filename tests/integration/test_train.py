@@ -51,7 +51,7 @@ def ray_on_s3(s3_env):
 
     Function-scoped because `s3_env` is: this file has one test, so the cluster starts once either way.
     """
-    from lerpray.local_cluster import local_ray
+    from lerpray.ray_cluster import local_ray
 
     with local_ray(num_cpus=2, log_to_driver=False):
         yield

@@ -15,7 +15,7 @@ MAX_STEPS = 4
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    from lerpray.local_cluster import local_ray
+    from lerpray.ray_cluster import local_ray
 
     # DeepSpeed JIT-builds a small op (shm comm) on first use; keep it between runs (workers inherit this env).
     extensions = os.environ.get("TORCH_EXTENSIONS_DIR") or str(Path.home() / ".cache" / "lerpray" / "torch_extensions")

@@ -16,7 +16,7 @@ VICTIM = "sentiment.positive"
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    from lerpray.local_cluster import local_ray
+    from lerpray.ray_cluster import local_ray
 
     with local_ray(num_cpus=2, log_to_driver=False):
         yield

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lerpray.batch import BatchInputError, plan_rows, row_seed
-from lerpray.batch_config import BatchConfigError, load_batch_config, parse_batch_config
+from lerpray.batch.config import BatchConfigError, load_batch_config, parse_batch_config
+from lerpray.batch.plan import BatchInputError, plan_rows, row_seed
 from lerpray.mixing import AnchorLayout
 
 pytestmark = pytest.mark.unit

@@ -10,8 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from lerpray.eval.config import BUILTIN_PROMPTS, DEFAULT_ALPHAS, GridConfig, PromptConfig, SweepConfig, load_prompts
-from lerpray.eval.report import alpha_effects, entanglement, perplexity_summary, spearman
-from lerpray.eval.sweep import (
+from lerpray.eval.grid import (
     SweepError,
     alpha_grid,
     build_grid,
@@ -20,6 +19,7 @@ from lerpray.eval.sweep import (
     resolve_points,
     simplex_grid,
 )
+from lerpray.eval.report import alpha_effects, entanglement, perplexity_summary, spearman
 from lerpray.mixing import AnchorLayout
 
 pytestmark = pytest.mark.unit

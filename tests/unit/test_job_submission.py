@@ -1,4 +1,4 @@
-"""What `lerpray submit` sends to the Ray Jobs API (lerpray/submit.py) and the CLI's one-line errors; no cluster."""
+"""What `lerpray submit` sends to the Ray Jobs API (lerpray/submit/spec.py) and the CLI's one-line errors; no cluster."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lerpray.submit import (
+from lerpray.submit.spec import (
     CONFIG_DIR,
     PACKAGE_DIR,
     SubmitError,

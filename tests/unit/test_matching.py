@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from lerpray.eval.matching import GRADE_EDGES, band, match_poles
+from lerpray.data.matching import GRADE_EDGES, band, match_poles
 
 
 @pytest.mark.unit

@@ -17,7 +17,7 @@ class _KeywordScorer:
 
 @pytest.mark.unit
 def test_pole_entanglement_measures_what_one_attributes_poles_differ_in_for_another(tmp_path):
-    from lerpray.eval.corpora import build_corpora, load_manifest
+    from lerpray.data.corpora import build_corpora, load_manifest
     from lerpray.eval.pole_scores import pole_entanglement, pole_means
 
     poles = {  # every positive text is upbeat, every formal text is long; 2 of 4 positive texts are also long

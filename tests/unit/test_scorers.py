@@ -9,14 +9,13 @@ import math
 import numpy as np
 import pytest
 
+from lerpray.data.features import count_syllables, flesch_kincaid_grade
 from lerpray.eval.scorers import (
     EmbeddingClassifier,
     FleschKincaidGrade,
     ScorerError,
     TextBlobPolarity,
     VaderSentiment,
-    count_syllables,
-    flesch_kincaid_grade,
     get_scorer,
 )
 

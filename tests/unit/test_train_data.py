@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 
-from lerpray.train.data import BlockSchedule, DataError, pack_blocks, read_texts, steps_for_epochs
-from lerpray.train.worker import lr_lambda
+from lerpray.data.errors import DataError
+from lerpray.data.text_io import read_texts
+from lerpray.train.packing import BlockSchedule, pack_blocks, steps_for_epochs
+from lerpray.train.strategies import lr_lambda
 
 pytestmark = pytest.mark.unit
 
@@ -42,7 +44,7 @@ def test_read_texts_errors_name_file_line_and_fix(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         read_texts([str(tmp_path / "missing.jsonl")])
     (tmp_path / "empty.txt").write_text("\n\n")
-    with pytest.raises(DataError, match="no training texts"):
+    with pytest.raises(DataError, match="no texts found"):
         read_texts([str(tmp_path / "empty.txt")])
 
 

@@ -1,4 +1,5 @@
-"""The two ways a worker steps its LoRA model: plain torch (DDP via Ray Train) and DeepSpeed ZeRO 2/3.
+"""The two training strategies a worker steps its LoRA model with: plain torch (DDP via Ray Train) and DeepSpeed
+ZeRO 2/3, plus the learning-rate schedule both use.
 
 Both expose the same five operations to the loop in worker.py: micro_step (forward + backward of one micro-batch),
 optimizer_step, save / load of the resumable state, and save_adapter (the PEFT folder that gets published).
@@ -7,13 +8,14 @@ optimizer_step, save / load of the resumable state, and save_adapter (the PEFT f
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from lerpray.train.worker import WorkerArgs
+from lerpray.train.worker_args import WorkerArgs
+
+__all__ = ["DeepSpeedStrategy", "TorchStrategy", "build_strategy", "deepspeed_config", "lr_lambda"]
 
 _TRAINABLE_FILE = "trainable.safetensors"
 _OPTIMIZER_FILE = "optimizer.pt"
@@ -21,21 +23,19 @@ _DEEPSPEED_DIR = "deepspeed"
 _DEEPSPEED_TAG = "state"
 
 
-def build_engine(peft_model, args: WorkerArgs, *, total_steps: int, world_size: int):
+def build_strategy(peft_model, args: WorkerArgs, *, total_steps: int) -> TorchStrategy | DeepSpeedStrategy:
     """Wrap `peft_model` for this worker: DeepSpeed when `args.deepspeed_stage` is set, else DDP."""
-    from lerpray.train.worker import lr_lambda
-
     params = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(args.lr_schedule, args.warmup_steps, total_steps)
     )
     if args.deepspeed_stage is not None:
-        return DeepSpeedEngine(peft_model, optimizer, scheduler, args)
-    return TorchEngine(peft_model, optimizer, scheduler, args)
+        return DeepSpeedStrategy(peft_model, optimizer, scheduler, args)
+    return TorchStrategy(peft_model, optimizer, scheduler, args)
 
 
-class TorchEngine:
+class TorchStrategy:
     """DDP across the anchor's workers (ray.train.torch.prepare_model; no wrapper with one worker)."""
 
     def __init__(self, peft_model, optimizer, scheduler, args: WorkerArgs):
@@ -92,7 +92,7 @@ class TorchEngine:
         return rank == 0
 
 
-class DeepSpeedEngine:
+class DeepSpeedStrategy:
     """DeepSpeed ZeRO stage 2 or 3 (optionally offloading optimizer state to CPU) around the torch optimizer."""
 
     def __init__(self, peft_model, optimizer, scheduler, args: WorkerArgs):
@@ -151,3 +151,19 @@ def deepspeed_config(args: WorkerArgs) -> dict:
         "zero_force_ds_cpu_optimizer": False,
         "steps_per_print": 10**9,
     }
+
+
+def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
+    """Multiplier of the base learning rate at optimizer step `s` (0-based): linear warmup, then the schedule."""
+
+    def factor(s: int) -> float:
+        if s < warmup_steps:
+            return (s + 1) / (warmup_steps + 1)
+        progress = (s - warmup_steps) / max(1, total_steps - warmup_steps)
+        if schedule == "linear":
+            return max(0.0, 1.0 - progress)
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+
+    return factor

@@ -15,47 +15,39 @@ Built-in attributes (high pole / low pole) and where their text comes from (deta
     formality   formal / informal     NYT editorial snippets / tweets (both from the VADER archive)
 
 Each built-in attribute's poles are matched on the other attributes' proxies (tone, grade, source, length:
-lerpray/eval/matching.py), so that an anchor learns its attribute rather than what else its pole's text differs in.
-Downloading and parsing the sources lives in lerpray/eval/sources.py. Downloads are cached under
+lerpray/data/matching.py), so that an anchor learns its attribute rather than what else its pole's text differs in.
+Downloading and parsing the sources lives in lerpray/data/sources.py. Downloads are cached under
 $LERPRAY_CACHE/corpora (default ~/.cache/lerpray/corpora), so a rebuild takes seconds.
-Your own data: a YAML/JSON config naming each attribute's high and low pole and a .jsonl/.txt file for each.
+Your own data: a YAML/JSON config naming each attribute's high and low pole and a .jsonl/.txt file for each
+(lerpray/data/config.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, Field
 
-from lerpray.eval.matching import seeded_order
-from lerpray.eval.sources import (
-    CorpusError,
-    PoleTexts,
-    formality_poles,
-    humor_poles,
-    sentiment_poles,
-    simplicity_poles,
-)
-from lerpray.eval.sources import fetch_debian as _debian
+from lerpray.data.config import UserCorporaConfig, load_user_config
+from lerpray.data.errors import CorpusError
+from lerpray.data.matching import seeded_order
+from lerpray.data.sources import PoleTexts, formality_poles, humor_poles, sentiment_poles, simplicity_poles
+from lerpray.data.sources import fetch_debian as _debian
+from lerpray.data.text_io import read_texts, write_jsonl
 
 __all__ = [
     "BUILTIN_POLES",
     "MANIFEST_NAME",
     "CorporaManifest",
-    "CorpusError",
-    "UserCorporaConfig",
+    "PolePair",
     "build_corpora",
     "default_cache_dir",
     "load_manifest",
-    "load_user_config",
     "read_pole",
-    "read_texts",
     "split_texts",
 ]
 
@@ -104,59 +96,8 @@ class CorporaManifest(BaseModel):
     created_at: str = ""
 
 
-class UserPole(BaseModel):
-    name: str
-    path: Path  # .jsonl ({"text": ...} per line) or .txt (one text per line); relative to the config file
-
-
-class UserAttribute(BaseModel):
-    high: UserPole
-    low: UserPole
-    source: str = "user data"
-    licence: str = "unknown"
-
-
-class UserCorporaConfig(BaseModel):
-    """Your own poles, e.g. `attributes: {politeness: {high: {name: polite, path: polite.txt}, low: {...}}}`."""
-
-    attributes: dict[str, UserAttribute]
-
-
 def default_cache_dir() -> Path:
     return Path(os.environ.get("LERPRAY_CACHE") or "~/.cache/lerpray").expanduser() / "corpora"
-
-
-def load_user_config(path: str | Path) -> UserCorporaConfig:
-    """Read a YAML/JSON pole config; relative file paths are taken relative to the config's folder."""
-    path = Path(path)
-    try:
-        config = UserCorporaConfig.model_validate(yaml.safe_load(path.read_text()))
-    except (OSError, yaml.YAMLError, ValueError) as exc:
-        raise CorpusError(f"bad corpora config {path}: {exc}") from exc
-    for attr in config.attributes.values():
-        for pole in (attr.high, attr.low):
-            pole.path = pole.path if pole.path.is_absolute() else path.parent / pole.path
-    return config
-
-
-def read_texts(path: str | Path) -> list[str]:
-    """Texts of a .jsonl file (objects with a "text" field) or of any other file (one text per line)."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise CorpusError(f"cannot read pole file {path}: {exc}") from exc
-    if path.suffix != ".jsonl":
-        return [line.strip() for line in lines if line.strip()]
-    texts = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            texts.append(str(json.loads(line)["text"]))
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CorpusError(f'{path}:{number}: expected a JSON object with a "text" field ({exc})') from exc
-    return texts
 
 
 def split_texts(
@@ -194,12 +135,6 @@ def _resolve_attributes(attributes: Sequence[str] | None, user: UserCorporaConfi
     return names
 
 
-def _write_jsonl(path: Path, texts: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
-    tmp.replace(path)
-
-
 def _write_attribute(
     out: Path,
     attribute: str,
@@ -225,8 +160,8 @@ def _write_attribute(
         anchor = f"{attribute}.{pole}"
         train, heldout = split_texts(texts, seed=seed, limit=limit, heldout_fraction=heldout_fraction)
         files = {split: f"{anchor}.{split}.jsonl" for split in SPLITS}
-        _write_jsonl(out / files["train"], train)
-        _write_jsonl(out / files["heldout"], heldout)
+        write_jsonl(out / files["train"], train)
+        write_jsonl(out / files["heldout"], heldout)
         src = poles[pole]
         records[anchor] = PoleRecord(
             attribute=attribute, pole=pole, source=src.source, licence=src.licence, notes=src.notes,
@@ -291,4 +226,4 @@ def read_pole(corpora_dir: str | Path, anchor: str, split: str = "train") -> lis
         raise CorpusError(f"{corpora_dir} has no pole {anchor!r}; it has {sorted(manifest.poles)}")
     if split not in SPLITS:
         raise CorpusError(f"split must be one of {SPLITS}, got {split!r}")
-    return read_texts(Path(corpora_dir) / manifest.poles[anchor].files[split])
+    return read_texts(Path(corpora_dir) / manifest.poles[anchor].files[split], allow_empty=True)

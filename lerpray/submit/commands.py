@@ -5,7 +5,7 @@
     lerpray jobs status raysubmit_XXXX --address http://HEAD:8265
 
 The address is the head's dashboard (default port 8265; RAY_API_SERVER_ADDRESS is read when --address is not
-given). What gets uploaded is described in lerpray/submit.py and cluster/README.md. Exit status: 0 submitted (or,
+given). What gets uploaded is described in lerpray/submit/spec.py and cluster/README.md. Exit status: 0 submitted (or,
 with --follow, SUCCEEDED), 1 FAILED or STOPPED, 2 a bad config, address or job id.
 """
 
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lerpray.submit import (
+from lerpray.submit.spec import (
     JOB_ENTRYPOINTS,
     SubmitError,
     build_job,

@@ -1,7 +1,7 @@
 """Where the built-in attribute poles come from: registry packages, downloaded once into a cache, then parsed.
 
 Each `*_poles(cache)` function returns pole name -> PoleTexts (texts + source + licence) for one built-in attribute;
-`lerpray.eval.corpora` splits and writes them. Sources (details and licences in docs/data.md):
+`lerpray.data.corpora` splits and writes them. Sources (details and licences in docs/data.md):
 
     vaderSentiment sdist   hutto_ICWSM_2014.tar.gz: movie / Amazon / NYT / tweet snippets with mean human valence
     Debian packages        fortunes-min, fortunes, python3-pyjokes (apt-get download + dpkg -x, no root needed)
@@ -27,13 +27,13 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from lerpray.eval.matching import COMPOUND_EDGES, GRADE_EDGES, VALENCE_EDGES, WORDS_EDGES, band, match_poles
-from lerpray.eval.scorers import VaderSentiment, flesch_kincaid_grade
+from lerpray.data.errors import CorpusError
+from lerpray.data.features import flesch_kincaid_grade, vader_compound
+from lerpray.data.matching import COMPOUND_EDGES, GRADE_EDGES, VALENCE_EDGES, WORDS_EDGES, band, match_poles
 
 __all__ = [
     "PYJOKES_VERSION",
     "VADER_VERSION",
-    "CorpusError",
     "PoleTexts",
     "fetch_debian",
     "formality_poles",
@@ -41,10 +41,6 @@ __all__ = [
     "sentiment_poles",
     "simplicity_poles",
 ]
-
-
-class CorpusError(ValueError):
-    """A corpus could not be built or read; the message says what to change."""
 
 
 @dataclass(frozen=True)
@@ -243,7 +239,7 @@ def simplicity_poles(cache: Path) -> dict[str, PoleTexts]:
         for s in re.split(r"(?<=[.!?])\s+", text)
         if len(s.split()) >= MIN_WORDS and "http" not in s and "www." not in s
     ))  # fmt: skip
-    tones = VaderSentiment().score([s for _, s in sentences])
+    tones = vader_compound([s for _, s in sentences])
     graded = [(flesch_kincaid_grade(s), (kind, band(c, COMPOUND_EDGES)), s)
               for (kind, s), c in zip(sentences, tones, strict=True)]  # fmt: skip
     source = f"vaderSentiment {VADER_VERSION} sdist: movie/Amazon/NYT sentences with Flesch-Kincaid grade "
@@ -273,11 +269,10 @@ def humor_poles(cache: Path, debian: Callable[[str, Path], Path] = fetch_debian)
     humorous = _humorous(cache, debian)
     cut = SENTIMENT_MIN_VALENCE
     serious = list(_nyt(cache, 1)) + [t for kind in ("movie", "amazon") for v, t in _vader(cache, kind) if abs(v) < cut]
-    vader = VaderSentiment()
 
     def cells(texts: list[str]) -> dict[str, Hashable]:
         texts = [t for t in dict.fromkeys(texts) if any(c.isalpha() for c in t)]  # "..." has no grade
-        return {t: (band(c, COMPOUND_EDGES), _grade(t)) for t, c in zip(texts, vader.score(texts), strict=True)}
+        return {t: (band(c, COMPOUND_EDGES), _grade(t)) for t, c in zip(texts, vader_compound(texts), strict=True)}
 
     serious_source = (f"vaderSentiment {VADER_VERSION} sdist: NYT editorial snippets (odd lines), movie and Amazon "
                       f"snippets with |valence| < {cut}")  # fmt: skip

@@ -1,5 +1,5 @@
-"""The steps of `lerpray quickstart` (lerpray/quickstart.py reads them top to bottom): stage headers with timings,
-the corpus, the training config and its reuse check, the Serve app, the requests and the summary.
+"""The steps of `lerpray quickstart` (lerpray/quickstart/pipeline.py reads them top to bottom): stage headers with
+timings, the corpus, the training config and its reuse check, the Serve app, the requests and the summary.
 
 Each step is a plain function of flat values so the pipeline can be read (and tested) one stage at a time.
 """
@@ -77,7 +77,8 @@ def clear_built(workdir: Path) -> list[str]:
 
 def corpora_reusable(out: Path, *, tiny: bool, max_per_pole: int | None, seed: int) -> bool:
     """A corpus built earlier with the same settings (and from the same kind of source) is used as it is."""
-    from lerpray.eval.corpora import CorpusError, load_manifest
+    from lerpray.data.corpora import load_manifest
+    from lerpray.data.errors import CorpusError
 
     try:
         manifest = load_manifest(out)
@@ -92,7 +93,8 @@ def corpora_reusable(out: Path, *, tiny: bool, max_per_pole: int | None, seed: i
 
 def build_corpus(out: Path, *, tiny: bool, max_per_pole: int | None, seed: int) -> dict[str, int]:
     """Sentiment poles from the VADER archive (PyPI), or, with --tiny, from sentences made here; train counts."""
-    from lerpray.eval.corpora import UserAttribute, UserCorporaConfig, UserPole, build_corpora
+    from lerpray.data.config import UserAttribute, UserCorporaConfig, UserPole
+    from lerpray.data.corpora import build_corpora
 
     config = None
     if tiny:
@@ -213,14 +215,14 @@ def send_requests(url: str, prompts: Sequence[str], samples: int, max_tokens: in
 
     Sample s of every prompt uses seed s at every alpha (common random numbers: only the mix differs).
     """
+    from lerpray.configs import SamplingSettings
     from lerpray.eval.backends import generate_http
-    from lerpray.eval.config import SamplingConfig
+    from lerpray.eval.grid import make_jobs
     from lerpray.eval.scorers import get_scorer
-    from lerpray.eval.sweep import make_jobs
 
     mixes = [{"alpha": {ATTRIBUTE: alpha}} for alpha in ALPHAS]
     jobs = make_jobs(len(ALPHAS), len(prompts), samples, seed=0)
-    sampling = SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=max_tokens)
+    sampling = SamplingSettings(temperature=0.7, top_p=0.95, max_tokens=max_tokens)
     results = generate_http(url, mixes, prompts, jobs, sampling, model="lerpray", concurrency=len(jobs))
     scores = get_scorer("vader").score([r.text for r in results])
     rows = [Generation(ALPHAS[j.point], prompts[j.prompt], j.seed, r.text, r.completion_tokens, s)

@@ -1,6 +1,6 @@
 """What `lerpray submit KIND CONFIG` sends to the Ray Jobs API: the entrypoint command and the runtime_env.
 
-No Ray here: this module stages files and builds plain dicts; lerpray/jobs_commands.py hands them to
+No Ray here: this module stages files and builds plain dicts; lerpray/submit/commands.py hands them to
 `ray.job_submission.JobSubmissionClient`.
 
 Two ways to ship a job (both also ship this lerpray package as a `py_modules` entry unless told not to, so the
@@ -50,11 +50,11 @@ JOB_ENTRYPOINTS: dict[str, str] = {
 # Job kind -> the loader that validates its config (pydantic models, no Ray), run before anything is uploaded.
 CONFIG_LOADERS: dict[str, str] = {
     "train": "lerpray.train.config:load_train_config",
-    "batch": "lerpray.batch_config:load_batch_config",
+    "batch": "lerpray.batch.config:load_batch_config",
     "eval": "lerpray.eval.config:load_sweep_config",
 }
 CONFIG_DIR = "lerpray-job"  # where the config sits inside a staged working_dir
-PACKAGE_DIR = Path(__file__).resolve().parent  # the lerpray package, shipped as a py_module
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the lerpray package, shipped as a py_module
 # Keep byte-code caches out of uploads; Ray also honours .gitignore files.
 DEFAULT_EXCLUDES = ("__pycache__", "*.pyc")
 

@@ -21,8 +21,8 @@ def add_parsers(subparsers) -> None:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    from lerpray.batch_config import load_batch_config
-    from lerpray.train.commands import connect_ray
+    from lerpray.batch.config import load_batch_config
+    from lerpray.ray_cluster import connect_ray
 
     config = load_batch_config(args.config)  # before Ray: a bad config fails in a second
     connect_ray(args.address)
@@ -34,7 +34,7 @@ def run_and_report(config, *, overwrite: bool = False, progress: bool = True) ->
 
     `overwrite` / `progress=False` override the config's output.overwrite / progress (command-line flags).
     """
-    from lerpray.batch import run_batch
+    from lerpray.batch.pipeline import run_batch
 
     updates: dict = {"output": config.output.model_copy(update={"overwrite": True})} if overwrite else {}
     if not progress:

@@ -1,8 +1,4 @@
-"""`lerpray quickstart`: the whole pipeline on this machine with one command (what happens: docs/quickstart.md).
-
-    lerpray quickstart            # bundled SmolLM2-135M: ~8 min on 2 idle cores, ~1.5 min when it reuses its work
-    lerpray quickstart --tiny     # a tiny random Llama, a few steps, no download: the CI-sized run
-    lerpray quickstart --fresh    # rebuild the corpus and retrain the anchors
+"""The `lerpray quickstart` pipeline (what happens: docs/quickstart.md); lerpray/quickstart/commands.py runs it.
 
 It reads top to bottom: parse -> local Ray -> corpora -> base model -> train (two anchors at once on Ray Train)
 -> publish (verify the set) -> serve (Ray Serve on 127.0.0.1) -> requests (alpha 0..1, batched together)
@@ -12,18 +8,15 @@ when its manifest verifies and it was trained with the same config and data (run
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lerpray.quickstart_steps import (
+from lerpray.quickstart.config import Plan
+from lerpray.quickstart.steps import (
     ALPHAS,
     ANCHORS,
-    PROMPTS,
     Generation,
     Stages,
     Trend,
@@ -39,28 +32,9 @@ from lerpray.quickstart_steps import (
     trend,
 )
 
-__all__ = ["Plan", "QuickstartReport", "add_parsers", "plan_from_args", "run_quickstart"]
+__all__ = ["STAGES", "QuickstartReport", "run_quickstart"]
 
 STAGES = ("ray", "corpora", "base model", "train", "publish", "serve", "requests", "summary", "shutdown")
-DEFAULT_WORKDIR = Path("runs/quickstart")
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What one quickstart does, as flat values (defaults differ between the real and the --tiny run)."""
-
-    workdir: Path
-    tiny: bool = False
-    fresh: bool = False
-    model: str | None = None  # a local HF folder; None = the bundled SmolLM2 (or the tiny Llama with --tiny)
-    steps: int = 60  # optimizer steps per anchor
-    port: int | None = None  # None = a free port
-    prompts: tuple[str, ...] = PROMPTS
-    samples: int = 2  # seeds per prompt and alpha
-    max_tokens: int = 32
-    max_per_pole: int | None = 2000  # corpus texts per pole
-    cpus: int = 2
-    verbose: bool = False  # forward Ray worker and replica logs
 
 
 @dataclass
@@ -77,54 +51,9 @@ class QuickstartReport:
     total_s: float = 0.0
 
 
-def add_parsers(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "quickstart", help="train, publish and serve two sentiment anchors on this machine, then query every mix",
-        description="The whole pipeline on one machine: a local Ray, a sentiment corpus, two LoRA anchors of the "
-        "bundled SmolLM2-135M trained in parallel, a local anchor store, the Serve app on 127.0.0.1, requests at "
-        "alpha 0..1 scored with VADER. A second run reuses what the first built.")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help=f"where everything is built (default {DEFAULT_WORKDIR}, or {DEFAULT_WORKDIR}-tiny)")
-    parser.add_argument("--fresh", action="store_true", help="rebuild the corpus and retrain the anchors")
-    parser.add_argument("--model", default=None, help="a local Hugging Face model folder instead of SmolLM2")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per anchor (default 60; tiny 4)")
-    parser.add_argument("--tiny", action="store_true", help="a tiny random Llama and a built-in corpus: about a "
-                        "minute, no download, meaningless text (the CI-sized run)")
-    parser.add_argument("--port", type=int, default=None, help="HTTP port on 127.0.0.1 (default: a free one)")
-    parser.add_argument("--prompts", type=int, default=None, help=f"prompts per alpha, 1..{len(PROMPTS)} "
-                        f"(default {len(PROMPTS)}; tiny 2)")
-    parser.add_argument("--samples", type=int, default=None, help="seeds per prompt and alpha (default 2; tiny 1)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="tokens per generation (default 32; tiny 8)")
-    parser.add_argument("--verbose", action="store_true", help="show the Ray workers' and the replica's logs")
-    parser.set_defaults(func=_quickstart)
-
-
-def plan_from_args(args: argparse.Namespace) -> Plan:
-    """Check the flags and fill in the defaults of the chosen size; ValueError says which flag to change."""
-    tiny = args.tiny
-    prompts = args.prompts if args.prompts is not None else (2 if tiny else len(PROMPTS))
-    if not 1 <= prompts <= len(PROMPTS):
-        raise ValueError(f"--prompts must be in 1..{len(PROMPTS)}, got {prompts}")
-    for flag, value in (("--steps", args.steps), ("--samples", args.samples), ("--max-tokens", args.max_tokens)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be >= 1, got {value}")
-    if args.model is not None and not Path(args.model).expanduser().is_dir():
-        raise ValueError(f"--model {args.model}: no such folder; pass a local Hugging Face model folder")
-    if args.model is not None and tiny:
-        raise ValueError("--tiny builds its own model; drop --model or --tiny")
-    default_dir = DEFAULT_WORKDIR.with_name(DEFAULT_WORKDIR.name + "-tiny") if tiny else DEFAULT_WORKDIR
-    return Plan(
-        workdir=args.workdir or default_dir, tiny=tiny, fresh=args.fresh,
-        model=str(Path(args.model).expanduser().absolute()) if args.model else None,
-        steps=args.steps or (4 if tiny else 60), port=args.port, prompts=PROMPTS[:prompts],
-        samples=args.samples or (1 if tiny else 2), max_tokens=args.max_tokens or (8 if tiny else 32),
-        max_per_pole=None if tiny else 2000, cpus=_cpus(), verbose=args.verbose,
-    )
-
-
 def run_quickstart(plan: Plan, stream=None) -> QuickstartReport:
     """The pipeline; Serve and Ray are shut down on the way out, also after an error."""
-    from lerpray.local_cluster import local_ray
+    from lerpray.ray_cluster import local_ray
 
     stages = Stages(STAGES, stream)
     report, started = QuickstartReport(plan.workdir), time.monotonic()
@@ -180,7 +109,7 @@ def _base_model(plan: Plan, stages: Stages) -> str | None:
     """The base model's path for the training config (None: the bundled SmolLM2, which the manifest names)."""
     with stages.stage("base model", "the model both anchors adapt"):
         if plan.tiny:
-            from lerpray.testing import save_tiny_base_model
+            from lerpray.quickstart.tiny import save_tiny_base_model
 
             folder = plan.workdir / "tiny-model"
             if not (folder / "config.json").is_file():
@@ -234,23 +163,3 @@ def _stop_serve() -> None:
     from ray import serve
 
     serve.shutdown()
-
-
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # the cores this process may use (containers, taskset)
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 2
-
-
-def _quickstart(args: argparse.Namespace) -> int:
-    from lerpray.train import TrainingFailed
-
-    plan = plan_from_args(args)
-    print(f"lerpray quickstart: {'tiny run' if plan.tiny else 'SmolLM2-135M'}, work dir {plan.workdir}", flush=True)
-    try:
-        run_quickstart(plan)
-    except TrainingFailed as err:
-        print(f"lerpray quickstart: training failed: {err}", file=sys.stderr)
-        return 1
-    return 0

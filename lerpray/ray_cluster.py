@@ -1,9 +1,27 @@
-"""A private, single-machine Ray cluster as a context manager: the quickstart, the tests and the benchmarks run
-their Ray Train and Ray Serve work in one, and never join (or disturb) another cluster on the same machine."""
+"""Where lerpray's Ray work runs: the cluster a command joins (`connect_ray`), or a private single-machine one
+(`local_ray`) in which the quickstart, the tests and the benchmarks run their Ray Train and Ray Serve work without
+joining (or disturbing) another cluster on the same machine. Ray is imported inside, on use."""
 
 from __future__ import annotations
 
-__all__ = ["local_ray"]
+__all__ = ["connect_ray", "local_ray"]
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the given / current cluster (RAY_ADDRESS, else one running on this machine), or start a local one."""
+    import os
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address)
+        return
+    try:
+        ray.init(address="auto")
+    except ConnectionError:
+        ray.init()
 
 
 class local_ray:  # noqa: N801 - used like a function: `with local_ray(num_cpus=2): ...`

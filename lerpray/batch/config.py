@@ -1,5 +1,6 @@
 """The batch-generation job config: where the prompts are, which mixes, how to sample, the actor pool, where the
-output goes. Validated by pydantic at the edge (`load_batch_config`); lerpray.batch receives flat values from it.
+output goes. Validated by pydantic at the edge (`load_batch_config`); lerpray.batch.pipeline receives it whole and
+hands flat values on to the plan and the actors.
 
 jobs/configs/batch_local.yaml explains every field.
 """
@@ -10,14 +11,20 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from lerpray.config_io import read_yaml, validate_config
-from lerpray.serve.config import BoundsArgs
+from lerpray.configs import (
+    BoundsArgs,
+    S3Settings,
+    SamplingSettings,
+    StrictModel,
+    check_uri,
+    read_yaml,
+    validate_config,
+)
 
 __all__ = ["BatchConfigError", "BatchJobConfig", "load_batch_config", "parse_batch_config"]
 
-_S3_URI = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$")
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 
@@ -25,11 +32,7 @@ class BatchConfigError(ValueError):
     """The batch config is unreadable or invalid; the message lists every problem with its field path."""
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class InputSpec(_Strict):
+class InputSpec(StrictModel):
     paths: list[str] = Field(min_length=1)  # files or folders, local or s3://bucket/prefix
     format: Literal["auto", "jsonl", "parquet"] = "auto"  # auto: by the first path's extension
     prompt_field: str = Field("prompt", pattern=_FIELD.pattern)
@@ -59,16 +62,11 @@ class InputSpec(_Strict):
                          "jsonl or parquet")
 
 
-class SamplingSpec(_Strict):
-    temperature: float = Field(0.7, ge=0)  # 0 = greedy
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(0, ge=0)  # 0 = off
-    max_tokens: int = Field(128, ge=1)
-    stop: list[str] = Field(default_factory=list)
+class BatchSampling(SamplingSettings):
     seed: int = Field(0, ge=0)  # base seed: row i samples with hash(seed, i) unless the row gives its own
 
 
-class ResourceSpec(_Strict):
+class ResourceSpec(StrictModel):
     num_actors: int = Field(1, ge=1)  # fixed size of the actor pool; each actor loads the engine once
     batch_size: int = Field(16, ge=1)  # rows per actor call, decoded together (the engine's max batch size)
     num_cpus_per_actor: float = Field(1.0, gt=0)
@@ -78,7 +76,7 @@ class ResourceSpec(_Strict):
     max_task_retries: int = Field(3, ge=-1)  # re-runs of a batch whose actor died (-1 = unlimited)
 
 
-class OutputSpec(_Strict):
+class OutputSpec(StrictModel):
     path: str  # a folder, local or s3://bucket/prefix
     format: Literal["parquet", "jsonl"] = "parquet"
     overwrite: bool = False  # delete what is in `path` first; otherwise a non-empty `path` is refused
@@ -90,23 +88,16 @@ class OutputSpec(_Strict):
         return check_uri(value)
 
 
-class S3Spec(_Strict):
-    """Connection to an S3-compatible store; unset fields come from the standard AWS environment."""
-
-    endpoint_url: str | None = None  # e.g. http://minio:9000; default AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL
-    region: str | None = None  # default AWS_REGION / AWS_DEFAULT_REGION
-
-
-class BatchJobConfig(_Strict):
+class BatchJobConfig(StrictModel):
     anchors: str  # anchor-set URI: a local folder or s3://bucket/prefix
     base_model: str | None = None  # override of the base model the manifest names
     input: InputSpec
     mixes: list[dict[str, Any]] | None = Field(None, min_length=1)  # a grid crossed with every prompt
-    sampling: SamplingSpec = SamplingSpec()
+    sampling: BatchSampling = BatchSampling()
     extrapolation: BoundsArgs | None = Field(default_factory=BoundsArgs)  # null: "extrapolate": true refused
     resources: ResourceSpec = ResourceSpec()
     output: OutputSpec
-    s3: S3Spec = S3Spec()
+    s3: S3Settings = S3Settings()
     progress: bool = True  # Ray Data's progress bars
 
     @field_validator("anchors")
@@ -119,18 +110,13 @@ class BatchJobConfig(_Strict):
         self.input.resolved_format()
         return self
 
-
-def check_uri(uri: str) -> str:
-    """An s3:// URI or a local path; anything else is refused with what is supported."""
-    if uri.startswith("s3://"):
-        if not _S3_URI.match(uri):
-            raise ValueError(f"{uri!r} is not an S3 URI like s3://bucket/prefix (bucket: 3-63 lowercase chars)")
-        return uri
-    if "://" in uri:
-        raise ValueError(f"{uri!r}: only s3:// URIs and local paths are supported")
-    if not uri.strip():
-        raise ValueError("empty path")
-    return uri
+    @field_validator("s3")
+    @classmethod
+    def _no_profile(cls, s3: S3Settings) -> S3Settings:
+        if s3.profile is not None:
+            raise ValueError("profile is not supported by batch jobs: Ray Data's S3 filesystem takes its credentials "
+                             "from the environment; remove s3.profile and set AWS_PROFILE (or AWS keys) instead")
+        return s3
 
 
 def load_batch_config(path: str | Path) -> BatchJobConfig:

@@ -33,16 +33,10 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lerpray.batch_plan import (
-    OUTPUT_SCHEMA,
-    PLAN_SCHEMA,
-    BatchInputError,
-    plan_rows,
-    row_seed,
-)
+from lerpray.batch.plan import OUTPUT_SCHEMA, PLAN_SCHEMA, BatchInputError, plan_rows
 
-__all__ = ["OUTPUT_SCHEMA", "PLAN_SCHEMA", "BatchInputError", "BatchSummary", "GenerateBatch", "load_engine", "plan_rows",
-           "row_seed", "run_batch"]
+__all__ = ["BatchSummary", "GenerateBatch", "load_engine", "run_batch"]
+
 
 @dataclass(frozen=True)
 class BatchSummary:
@@ -100,7 +94,7 @@ class GenerateBatch:
         return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
 
     def _request(self, row: dict):
-        from lerpray.model.engine import GenerationRequest
+        from lerpray.model.requests import GenerationRequest
         from lerpray.model.sampling import SamplingParams
 
         sampling = SamplingParams(**self.sampling, seed=row["seed"])
@@ -109,7 +103,7 @@ class GenerateBatch:
                                  request_id=f"{row['row_id']}:{row['mix_index']}", **text)
 
     def _generate(self, requests: list, rows: list[dict]) -> list:
-        from lerpray.model.engine import EngineError
+        from lerpray.model.requests import EngineError
 
         try:
             return self.engine.generate(requests)
@@ -119,7 +113,7 @@ class GenerateBatch:
             raise BatchInputError(f"{where}: {err}") from err
 
     def _fails(self, request) -> bool:
-        from lerpray.model.engine import EngineError
+        from lerpray.model.requests import EngineError
 
         try:
             ids = self.engine.encode(request)
@@ -141,7 +135,7 @@ def run_batch(config, *, engine_factory: Callable = load_engine) -> BatchSummary
     from lerpray.anchors import open_store, read_manifest
 
     start = time.perf_counter()
-    s3 = {"endpoint_url": config.s3.endpoint_url, "region": config.s3.region}
+    s3 = config.s3.options()  # endpoint_url / region where set (the config refuses a profile)
     layout = read_manifest(open_store(config.anchors, **s3)).layout()
     in_fs, in_paths = _filesystem([_absolute(p) for p in config.input.paths], **s3)
     out_fs, (out_path,) = _filesystem([_absolute(config.output.path)], **s3)
@@ -183,7 +177,6 @@ def run_batch(config, *, engine_factory: Callable = load_engine) -> BatchSummary
 
 def _actor_kwargs(config, engine_factory: Callable, s3: dict) -> dict:
     res, base = config.resources, config.base_model
-    sampling = config.sampling.model_dump(exclude={"seed"})
     if base and Path(base).expanduser().exists():  # a local folder: actors may run in another working directory
         base = _absolute(base)
     return {
@@ -191,7 +184,7 @@ def _actor_kwargs(config, engine_factory: Callable, s3: dict) -> dict:
         "engine_kwargs": {"anchors": _absolute(config.anchors), "base_model": base, "dtype": res.dtype,
                           "device": "cuda" if res.num_gpus_per_actor > 0 else "cpu",
                           "max_batch_size": res.batch_size, **s3},
-        "sampling": {**sampling, "stop": tuple(sampling["stop"])},
+        "sampling": config.sampling.engine_kwargs(),
         "chat": config.input.chat,
     }
 
@@ -222,7 +215,7 @@ def _absolute(uri: str) -> str:
     return uri if uri.startswith("s3://") else str(Path(uri).expanduser().absolute())
 
 
-def _filesystem(uris: list[str], endpoint_url: str | None, region: str | None):
+def _filesystem(uris: list[str], endpoint_url: str | None = None, region: str | None = None):
     """(pyarrow filesystem, paths): an S3FileSystem honouring the endpoint override for s3:// URIs, else local."""
     import pyarrow.fs as pafs
 
