@@ -33,7 +33,7 @@ def add_parsers(subparsers) -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     from lerpray.mixing import ExtrapolationBounds, MixError, default_mix, resolve_mix
-    from lerpray.model.engine import Engine, GenerationRequest
+    from lerpray.model import Engine, GenerationRequest
     from lerpray.model.sampling import SamplingParams
 
     try:

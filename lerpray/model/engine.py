@@ -24,45 +24,18 @@ import inspect
 from collections import deque
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 
 from lerpray.model.cuda_graphs import DecodeGraphs
 from lerpray.model.kv_cache import SlotCache
+from lerpray.model.prompts import encode_prompt, eos_ids
 from lerpray.model.requests import EngineError, GenerationRequest, GenerationResult, PromptTooLongError, TokenEvent
-from lerpray.model.sampling import TextStream, make_generator, sample_next
+from lerpray.model.rows import Row, choose_tokens, prompt_token_logprobs
+from lerpray.model.sampling import TextStream, make_generator
 from lerpray.model.step_inputs import chunk_inputs, visibility_mask
 
 __all__ = ["Engine"]
-
-
-@dataclass
-class _Row:
-    request: GenerationRequest
-    prompt_ids: list[int]
-    coeffs: torch.Tensor  # [K]
-    generator: torch.Generator | None
-    stream: TextStream
-    slot: int = -1
-    prefilled: int = 0  # prompt tokens already in the cache
-    admitted: int = 0  # admission order: the oldest prefilling row always makes progress
-    last_token: int = -1
-    generated: int = 0
-    finished: bool = False
-
-    @property
-    def decoding(self) -> bool:
-        return self.prefilled == len(self.prompt_ids)
-
-    @property
-    def remaining(self) -> int:
-        return len(self.prompt_ids) - self.prefilled
-
-    @property
-    def next_position(self) -> int:
-        """Where the row's next cache write goes: its next prompt token, or the token it last sampled."""
-        return self.prefilled if not self.decoding else len(self.prompt_ids) + self.generated - 1
 
 
 class Engine:
@@ -104,7 +77,7 @@ class Engine:
         if self.prefill_chunk < 1:
             raise EngineError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
         _check_attention(self.model.config)
-        self._eos = _eos_ids(self.model, tokenizer)
+        self._eos = eos_ids(self.model, tokenizer)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
@@ -112,9 +85,9 @@ class Engine:
         self._layers = int(self.model.config.num_hidden_layers)
         self._cache = SlotCache(self._layers, max_batch_size, capacity=256,
                                 max_capacity=self.context_length + self.prefill_chunk)
-        self._slots: list[_Row | None] = [None] * max_batch_size
+        self._slots: list[Row | None] = [None] * max_batch_size
         self._coeffs = torch.zeros(max_batch_size, len(self.layout.anchors), device=self.device)  # [S, K]
-        self._waiting: deque[_Row] = deque()
+        self._waiting: deque[list[Row]] = deque()  # each entry: one request's choices, admitted together
         self._admissions = 0
         self._dtype = next(self.model.parameters()).dtype
         use_graphs = on_gpu if cuda_graphs is None else cuda_graphs
@@ -137,9 +110,12 @@ class Engine:
 
     def add(self, request: GenerationRequest) -> None:
         """Queue a request; it joins the running batch at the next step. Raises EngineError on a bad request."""
-        if any(r.request.request_id == request.request_id for r in (*self._running(), *self._waiting)):
+        if any(r.request.request_id == request.request_id for r in (*self._running(), *self._queued())):
             raise EngineError(f"request_id {request.request_id!r} is already in the engine; use a unique id")
-        coeffs = self._check_coeffs(request.coeffs)
+        for coeffs in (request.coeffs, *(request.schedule.mixes() if request.schedule else ())):
+            self._check_coeffs(coeffs)
+        if not 1 <= request.n <= self.max_batch_size:
+            raise EngineError(f"n must be between 1 and {self.max_batch_size} (the engine's slots), got {request.n}")
         prompt_ids = self.encode(request)
         limit = self.context_length - request.sampling.max_tokens
         if len(prompt_ids) > limit:
@@ -148,31 +124,36 @@ class Engine:
                 f"{self.context_length} minus max_tokens {request.sampling.max_tokens}; shorten the prompt or "
                 "lower max_tokens"
             )
-        generator = make_generator(request.sampling.seed)
-        stream = TextStream(self.tokenizer, prompt_ids, request.sampling.stop)
-        self._waiting.append(_Row(request, prompt_ids, coeffs, generator, stream))
+        choices: list[Row] = []
+        for index in range(request.n):
+            sampling = request.sampling.for_choice(index)
+            stream = TextStream(self.tokenizer, prompt_ids, sampling.stop)
+            choices.append(Row(request, sampling, prompt_ids, make_generator(sampling.seed), stream, index,
+                               parent=choices[0] if choices else None))
+        if request.sampling.prompt_logprobs is not None:
+            choices[0].prompt_logprobs = [(prompt_ids[0], None, [])]
+        self._waiting.append(choices)
 
     def has_work(self) -> bool:
         return bool(self._waiting) or any(row is not None for row in self._slots)
 
     def abort(self, request_id: str) -> bool:
-        """Drop a waiting or running request (e.g. its client went away); its slot is free at once."""
-        for row in self._waiting:
-            if row.request.request_id == request_id:
-                self._waiting.remove(row)
+        """Drop a waiting or running request (e.g. its client went away); its slots are free at once."""
+        for choices in self._waiting:
+            if choices[0].request.request_id == request_id:
+                self._waiting.remove(choices)
                 return True
-        for row in self._running():
-            if row.request.request_id == request_id:
-                self._free(row)
-                return True
-        return False
+        rows = [row for row in self._running() if row.request.request_id == request_id]
+        for row in rows:
+            self._free(row)
+        return bool(rows)
 
     @torch.inference_mode()
     def step(self) -> list[TokenEvent]:
         """Admit waiting requests, decode one token for every decoding row, prefill the next prompt chunk."""
         self._admit()
         events = self._decode() if any(r.decoding for r in self._running()) else []
-        if any(not r.decoding for r in self._running()):
+        if any(not r.decoding and r.parent is None for r in self._running()):
             events += self._prefill()
         return events
 
@@ -198,64 +179,56 @@ class Engine:
             while self.has_work():
                 yield from self.step()
         finally:  # the consumer stopped early: do not leave its requests in the engine
-            for row in [*self._running(), *self._waiting]:
+            for row in [*self._running(), *self._queued()]:
                 self.abort(row.request.request_id)
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """Run requests to completion; results in the order of `requests`."""
-        texts: dict[str, list[str]] = {r.request_id: [] for r in requests}
-        results: dict[str, GenerationResult] = {}
+        """Run requests to completion; one result per choice, in the order of `requests` (then choice index)."""
+        texts: dict[tuple[str, int], list[str]] = {}
+        results: dict[tuple[str, int], GenerationResult] = {}
         for event in self.stream(requests):
-            texts[event.request_id].append(event.text)
+            key = (event.request_id, event.index)
+            texts.setdefault(key, []).append(event.text)
             if event.finish_reason is not None:
-                results[event.request_id] = GenerationResult(
-                    event.request_id, "".join(texts[event.request_id]), event.prompt_tokens,
-                    event.completion_tokens, event.finish_reason,
-                )
-        return [results[r.request_id] for r in requests]
+                results[key] = GenerationResult(event.request_id, "".join(texts[key]), event.prompt_tokens,
+                                                event.completion_tokens, event.finish_reason, event.index)
+        return [results[(r.request_id, i)] for r in requests for i in range(r.n)]
 
     def encode(self, request: GenerationRequest) -> list[int]:
         """Prompt token ids: raw text, or chat messages through the tokenizer's chat template."""
-        if (request.prompt is None) == (request.messages is None):
-            raise EngineError("give exactly one of `prompt` (raw text) or `messages` (chat)")
-        if request.messages is not None:
-            if not getattr(self.tokenizer, "chat_template", None):
-                raise EngineError("this tokenizer has no chat template; send a raw `prompt` instead of `messages`")
-            text = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        else:
-            ids = self.tokenizer(request.prompt, add_special_tokens=True)["input_ids"]
-            plain = self.tokenizer(request.prompt, add_special_tokens=False)["input_ids"]
-            # Some tokenizers (T5/ByT5) append EOS; a prompt that ends the document would stop the model at once.
-            if ids and ids[-1] in self._eos and (not plain or plain[-1] != ids[-1]):
-                ids = ids[:-1]
-        if not ids:
-            raise EngineError("the prompt is empty after tokenisation; send at least one token of text")
-        return list(ids)
+        return encode_prompt(self.tokenizer, request, self._eos)
 
     # ---- scheduling -----------------------------------------------------------------------------------------
 
-    def _running(self) -> list[_Row]:
+    def _running(self) -> list[Row]:
         return [row for row in self._slots if row is not None]
 
-    def _admit(self) -> None:
-        for slot, occupant in enumerate(self._slots):
-            if not self._waiting:
-                return
-            if occupant is None:
-                row = self._waiting.popleft()
-                row.slot, row.admitted, self._slots[slot] = slot, self._admissions, row
-                self._admissions += 1
-                self._coeffs[slot] = row.coeffs
+    def _queued(self) -> list[Row]:
+        return [row for choices in self._waiting for row in choices]
 
-    def _free(self, row: _Row) -> None:
+    def _admit(self) -> None:
+        """Waiting requests take the lowest free slots, all of a request's choices at once, in arrival order."""
+        free = [slot for slot, occupant in enumerate(self._slots) if occupant is None]
+        while self._waiting and len(self._waiting[0]) <= len(free):
+            for row in self._waiting.popleft():
+                row.slot, row.admitted, self._slots[row.slot] = free.pop(0), self._admissions, row
+                self._coeffs[row.slot] = torch.tensor(row.mix(), device=self.device)
+                self._admissions += 1
+
+    def _free(self, row: Row) -> None:
         row.finished = True
         self._slots[row.slot] = None
 
-    def _chunks(self) -> list[tuple[_Row, int]]:
+    def _update_schedules(self, rows: list[Row]) -> None:
+        """Rows with a mix schedule get the coefficients of the token they are about to produce."""
+        for row in rows:
+            if row.request.schedule is not None:
+                self._coeffs[row.slot] = torch.tensor(row.mix(), device=self.device)
+
+    def _chunks(self) -> list[tuple[Row, int]]:
         """This step's prompt chunks (row, tokens), in slot order: shortest remaining prompt first, so a short
         request's first token never waits for a long prompt; the oldest prefilling row always gets a quarter."""
-        pending = sorted((r for r in self._running() if not r.decoding), key=lambda r: r.admitted)
+        pending = sorted((r for r in self._running() if not r.decoding and r.parent is None), key=lambda r: r.admitted)
         oldest = pending[0]
         takes = {id(oldest): min(oldest.remaining, max(1, self.prefill_chunk // 4))}
         budget = self.prefill_chunk - takes[id(oldest)]
@@ -270,6 +243,7 @@ class Engine:
 
     def _decode(self) -> list[TokenEvent]:
         rows = [r for r in self._running() if r.decoding]
+        self._update_schedules(rows)
         hi = 1 + max(r.slot for r in rows)
         positions = [0] * hi  # idle slots write at their own next position (see step_inputs)
         ids = [self._pad_id] * hi
@@ -285,15 +259,16 @@ class Engine:
         else:
             ids_t = torch.tensor(ids, device=self.device)[:, None]  # [hi, 1]
             pos_t = torch.tensor(positions, device=self.device)[:, None]  # [hi, 1]
-            slots = torch.arange(hi, device=self.device)
-            self._cache.plan(slots, pos_t, length, first_slot=0)
-            logits = self._forward(ids_t, pos_t, self._coeffs[:hi], rows[0].coeffs if shared else None, length)
+            self._cache.plan(torch.arange(hi, device=self.device), pos_t, length, first_slot=0)
+            merged = self._coeffs[rows[0].slot] if shared else None
+            logits = self._forward(ids_t, pos_t, self._coeffs[:hi], merged, length)
         logits = logits[:, -1].index_select(0, torch.tensor([r.slot for r in rows], device=self.device))
         return self._advance(rows, logits)
 
     def _prefill(self) -> list[TokenEvent]:
         chunks = self._chunks()
         rows = [row for row, _ in chunks]
+        self._update_schedules(rows)
         ids, positions = chunk_inputs(
             [row.prompt_ids[row.prefilled : row.prefilled + n] for row, n in chunks],
             [row.prefilled for row, _ in chunks], self._pad_id, self.device,
@@ -305,24 +280,50 @@ class Engine:
         contiguous = [row.slot for row in rows] == list(range(first, first + len(rows)))
         self._cache.plan(slots, positions, length, first_slot=first if contiguous else None)
         last = torch.tensor([[n - 1] for _, n in chunks], device=self.device)  # [M, 1] each chunk's last token
-        merged = rows[0].coeffs if self._shared(rows) else None
-        logits = self._forward(ids, positions, self._coeffs.index_select(0, slots), merged, length, last)
-        for row, n in chunks:
+        every = any(row.prompt_logprobs is not None for row in rows)  # scoring the prompt needs every position
+        merged = self._coeffs[rows[0].slot] if self._shared(rows) else None
+        logits = self._forward(ids, positions, self._coeffs.index_select(0, slots), merged, length,
+                               None if every else last)  # [M, 1 or Q, V]
+        for m, (row, n) in enumerate(chunks):
+            if row.prompt_logprobs is not None:
+                targets = row.prompt_ids[row.prefilled + 1 : row.prefilled + n + 1]
+                row.prompt_logprobs += prompt_token_logprobs(logits[m], targets, row.sampling.prompt_logprobs)
             row.prefilled += n
-        done = [i for i, row in enumerate(rows) if row.decoding]
+        if every:
+            logits = torch.take_along_dim(logits, last[..., None], dim=1)
+        done = [m for m, row in enumerate(rows) if row.decoding]
         if not done:
             return []
-        logits = logits[:, -1].index_select(0, torch.tensor(done, device=self.device))
-        return self._advance([rows[i] for i in done], logits)
+        return self._start_choices([rows[m] for m in done], logits[done, -1])
 
-    def _shared(self, rows: list[_Row]) -> bool:
+    def _start_choices(self, parents: list[Row], logits: torch.Tensor) -> list[TokenEvent]:
+        """Prompts just finished: their other choices copy the prompt's cache, then every choice samples its first
+        token from the same logits (or, with max_tokens 0, the request ends with its prompt's scores)."""
+        rows, index = [], []
+        for m, parent in enumerate(parents):
+            children = [r for r in self._running() if r.parent is parent]
+            self._cache.copy_prefix(parent.slot, [c.slot for c in children], len(parent.prompt_ids))
+            for row in (parent, *children):
+                row.prefilled, row.parent = len(row.prompt_ids), None
+                rows.append(row)
+                index.append(m)
+        scored = [r for r in rows if r.sampling.max_tokens == 0]
+        events = [r.score_only() for r in scored]
+        for row in scored:
+            self._free(row)
+        keep = [i for i, r in enumerate(rows) if r.sampling.max_tokens > 0]
+        if keep:
+            events += self._advance([rows[i] for i in keep], logits[torch.tensor([index[i] for i in keep])])
+        return events
+
+    def _shared(self, rows: list[Row]) -> bool:
         """Whether this forward may run on merged weights: the fast path is on and every row has one mix."""
-        return self.merged_fast_path and len({tuple(r.request.coeffs) for r in rows}) == 1
+        return self.merged_fast_path and len({r.mix() for r in rows}) == 1
 
     def _forward(self, ids, positions, coeffs, merged, length, keep=None) -> torch.Tensor:
-        """One eager forward over planned slots; returns logits [N, 1 or Q, V]."""
+        """One eager forward over planned slots; returns logits [N, 1 or Q, V] (keep [N, 1]: one per row)."""
         self.imodel.bind_coeffs(coeffs)
-        kwargs = {"logits_to_keep": keep if keep is not None else 1} if self._keeps_logits else {}
+        kwargs = {"logits_to_keep": keep if keep is not None else 0} if self._keeps_logits else {}
         with self.imodel.merged(merged) if merged is not None else nullcontext():
             out = self.model(
                 input_ids=ids, position_ids=positions, attention_mask=visibility_mask(positions, length, self._dtype),
@@ -337,21 +338,15 @@ class Engine:
             return torch.take_along_dim(out.logits, keep[..., None], dim=1)
         return out.logits
 
-    def _advance(self, rows: list[_Row], logits: torch.Tensor) -> list[TokenEvent]:
-        """Sample each row's next token, update its text and finish state. logits [N, V]."""
-        tokens = sample_next(logits, [r.request.sampling for r in rows], [r.generator for r in rows]).tolist()
-        return [self._emit(row, token) for row, token in zip(rows, tokens, strict=True)]
-
-    def _emit(self, row: _Row, token: int) -> TokenEvent:
-        row.last_token, row.generated = token, row.generated + 1
-        text, stopped = row.stream.flush() if token in self._eos else row.stream.push(token)
-        finish = "stop" if stopped or token in self._eos else None
-        if finish is None and row.generated >= row.request.sampling.max_tokens:
-            tail, stopped = row.stream.flush()
-            text, finish = text + tail, "stop" if stopped else "length"
-        if finish is not None:
-            self._free(row)
-        return TokenEvent(row.request.request_id, token, text, finish, len(row.prompt_ids), row.generated)
+    def _advance(self, rows: list[Row], logits: torch.Tensor) -> list[TokenEvent]:
+        """Choose each row's next token (logits [N, V]), emit its event, free the slots of finished rows."""
+        tokens, logprobs, tops = choose_tokens(logits, rows)
+        events = [row.emit(token, self._eos, lp, top) for row, token, lp, top in zip(rows, tokens, logprobs, tops,
+                                                                                     strict=True)]
+        for row in rows:
+            if row.finished:
+                self._free(row)
+        return events
 
     def _check_coeffs(self, coeffs) -> torch.Tensor:
         values = torch.tensor(list(coeffs), dtype=torch.float32)  # [K]
@@ -373,12 +368,3 @@ def _check_attention(config) -> None:
             f"{'a sliding window' if sliding else 'layer types ' + str(sorted(types))}; sliding-window and "
             "recurrent models are not supported"
         )
-
-
-def _eos_ids(model, tokenizer) -> frozenset[int]:
-    ids: set[int] = set()
-    generation_config = getattr(model, "generation_config", None)
-    for source in (tokenizer.eos_token_id, getattr(generation_config, "eos_token_id", None)):
-        if source is not None:
-            ids.update(source if isinstance(source, list | tuple) else [source])
-    return frozenset(ids)

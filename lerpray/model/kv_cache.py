@@ -119,6 +119,14 @@ class SlotCache(Cache):
             layer.grow(self.capacity)
         return True
 
+    def copy_prefix(self, source: int, targets: list[int], length: int) -> None:
+        """Give slots `targets` the first `length` entries of slot `source` (n choices share one prefill)."""
+        for layer in self.layers:
+            if layer.is_initialized:
+                for target in targets:
+                    layer.keys[target, :, :length] = layer.keys[source, :, :length]
+                    layer.values[target, :, :length] = layer.values[source, :, :length]
+
     @property
     def is_compileable(self) -> bool:
         return True

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 
 from lerpray.model.sampling import SamplingParams
 
-__all__ = ["EngineError", "GenerationRequest", "GenerationResult", "PromptTooLongError", "TokenEvent"]
+__all__ = [
+    "EngineError", "GenerationRequest", "GenerationResult", "MixSchedule", "PromptTooLongError", "TokenEvent",
+]
 
 
 class EngineError(ValueError):
@@ -19,23 +21,55 @@ class PromptTooLongError(EngineError):
     """The prompt plus max_tokens does not fit in the model's context."""
 
 
+@dataclass(frozen=True)
+class MixSchedule:
+    """Coefficients by generated-token index: pieces [(until, coeffs), ..., (None, coeffs)] and/or a linear ramp.
+
+    Pieces: token i uses the first piece with i < until (the last piece has until None). Ramp (start, end, over):
+    token i uses start + (end - start) * min(i / over, 1). The engine rewrites a row's coefficient row between
+    decode steps; token i's forward pass (and the KV entries it writes) use the mix of token i.
+    """
+
+    pieces: tuple[tuple[int | None, tuple[float, ...]], ...] = ()
+    ramp: tuple[tuple[float, ...], tuple[float, ...], int] | None = None
+
+    def at(self, index: int) -> tuple[float, ...]:
+        if self.ramp is not None:
+            start, end, over = self.ramp
+            t = min(index / over, 1.0) if over > 0 else 1.0
+            return tuple(a + (b - a) * t for a, b in zip(start, end, strict=True))
+        return next(coeffs for until, coeffs in self.pieces if until is None or index < until)
+
+    def mixes(self) -> list[tuple[float, ...]]:
+        """Every coefficient row the schedule names (for validation)."""
+        return [*(c for _, c in self.pieces), *((self.ramp[0], self.ramp[1]) if self.ramp else ())]
+
+
 @dataclass
 class GenerationRequest:
-    coeffs: tuple[float, ...]  # [K], in the anchor set's order (lerpray.mixing.resolve_mix)
+    coeffs: tuple[float, ...]  # [K], in the anchor set's order (lerpray.mixing.resolve_mix); token 0's mix
     prompt: str | None = None
     messages: list[dict] | None = None  # chat: rendered with the tokenizer's chat template
     sampling: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    n: int = 1  # choices: one prefill, then n rows; choice i samples with seed + i (SamplingParams.for_choice)
+    schedule: MixSchedule | None = None  # mixes that change while the reply is written; overrides coeffs
 
 
 @dataclass
 class TokenEvent:
     request_id: str
-    token_id: int
+    token_id: int  # -1 for a scoring-only request's single event (max_tokens 0)
     text: str  # the new text released by this token (may be "" while held back)
     finish_reason: str | None  # None, "stop" (EOS or stop string) or "length"
     prompt_tokens: int = 0
     completion_tokens: int = 0  # tokens generated so far, this one included
+    index: int = 0  # which of the request's n choices
+    logprob: float | None = None  # log probability of token_id under the row's mix (sampling.logprobs set)
+    top_logprobs: list[tuple[int, float]] | None = None  # the most likely tokens and their log probabilities
+    # With sampling.prompt_logprobs, the choice's first event carries one entry per prompt token:
+    # (token id, log probability or None for the first token, [(alternative id, log probability), ...]).
+    prompt_logprobs: list[tuple[int, float | None, list[tuple[int, float]]]] | None = None
 
 
 @dataclass
@@ -45,3 +79,4 @@ class GenerationResult:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str
+    index: int = 0

@@ -23,7 +23,7 @@ greedy rows are batch invariant except at near-ties of their top two logits. The
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -37,9 +37,15 @@ class SamplingParams:
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0  # nucleus mass in (0, 1]; 1 = off
     top_k: int = 0  # 0 = off
-    max_tokens: int = 64
+    max_tokens: int = 64  # 0 only to score the prompt (prompt_logprobs set): no token is generated
     stop: tuple[str, ...] = ()  # the text is cut before the first stop string found
     seed: int | None = None  # per-row generator: same seed, same text, whatever the batch companions
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # subtracted per occurrence of a token already generated
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit); a dict is accepted
+    logprobs: int | None = None  # None: none; 0: the chosen token's log probability; k: also the k most likely
+    prompt_logprobs: int | None = None  # the same for every prompt token (OpenAI's echo)
+    ignore_eos: bool = False  # run to max_tokens through EOS (benchmarks)
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0.0:
@@ -50,8 +56,20 @@ class SamplingParams:
             raise SamplingError(f"top_k must be >= 0 (0 = off) and below 2**63, got {self.top_k}")
         if self.seed is not None and not -(2**63) <= self.seed < 2**64:  # torch.Generator.manual_seed's range
             raise SamplingError(f"seed must be in [-2**63, 2**64), got {self.seed}")
-        if self.max_tokens < 1:
-            raise SamplingError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.max_tokens < 0 or (self.max_tokens == 0 and self.prompt_logprobs is None):
+            raise SamplingError(f"max_tokens must be >= 1 (0 only when scoring the prompt), got {self.max_tokens}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise SamplingError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
+        for name in ("logprobs", "prompt_logprobs"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 20:
+                raise SamplingError(f"{name} must be in [0, 20] (most likely alternatives per token), got {value}")
+        bias = self.logit_bias.items() if isinstance(self.logit_bias, dict) else self.logit_bias
+        bias = tuple((int(token), float(value)) for token, value in bias)
+        if any(not -100.0 <= value <= 100.0 or token < 0 for token, value in bias):
+            raise SamplingError("logit_bias maps token ids >= 0 to biases in [-100, 100]")
+        object.__setattr__(self, "logit_bias", bias)
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
         object.__setattr__(self, "stop", tuple(self.stop))
@@ -61,6 +79,15 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
+
+    @property
+    def reshapes_logits(self) -> bool:
+        """Penalties or biases change this row's logits before sampling."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
+
+    def for_choice(self, index: int) -> SamplingParams:
+        """Choice `index` of n: its own seed (seed + index), so choices differ yet each is reproducible."""
+        return self if self.seed is None or index == 0 else replace(self, seed=(self.seed + index) % 2**64)
 
 
 def make_generator(seed: int | None) -> torch.Generator | None:

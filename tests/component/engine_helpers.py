@@ -26,23 +26,36 @@ def req(prompt, coeffs=ONE, rid=None, **sampling):
 
 
 @torch.inference_mode()
-def reference_greedy(engine: Engine, request: GenerationRequest) -> list[int]:
+def reference_greedy(engine: Engine, request: GenerationRequest, reshape=None, logprobs: list | None = None) -> list[int]:
     """Plain HF loop, one row, no padding, no position ids: what the engine must reproduce.
+
+    A schedule switches the coefficients before the forward pass of each token that needs another mix (the
+    cache keeps what earlier tokens wrote under their own mix). `reshape(z, tokens)` edits the logits before the
+    argmax (penalties, biases); `logprobs` collects each step's log_softmax of the raw logits.
 
     Batched rows differ from this loop by float rounding (~1e-6; BLAS kernels differ between CPUs and batch
     shapes), so token-for-token equality is a fair claim only where no step is a near tie: the loop checks that
-    its top two logits are always 1e-4 apart (100x the rounding), and says so if a change of model or prompt makes one a tie."""
+    its top two logits are always 1e-4 apart (100x the rounding), and says so if a model or prompt makes a tie."""
+    def mix(i: int):
+        return request.coeffs if request.schedule is None else request.schedule.at(i)
+
     ids = torch.tensor([engine.encode(request)])
-    engine.imodel.set_coeffs(torch.tensor([request.coeffs]))
+    engine.imodel.set_coeffs(torch.tensor([mix(0)]))
     out, tokens = engine.model(input_ids=ids, use_cache=True), []
     for _ in range(request.sampling.max_tokens):
-        top2 = out.logits[0, -1].topk(2).values
+        z = out.logits[0, -1].float().clone()
+        if logprobs is not None:
+            logprobs.append(torch.log_softmax(z, dim=-1))
+        if reshape is not None:
+            reshape(z, tokens)
+        top2 = z.topk(2).values
         assert top2[0] - top2[1] > 1e-4, f"near tie at token {len(tokens)}: greedy equality would rest on rounding"
-        token = int(out.logits[0, -1].argmax())
+        token = int(z.argmax())
         tokens.append(token)
         if token == engine.tokenizer.eos_token_id:
             break
         cache = out["cache"] if "cache" in out.keys() else out["past_key_values"]  # transformers >= 5.2x / older
+        engine.imodel.set_coeffs(torch.tensor([mix(len(tokens))]))
         out = engine.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
     return tokens
 
