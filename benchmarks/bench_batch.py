@@ -1,4 +1,5 @@
-"""Batch throughput: the Ray Data pipeline (lerpray.batch.pipeline) vs the in-process engine on the same prompts x mixes.
+"""Batch throughput: the Ray Data pipeline (lerpray.batch.pipeline) vs the in-process engine on the same prompts x
+mixes.
 
     python benchmarks/bench_batch.py                       # tiny random Llama, 2-CPU local Ray (~1-2 min)
     python benchmarks/bench_batch.py --model bundled --prompts 16 --max-tokens 32   # SmolLM2-135M, random anchors

@@ -5,8 +5,8 @@
 
 The step is lerpray's worker step without Ray around it (what lerpray.train.strategies.TorchStrategy does on one
 GPU): PEFT LoRA r=32, lora_alpha=16, dropout 0.1 on q/k/v/o (the paper's settings), bf16 autocast over fp32 weights,
-AdamW on the LoRA factors, grad-norm clipping at 1.0, labels = inputs (causal LM loss). Models, random weights (throughput does
-not depend on the values; the GPU image has no gguf to read the bundled SmolLM2 file):
+AdamW on the LoRA factors, grad-norm clipping at 1.0, labels = inputs (causal LM loss). Models, random weights
+(throughput does not depend on the values; the GPU image has no gguf to read the bundled SmolLM2 file):
   smollm2-135m  SmolLM2-135M's config: hidden 576, 30 layers, 9 heads / 3 KV, intermediate 1536, vocab 49152
   smollm2-1.7b  SmolLM2-1.7B's config: hidden 2048, 24 layers, 32 heads / 32 KV, intermediate 8192, vocab 49152
 Shapes: block 128 (the paper's) and 512 tokens, batches chosen to fill the GPU. Each point: 3 warm-up steps, then
