@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all venv lint bench clean
+.PHONY: demo test test-all venv browser lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,10 +22,23 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/lerpray quickstart
 
-test: $(STAMP)
+# The playground's browser test (tests/integration/test_playground.py) drives Debian's chromium + chromedriver:
+# installed here where missing when we are root with apt-get; otherwise the test fails and says how to install them.
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver for the playground's browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	  else \
+	    echo "warning: /usr/bin/chromium or /usr/bin/chromedriver is missing and this is not root with apt-get;" \
+	      "the playground's browser test will fail: sudo apt-get install -y chromium chromium-driver" >&2; \
+	  fi; \
+	fi
+
+test: $(STAMP) browser
 	$(PY) -m pytest -m "not slow and not gpu" -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) browser
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

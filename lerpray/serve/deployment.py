@@ -3,7 +3,7 @@
 Its duties: (1) load the engine and the anchor set's manifest at start, and check the config's presets against
 it, (2) authenticate and parse requests into engine requests (`lerpray.serve.protocol`), (3) hand them to the
 continuous batcher, (4) answer in OpenAI's shapes, streaming as server-sent events, with every failure mapped by
-`lerpray.serve.errors`. It takes an
+`lerpray.serve.errors`; it also serves the playground page (`lerpray.serve.playground`). It takes an
 `engine_factory` so tests can inject an engine; the default loads `Engine.from_uri`.
 """
 
@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lerpray.serve import errors, protocol
+from lerpray.serve import errors, playground, protocol
 from lerpray.serve.batcher import Batcher, EngineLike
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.metrics import ServeMetrics
@@ -183,6 +183,14 @@ class LerpServer:
         except errors.ApiError as err:
             return self._error(err, "models")
         return JSONResponse(ModelList(data=self.cards).model_dump())
+
+    @api.get("/playground")
+    async def playground_page(self) -> Response:
+        return playground.asset("index.html")
+
+    @api.get("/playground/{name}")
+    async def playground_asset(self, name: str) -> Response:
+        return playground.asset(name)
 
     @api.post("/v1/completions")
     async def completions(self, request: Request) -> Response:

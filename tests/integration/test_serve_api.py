@@ -7,12 +7,11 @@ set: same prompt, mix and seed -> same text and token counts.
 from __future__ import annotations
 
 import json
-import os
-import socket
 
 import httpx
 import openai_fields
 import pytest
+from serve_app import running_app
 
 from lerpray.anchors import open_store, read_manifest
 from lerpray.mixing import resolve_mix
@@ -32,12 +31,6 @@ MESSAGES = [{"role": "system", "content": "Be kind."}, {"role": "user", "content
 PRESETS = {"lerpray-upbeat": {"alpha": {"sentiment": 0.9}}, "lerpray-mix": MIX}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def anchors(tmp_path_factory) -> str:
     return str(tiny_anchor_set(tmp_path_factory.mktemp("serve-api")))
@@ -45,25 +38,14 @@ def anchors(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def base_url(anchors: str):
-    from lerpray.serve import ServeArgs, make_app
+    from lerpray.serve import ServeArgs
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(
-        address="local", num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {KEY_ENV: KEY}}
+    args = ServeArgs(
+        anchors=anchors, api_key_env=KEY_ENV, max_tokens_cap=CAP, default_max_tokens=8,
+        max_body_bytes=BODY_LIMIT, num_cpus=0.5, presets=PRESETS,
     )
-    try:
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        args = ServeArgs(
-            anchors=anchors, api_key_env=KEY_ENV, max_tokens_cap=CAP, default_max_tokens=8,
-            max_body_bytes=BODY_LIMIT, num_cpus=0.5, presets=PRESETS,
-        )
-        serve.run(make_app(args), name="lerpray", route_prefix="/")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with running_app(args, {KEY_ENV: KEY}) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -299,3 +281,14 @@ def test_every_openai_field_over_http(http):
         assert error["param"] == field or error["param"].startswith((f"{field}.", f"{field}[")), (field, error)
     assert refused > 20  # the neutral-only and refused fields
 
+
+def test_playground_is_served_without_a_key(base_url):
+    page = httpx.get(f"{base_url}/playground")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+    assert 'src="playground/playground.js"' in page.text
+    for name, kind in (("playground.js", "text/javascript"), ("playground.css", "text/css")):
+        asset = httpx.get(f"{base_url}/playground/{name}")
+        assert asset.status_code == 200 and asset.headers["content-type"].startswith(kind)
+    missing = httpx.get(f"{base_url}/playground/secrets.txt")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"

@@ -3,7 +3,10 @@ request's model id and `interpolation` combine (lerpray/serve/protocol.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -162,3 +165,16 @@ def test_unknown_model_ids_get_404_listing_what_is_served():
     assert (err.value.status, error["param"], error["code"]) == (404, "model", "model_not_found")
     assert "'lerpray', 'lerpray-upbeat', 'lerpray-formal-ish'" in error["message"]
     assert "lerpray:<mix>" in error["message"] and len(error["message"]) < 400
+
+
+def test_the_presets_example_in_cluster_serve_yaml_is_valid():
+    """cluster/serve.yaml shows presets commented out (its anchor set is not known here): uncommented, they load."""
+    lines = (Path(__file__).resolve().parents[2] / "cluster" / "serve.yaml").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("# presets:"))
+    block = []
+    for line in lines[start:]:
+        if not line.strip().startswith("#"):
+            break
+        block.append(line.replace("# ", "", 1))
+    example = ServeArgs(anchors="x", **yaml.safe_load("\n".join(block)))
+    assert set(preset_coeffs(example, LAYOUT)) == {"lerpray-upbeat", "lerpray-gloomy"}

@@ -1,0 +1,128 @@
+"""The playground (GET /playground) in a real headless Chromium, driven by Selenium, against the real Serve app on the
+tiny anchor set: enter the API key, move a slider, generate, read the streamed text back from the page; compare
+mode shows one column per position. Each text must be what the HTTP API returns for the same request.
+
+Needs Debian's `chromium` and `chromium-driver` (`make test` installs them when it runs as root with apt-get); without
+them this test fails saying so, rather than skipping, so CI cannot silently lose it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+from serve_app import running_app
+
+from lerpray.testing import tiny_anchor_set
+
+pytestmark = pytest.mark.integration
+
+ray = pytest.importorskip("ray")
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,900")
+KEY_ENV, KEY = "LERPRAY_PLAYGROUND_KEY", "playground-key"
+PRESETS = {"lerpray-upbeat": {"alpha": {"sentiment": 0.9}}}
+POSITIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the page's default compare positions
+WAIT_S = 30
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory):
+    from lerpray.serve import ServeArgs
+
+    anchors = tiny_anchor_set(tmp_path_factory.mktemp("playground"))
+    args = ServeArgs(anchors=str(anchors), api_key_env=KEY_ENV, default_max_tokens=8, max_tokens_cap=64,
+                     num_cpus=0.5, presets=PRESETS)
+    with running_app(args, {KEY_ENV: KEY}) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} missing: install Debian's browser with `apt-get install -y chromium "
+                    "chromium-driver` (`make test` does when run as root) to run the playground's browser test")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def wait_for(driver, condition, what: str):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, WAIT_S).until(lambda d: condition(d), message=f"timed out waiting for {what}")
+
+
+def api_text(base_url: str, body: dict) -> str:
+    """The same request through the HTTP API, not streamed."""
+    response = httpx.post(f"{base_url}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
+                          timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()["choices"][0]["text"]
+
+
+def page_body(driver, mix: dict) -> dict:
+    """What the page sends for `mix` (its requestBody), read from the form."""
+    value = lambda element_id: driver.find_element("id", element_id).get_attribute("value")  # noqa: E731
+    return {"model": "lerpray", "interpolation": mix, "max_tokens": int(value("max-tokens")),
+            "temperature": float(value("temperature")), "seed": int(value("seed")), "prompt": value("prompt")}
+
+
+def test_playground_generates_and_compares_in_a_browser(browser, base_url, tmp_path):  # no browser: fail fast
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{base_url}/playground")
+    status = browser.find_element(By.ID, "status")
+    wait_for(browser, lambda d: "API key" in status.text, "the page to ask for the API key")
+    browser.find_element(By.ID, "api-key").send_keys(KEY)
+    browser.find_element(By.ID, "save-key").click()
+    wait_for(browser, lambda d: "2 attributes" in status.text, "the anchor set's attributes")
+    assert [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#preset option")][1:] == list(PRESETS)
+
+    slider = browser.find_element(By.CSS_SELECTOR, 'input[data-alpha="sentiment"]')
+    slider.send_keys(Keys.END)  # a keyboard move of the slider: alpha 1
+    mix = json.loads(browser.find_element(By.ID, "mix-json").get_attribute("textContent"))
+    assert mix == {"alpha": {"sentiment": 1, "formality": 0.5}, "lambda": {"sentiment": 0.5, "formality": 0.5}}
+    assert browser.find_element(By.CSS_SELECTOR, '.attr[data-attribute="sentiment"] .lambda-row').is_displayed()
+
+    prompt = browser.find_element(By.ID, "prompt")
+    prompt.clear()
+    prompt.send_keys("Once upon a time")
+    browser.find_element(By.ID, "generate").click()
+    single = browser.find_element(By.ID, "single")
+    wait_for(browser, lambda d: single.get_attribute("data-state") in ("done", "failed"), "the streamed reply")
+    assert single.get_attribute("data-state") == "done", browser.find_element(By.ID, "error").text
+    streamed = browser.find_element(By.ID, "output").get_attribute("textContent")
+    assert streamed and streamed == api_text(base_url, page_body(browser, mix))
+
+    browser.find_element(By.ID, "compare").click()
+    columns = lambda: browser.find_elements(By.CSS_SELECTOR, "#compare-columns .column")  # noqa: E731
+    wait_for(browser, lambda d: len(columns()) == len(POSITIONS) and all(
+        c.get_attribute("data-state") in ("done", "failed") for c in columns()), "every compare column")
+    texts = [c.find_element(By.CSS_SELECTOR, ".text").get_attribute("textContent") for c in columns()]
+    assert [float(c.get_attribute("data-position")) for c in columns()] == list(POSITIONS)
+    for position, text in zip(POSITIONS, texts, strict=True):
+        expected = {**mix, "alpha": {**mix["alpha"], "sentiment": position}}
+        assert text == api_text(base_url, page_body(browser, expected)), position
+    assert len(set(texts)) > 1  # the mix changes the text
+
+    shot = tmp_path / "playground.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
