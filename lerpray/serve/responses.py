@@ -39,6 +39,13 @@ class _Response(BaseModel):
     system_fingerprint: str | None = Field(None, description="the anchor set: v<version>-<manifest sha256 prefix>")
 
 
+class _FullResponse(_Response):
+    """A whole (not streamed) reply: its token counts and the mix that produced it."""
+
+    usage: Usage
+    interpolation: dict[str, float] = Field(description="the resolved coefficient of every anchor")
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
@@ -46,11 +53,9 @@ class CompletionChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class CompletionResponse(_Response):
+class CompletionResponse(_FullResponse):
     object: Literal["text_completion"] = "text_completion"
     choices: list[CompletionChoice]
-    usage: Usage
-    interpolation: dict[str, float] = Field(description="the resolved coefficient of every anchor")
 
 
 class CompletionChunk(_Response):
@@ -71,11 +76,9 @@ class ChatChoice(BaseModel):
     finish_reason: str | None = None
 
 
-class ChatCompletionResponse(_Response):
+class ChatCompletionResponse(_FullResponse):
     object: Literal["chat.completion"] = "chat.completion"
     choices: list[ChatChoice]
-    usage: Usage
-    interpolation: dict[str, float] = Field(description="the resolved coefficient of every anchor")
 
 
 class ChatDelta(BaseModel):

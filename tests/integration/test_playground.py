@@ -16,7 +16,7 @@ import httpx
 import pytest
 from serve_app import running_app
 
-from lerpray.testing import tiny_anchor_set
+from lerpray.testing import TINY_ANCHORS, tiny_anchor_set
 
 pytestmark = pytest.mark.integration
 
@@ -72,17 +72,29 @@ def wait_for(driver, condition, what: str):
 
 def api_text(base_url: str, body: dict) -> str:
     """The same request through the HTTP API, not streamed."""
-    response = httpx.post(f"{base_url}/v1/completions", json=body, headers={"Authorization": f"Bearer {KEY}"},
-                          timeout=60)
+    chat = "messages" in body
+    response = httpx.post(f"{base_url}/v1/{'chat/' if chat else ''}completions", json=body, timeout=60,
+                          headers={"Authorization": f"Bearer {KEY}"})
     assert response.status_code == 200, response.text
-    return response.json()["choices"][0]["text"]
+    choice = response.json()["choices"][0]
+    return choice["message"]["content"] if chat else choice["text"]
 
 
-def page_body(driver, mix: dict) -> dict:
+def page_body(driver, mix: dict, chat: bool = False) -> dict:
     """What the page sends for `mix` (its requestBody), read from the form."""
     value = lambda element_id: driver.find_element("id", element_id).get_attribute("value")  # noqa: E731
+    text = {"messages": [{"role": "user", "content": value("prompt")}]} if chat else {"prompt": value("prompt")}
     return {"model": "lerpray", "interpolation": mix, "max_tokens": int(value("max-tokens")),
-            "temperature": float(value("temperature")), "seed": int(value("seed")), "prompt": value("prompt")}
+            "temperature": float(value("temperature")), "seed": int(value("seed")), **text}
+
+
+def generate(driver) -> str:
+    """Click Generate; the streamed text once the reply is done."""
+    driver.find_element("id", "generate").click()
+    single = driver.find_element("id", "single")
+    wait_for(driver, lambda d: single.get_attribute("data-state") in ("done", "failed"), "the streamed reply")
+    assert single.get_attribute("data-state") == "done", driver.find_element("id", "error").text
+    return driver.find_element("id", "output").get_attribute("textContent")
 
 
 def test_playground_generates_and_compares_in_a_browser(browser, base_url, tmp_path):  # no browser: fail fast
@@ -106,11 +118,7 @@ def test_playground_generates_and_compares_in_a_browser(browser, base_url, tmp_p
     prompt = browser.find_element(By.ID, "prompt")
     prompt.clear()
     prompt.send_keys("Once upon a time")
-    browser.find_element(By.ID, "generate").click()
-    single = browser.find_element(By.ID, "single")
-    wait_for(browser, lambda d: single.get_attribute("data-state") in ("done", "failed"), "the streamed reply")
-    assert single.get_attribute("data-state") == "done", browser.find_element(By.ID, "error").text
-    streamed = browser.find_element(By.ID, "output").get_attribute("textContent")
+    streamed = generate(browser)
     assert streamed and streamed == api_text(base_url, page_body(browser, mix))
 
     browser.find_element(By.ID, "compare").click()
@@ -123,6 +131,12 @@ def test_playground_generates_and_compares_in_a_browser(browser, base_url, tmp_p
         expected = {**mix, "alpha": {**mix["alpha"], "sentiment": position}}
         assert text == api_text(base_url, page_body(browser, expected)), position
     assert len(set(texts)) > 1  # the mix changes the text
-
     shot = tmp_path / "playground.png"
+    browser.execute_script("window.scrollTo(0, 0)")
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+    browser.find_element(By.CSS_SELECTOR, "input[name=route][value=chat]").click()
+    assert generate(browser) == api_text(base_url, page_body(browser, mix, chat=True))
+    browser.find_element(By.ID, "tab-anchors").click()
+    raw = json.loads(browser.find_element(By.ID, "mix-json").get_attribute("textContent"))
+    assert raw == {"anchors": {name: 0.25 for name in TINY_ANCHORS}}
