@@ -8,7 +8,9 @@ openai/types/chat/completion_create_params.py) is listed under one of five kinds
     EXTENSION   lerpray's own (`interpolation`, `top_k`)
     IGNORED     accepted and ignored: it does not change what this server generates (metadata, store, ...)
     NOT_YET     needs the generation engine (n, logprobs, penalties, ...): only its neutral values are accepted
-                for now. When the engine implements one, flip its kind to SUPPORTED and pass it on in protocol.py
+                for now. When the engine implements one, flip its kind to SUPPORTED (the neutral values then stop
+                mattering) and pass it on in protocol.py; several prompts per request also need schemas.py's
+                `_one_prompt` check lifted
     REFUSED     a 400 naming the field and saying it is not supported (tools, JSON mode, audio, ...), except
                 for its neutral values (tools=[], tool_choice="none", response_format={"type": "text"}, ...)
 

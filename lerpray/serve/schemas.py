@@ -25,6 +25,7 @@ __all__ = ["ChatCompletionRequest", "ChatMessage", "CompletionRequest", "StreamO
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 UNSUPPORTED = "unsupported_value"  # the error type (and OpenAI's error code) of a value this server does not take
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+_NEUTRAL_ONLY = (fields.Kind.NOT_YET, fields.Kind.REFUSED)
 
 
 class _Checked(BaseModel):
@@ -37,7 +38,7 @@ class _Checked(BaseModel):
     @classmethod
     def _neutral_only(cls, value: object, info: ValidationInfo) -> object:
         rule = cls.FIELDS.get(info.field_name)
-        if rule is not None and rule.neutral and value not in rule.neutral:
+        if rule is not None and rule.kind in _NEUTRAL_ONLY and value not in rule.neutral:
             raise PydanticCustomError(UNSUPPORTED, fields.refusal(rule))
         return value
 
