@@ -140,3 +140,8 @@ def test_playground_generates_and_compares_in_a_browser(browser, base_url, tmp_p
     browser.find_element(By.ID, "tab-anchors").click()
     raw = json.loads(browser.find_element(By.ID, "mix-json").get_attribute("textContent"))
     assert raw == {"anchors": {name: 0.25 for name in TINY_ANCHORS}}
+    browser.find_element(By.ID, "tab-attributes").click()
+    browser.find_element(By.CSS_SELECTOR, 'input[data-use="formality"]').click()  # one attribute left: no lambda
+    assert not browser.find_element(By.CSS_SELECTOR, '.attr[data-attribute="sentiment"] .lambda-row').is_displayed()
+    assert json.loads(browser.find_element(By.ID, "mix-json").get_attribute("textContent")) == {
+        "alpha": {"sentiment": 1}}

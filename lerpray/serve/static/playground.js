@@ -285,7 +285,7 @@ async function run(column, body, signal) {
   column.dataset.state = "streaming";
   try {
     const { finish, usage } = await stream(route(), body, (piece) => text.append(piece), signal);
-    meta.textContent = `finish: ${finish}` + (usage ? `, ${usage.completion_tokens} tokens` : "");
+    meta.textContent = `${finish}` + (usage ? ` · ${usage.completion_tokens} tokens` : "");
     column.dataset.state = "done";
   } catch (err) {
     meta.textContent = err.name === "AbortError" ? "stopped" : `error: ${err.message}`;
@@ -333,7 +333,8 @@ function compare() {
   columns.replaceChildren();
   const jobs = positions.map((position) => {
     const column = el("div", { className: "column" }, [
-      el("h3", { textContent: `${attribute} α = ${position}` }), el("div", { className: "meta" }),
+      el("h3", { textContent: `α = ${position}`, title: `${attribute} alpha ${position}` }),
+      el("div", { className: "meta" }),
       el("pre", { className: "text" })]);
     column.dataset.position = position;
     columns.append(column);
