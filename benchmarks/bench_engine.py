@@ -158,7 +158,7 @@ def decode_step(w, batch: int) -> dict:
     engine = make_engine("no_anchors", w, batch)
     for r in requests(w, batch, 64, tag="d"):
         engine.add(r)
-    while any(not r.decoding for r in engine._running()):
+    while engine._scheduler.prefilling():
         engine.step()
     engine.step()
     seconds = median([timed(engine.step, w.device)[0] for _ in range(20)])

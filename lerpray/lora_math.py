@@ -5,7 +5,7 @@ lora_alpha / sqrt(r_k) for rsLoRA). For a row with coefficients c [K] the layer 
 
     y = W0 x + sum_k c_k * s_k * B_k (A_k x)
 
-In loop form, for a batch x [N, T, d_in] and coefficients C [N, K] (this is what `reference_delta` runs):
+In loop form, for a batch x [N, T, d_in] and coefficients C [N, K] (the tests' `lerpray.testing.reference_delta`):
 
     for n in range(N):
         for k in range(K):
@@ -13,7 +13,7 @@ In loop form, for a batch x [N, T, d_in] and coefficients C [N, K] (this is what
                 delta[n] += C[n, k] * s_k * (x[n] @ A_k.T) @ B_k.T
 
 `stack_factors` concatenates the anchors once (A_cat [R, d_in], B_cat [d_out, R], R = sum of the present ranks);
-`stacked_delta` then computes the same sum as two dense matmuls and one row scaling:
+`stacked_delta` then computes the same sum as two dense matmuls and one row scaling (`shrink`, then `expand_add_`):
 
     delta = ((x @ A_cat.T) * C_r[:, None, :]) @ B_cat.T        C_r[n, j] = C[n, owner[j]] * col_scale[j]
 
@@ -36,12 +36,11 @@ __all__ = [
     "StackedLora",
     "column_weights",
     "lora_scale",
+    "expand_add_",
     "merged_delta",
-    "reference_delta",
-    "reference_merged_delta",
+    "shrink",
     "stack_factors",
     "stacked_delta",
-    "add_stacked_delta_",
 ]
 
 Factors = tuple[Tensor, Tensor, float]  # (A [r, d_in], B [d_out, r], scale)
@@ -124,8 +123,28 @@ def column_weights(coeffs: Tensor, stacked: StackedLora) -> Tensor:
     return coeffs[:, stacked.owner] * stacked.col_scale  # [N, R]
 
 
+def shrink(x: Tensor, A_cat: Tensor, col: Tensor) -> Tensor:
+    """The weighted projection onto every anchor's rank columns: (x @ A_cat.T) * col.
+
+    Args:
+        x: [N, ..., d_in] layer input; A_cat: [R, d_in]; col: [N, R] per-column weights (`column_weights`, in x's
+            dtype), row n scaling every token of batch row n.
+
+    Returns:
+        h [N, ..., R] in x's dtype (a fresh tensor, scaled in place).
+    """
+    h = x @ A_cat.T  # [N, .., R]
+    return h.mul_(col.view(col.shape[0], *([1] * (x.dim() - 2)), col.shape[1]))
+
+
+def expand_add_(y: Tensor, h: Tensor, B_cat: Tensor) -> Tensor:
+    """y += h @ B_cat.T in place (one addmm, no temporary). y [N, .., d_out] contiguous, h [N, .., R]."""
+    y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), B_cat.T)
+    return y
+
+
 def stacked_delta(x: Tensor, coeffs: Tensor, stacked: StackedLora) -> Tensor:
-    """The weighted sum of all anchors' updates, a different mix per batch row.
+    """The weighted sum of all anchors' updates, a different mix per batch row: `expand_add_` of `shrink`.
 
     Args:
         x: [N, ..., d_in] inputs (usually [N, T, d_in]); row n uses coeffs[n] for all its tokens.
@@ -140,30 +159,9 @@ def stacked_delta(x: Tensor, coeffs: Tensor, stacked: StackedLora) -> Tensor:
             f"coefficients have {coeffs.shape[0]} rows but the batch has {x.shape[0]}: "
             "set one coefficient row per batch row"
         )
-    col = column_weights(coeffs, stacked)  # [N, R] float32
-    col = col.view(col.shape[0], *([1] * (x.dim() - 2)), col.shape[1])  # [N, 1.., R]
-    h = x @ stacked.A_cat.T  # [N, .., R]
-    # Scale in float32 and round once (as PEFT's `lora_B(lora_A(x)) * scaling` rounds once in bf16).
-    return (h.float() * col).to(x.dtype) @ stacked.B_cat.T  # [N, .., d_out]
-
-
-def add_stacked_delta_(y: Tensor, x: Tensor, col: Tensor, stacked: StackedLora) -> Tensor:
-    """In-place serving form of `stacked_delta`: y += ((x @ A_cat.T) * col) @ B_cat.T, three kernels, no temporaries
-    beyond the [N, T, R] projection.
-
-    Args:
-        y: [N, T, d_out] contiguous base output W0 x (+ bias), updated in place.
-        x: [N, T, d_in] layer input.
-        col: [N, R] per-column weights from `column_weights`, already in x's dtype (computed once per forward and
-            shared by every layer with the same anchors and ranks).
-        stacked: the layer's stacked factors.
-    Returns:
-        y.
-    """
-    h = x @ stacked.A_cat.T  # [N, T, R]
-    h.mul_(col.view(col.shape[0], *([1] * (x.dim() - 2)), col.shape[1]))
-    y.view(-1, y.shape[-1]).addmm_(h.view(-1, h.shape[-1]), stacked.B_cat.T)
-    return y
+    h = shrink(x, stacked.A_cat, column_weights(coeffs, stacked).to(x.dtype))  # [N, .., R]
+    y = x.new_zeros(*x.shape[:-1], stacked.B_cat.shape[0])
+    return expand_add_(y, h, stacked.B_cat)
 
 
 def merged_delta(coeffs: Tensor, stacked: StackedLora) -> Tensor:
@@ -180,28 +178,3 @@ def merged_delta(coeffs: Tensor, stacked: StackedLora) -> Tensor:
         raise CoeffsShapeError(f"merged_delta takes one mix of shape [K], got {list(coeffs.shape)}")
     col = column_weights(coeffs[None, :], stacked)[0]  # [R]
     return (stacked.B_cat.float() * col) @ stacked.A_cat.float()  # [d_out, d_in]
-
-
-def reference_delta(x: Tensor, coeffs: Tensor, factors: Sequence[Factors | None]) -> Tensor:
-    """Loop-form reference for `stacked_delta` (tests only: slow, obviously right).
-
-    Args:
-        x: [N, T, d_in]; coeffs: [N, K]; factors: as for `stack_factors`.
-
-    Returns:
-        [N, T, d_out] float64.
-    """
-    d_out = next(f[1].shape[0] for f in factors if f is not None)
-    out = torch.zeros(*x.shape[:-1], d_out, dtype=torch.float64)
-    for n in range(x.shape[0]):
-        for k, f in enumerate(factors):
-            if f is not None:
-                A, B, s = f
-                out[n] += float(coeffs[n, k]) * s * (x[n].double() @ A.double().T) @ B.double().T
-    return out
-
-
-def reference_merged_delta(coeffs: Tensor, factors: Sequence[Factors | None]) -> Tensor:
-    """Loop-form reference for `merged_delta`: sum_k c_k * s_k * B_k @ A_k in float64 (tests only)."""
-    terms = [float(coeffs[k]) * f[2] * f[1].double() @ f[0].double() for k, f in enumerate(factors) if f is not None]
-    return torch.stack(terms).sum(0)

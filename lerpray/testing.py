@@ -12,7 +12,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
+from lerpray.lora_math import Factors
 from lerpray.quickstart.tiny import save_tiny_base_model, tiny_llama, tiny_tokenizer
 
 __all__ = [
@@ -21,6 +23,8 @@ __all__ = [
     "TINY_CHAT_TEMPLATE",
     "anchor_set_from_adapters",
     "random_adapter",
+    "reference_delta",
+    "reference_merged_delta",
     "save_tiny_base_model",
     "tiny_anchor_set",
     "tiny_gpt2",
@@ -148,3 +152,28 @@ def tiny_anchor_set(root: str | Path, *, seed: int = 0) -> Path:
     }
     build_anchor_set(model_identity(model, str(base)), adapters, root / "anchors", overwrite=True)
     return root / "anchors"
+
+
+def reference_delta(x: Tensor, coeffs: Tensor, factors: Sequence[Factors | None]) -> Tensor:
+    """Loop-form reference for `lerpray.lora_math.stacked_delta` (slow, obviously right).
+
+    Args:
+        x: [N, T, d_in]; coeffs: [N, K]; factors: as for `stack_factors`.
+
+    Returns:
+        [N, T, d_out] float64.
+    """
+    d_out = next(f[1].shape[0] for f in factors if f is not None)
+    out = torch.zeros(*x.shape[:-1], d_out, dtype=torch.float64)
+    for n in range(x.shape[0]):
+        for k, f in enumerate(factors):
+            if f is not None:
+                A, B, s = f
+                out[n] += float(coeffs[n, k]) * s * (x[n].double() @ A.double().T) @ B.double().T
+    return out
+
+
+def reference_merged_delta(coeffs: Tensor, factors: Sequence[Factors | None]) -> Tensor:
+    """Loop-form reference for `lerpray.lora_math.merged_delta`: sum_k c_k * s_k * B_k @ A_k in float64."""
+    terms = [float(coeffs[k]) * f[2] * f[1].double() @ f[0].double() for k, f in enumerate(factors) if f is not None]
+    return torch.stack(terms).sum(0)

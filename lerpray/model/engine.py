@@ -2,13 +2,10 @@
 
 Each running request owns a slot of a preallocated KV cache (`SlotCache`): its tokens are written in place at
 their own positions, so admitting, finishing or aborting a request moves no cached data, and rows of different
-lengths cost only what attention must read. A step is:
-
-    admit:    waiting requests take free slots (lowest first)
-    decode:   one token for every row that has finished its prompt; the batch is slots [0, hi) with idle slots as
-              padding rows, the shape a CUDA graph captures once per batch-size bucket (`cuda_graphs.py`)
-    prefill:  at most `prefill_chunk` prompt tokens, shortest remaining prompt first (the oldest row always gets a
-              share), so a long prompt is spread over steps and never stalls the decoding rows' streams
+lengths cost only what attention must read. A step admits waiting
+requests (`scheduler.py`), decodes one token for every row past its prompt (slots [0, hi) with idle slots as
+padding rows: the shape a CUDA graph captures once per batch bucket, `cuda_graphs.py`), then prefills at most
+`prefill_chunk` prompt tokens, so a long prompt is spread over steps and never stalls the decoding rows' streams.
 
 Each row carries its own coefficient row (the slot's row of a [slots, K] buffer), sampling parameters and random
 generator, so its output does not depend on its batch companions (up to float rounding of batched matmuls).
@@ -21,18 +18,18 @@ window, GPT-2, ...); sliding-window and recurrent models are refused with an Eng
 from __future__ import annotations
 
 import inspect
-from collections import deque
+import math
 from collections.abc import Iterator
 from contextlib import nullcontext
 
 import torch
 
 from lerpray.model.cuda_graphs import DecodeGraphs
-from lerpray.model.kv_cache import SlotCache
+from lerpray.model.kv_cache import SlotCache, unsupported_attention
 from lerpray.model.prompts import encode_prompt, eos_ids
 from lerpray.model.requests import EngineError, GenerationRequest, GenerationResult, PromptTooLongError, TokenEvent
 from lerpray.model.rows import Row, choose_tokens, prompt_token_logprobs
-from lerpray.model.sampling import TextStream, make_generator
+from lerpray.model.scheduler import SlotScheduler
 from lerpray.model.step_inputs import chunk_inputs, visibility_mask
 
 __all__ = ["Engine"]
@@ -65,8 +62,6 @@ class Engine:
         prefill_chunk: int | None = None,
         cuda_graphs: bool | None = None,
     ) -> None:
-        if max_batch_size < 1:
-            raise EngineError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.imodel, self.model, self.tokenizer = imodel, imodel.model, tokenizer
         self.layout = imodel.layout
         self.max_batch_size, self.merged_fast_path = max_batch_size, merged_fast_path
@@ -74,9 +69,11 @@ class Engine:
         self.context_length = context_length or int(self.model.config.max_position_embeddings)
         on_gpu = self.device.type == "cuda"
         self.prefill_chunk = prefill_chunk or (512 if on_gpu else 64)
-        if self.prefill_chunk < 1:
-            raise EngineError(f"prefill_chunk must be >= 1, got {self.prefill_chunk}")
-        _check_attention(self.model.config)
+        problem = unsupported_attention(self.model.config) or next(
+            (f"{name} must be >= 1, got {value}" for name, value in
+             (("max_batch_size", max_batch_size), ("prefill_chunk", self.prefill_chunk)) if value < 1), None)
+        if problem:
+            raise EngineError(problem)
         self._eos = eos_ids(self.model, tokenizer)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         params = inspect.signature(self.model.forward).parameters
@@ -85,10 +82,8 @@ class Engine:
         self._layers = int(self.model.config.num_hidden_layers)
         self._cache = SlotCache(self._layers, max_batch_size, capacity=256,
                                 max_capacity=self.context_length + self.prefill_chunk)
-        self._slots: list[Row | None] = [None] * max_batch_size
+        self._scheduler = SlotScheduler(max_batch_size, self.prefill_chunk)
         self._coeffs = torch.zeros(max_batch_size, len(self.layout.anchors), device=self.device)  # [S, K]
-        self._waiting: deque[list[Row]] = deque()  # each entry: one request's choices, admitted together
-        self._admissions = 0
         self._dtype = next(self.model.parameters()).dtype
         use_graphs = on_gpu if cuda_graphs is None else cuda_graphs
         self._graphs = DecodeGraphs(self, self._cache, self._coeffs) if use_graphs else None
@@ -110,7 +105,7 @@ class Engine:
 
     def add(self, request: GenerationRequest) -> None:
         """Queue a request; it joins the running batch at the next step. Raises EngineError on a bad request."""
-        if any(r.request.request_id == request.request_id for r in (*self._running(), *self._queued())):
+        if request.request_id in {r.request.request_id for r in (*self._scheduler.running(), *self._scheduler.queued())}:
             raise EngineError(f"request_id {request.request_id!r} is already in the engine; use a unique id")
         for coeffs in (request.coeffs, *(request.schedule.mixes() if request.schedule else ())):
             self._check_coeffs(coeffs)
@@ -124,36 +119,21 @@ class Engine:
                 f"{self.context_length} minus max_tokens {request.sampling.max_tokens}; shorten the prompt or "
                 "lower max_tokens"
             )
-        choices: list[Row] = []
-        for index in range(request.n):
-            sampling = request.sampling.for_choice(index)
-            stream = TextStream(self.tokenizer, prompt_ids, sampling.stop)
-            choices.append(Row(request, sampling, prompt_ids, make_generator(sampling.seed), stream, index,
-                               parent=choices[0] if choices else None))
-        if request.sampling.prompt_logprobs is not None:
-            choices[0].prompt_logprobs = [(prompt_ids[0], None, [])]
-        self._waiting.append(choices)
+        self._scheduler.enqueue(Row.choices(request, prompt_ids, self.tokenizer))
 
     def has_work(self) -> bool:
-        return bool(self._waiting) or any(row is not None for row in self._slots)
+        return self._scheduler.has_work()
 
     def abort(self, request_id: str) -> bool:
         """Drop a waiting or running request (e.g. its client went away); its slots are free at once."""
-        for choices in self._waiting:
-            if choices[0].request.request_id == request_id:
-                self._waiting.remove(choices)
-                return True
-        rows = [row for row in self._running() if row.request.request_id == request_id]
-        for row in rows:
-            self._free(row)
-        return bool(rows)
+        return self._scheduler.abort(request_id)
 
     @torch.inference_mode()
     def step(self) -> list[TokenEvent]:
         """Admit waiting requests, decode one token for every decoding row, prefill the next prompt chunk."""
-        self._admit()
-        events = self._decode() if any(r.decoding for r in self._running()) else []
-        if any(not r.decoding and r.parent is None for r in self._running()):
+        self._write_mixes(self._scheduler.admit())
+        events = self._decode() if self._scheduler.decoding() else []
+        if self._scheduler.prefilling():
             events += self._prefill()
         return events
 
@@ -170,7 +150,7 @@ class Engine:
             for request in requests:
                 self.add(request)
         except Exception:  # queue all or none
-            self._waiting.clear()
+            self._scheduler.clear_queue()
             raise
         return self._drain()
 
@@ -179,7 +159,7 @@ class Engine:
             while self.has_work():
                 yield from self.step()
         finally:  # the consumer stopped early: do not leave its requests in the engine
-            for row in [*self._running(), *self._queued()]:
+            for row in [*self._scheduler.running(), *self._scheduler.queued()]:
                 self.abort(row.request.request_id)
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
@@ -198,56 +178,21 @@ class Engine:
         """Prompt token ids: raw text, or chat messages through the tokenizer's chat template."""
         return encode_prompt(self.tokenizer, request, self._eos)
 
-    # ---- scheduling -----------------------------------------------------------------------------------------
-
-    def _running(self) -> list[Row]:
-        return [row for row in self._slots if row is not None]
-
-    def _queued(self) -> list[Row]:
-        return [row for choices in self._waiting for row in choices]
-
-    def _admit(self) -> None:
-        """Waiting requests take the lowest free slots, all of a request's choices at once, in arrival order."""
-        free = [slot for slot, occupant in enumerate(self._slots) if occupant is None]
-        while self._waiting and len(self._waiting[0]) <= len(free):
-            for row in self._waiting.popleft():
-                row.slot, row.admitted, self._slots[row.slot] = free.pop(0), self._admissions, row
-                self._coeffs[row.slot] = torch.tensor(row.mix(), device=self.device)
-                self._admissions += 1
-
-    def _free(self, row: Row) -> None:
-        row.finished = True
-        self._slots[row.slot] = None
-
-    def _update_schedules(self, rows: list[Row]) -> None:
-        """Rows with a mix schedule get the coefficients of the token they are about to produce."""
-        for row in rows:
-            if row.request.schedule is not None:
-                self._coeffs[row.slot] = torch.tensor(row.mix(), device=self.device)
-
-    def _chunks(self) -> list[tuple[Row, int]]:
-        """This step's prompt chunks (row, tokens), in slot order: shortest remaining prompt first, so a short
-        request's first token never waits for a long prompt; the oldest prefilling row always gets a quarter."""
-        pending = sorted((r for r in self._running() if not r.decoding and r.parent is None), key=lambda r: r.admitted)
-        oldest = pending[0]
-        takes = {id(oldest): min(oldest.remaining, max(1, self.prefill_chunk // 4))}
-        budget = self.prefill_chunk - takes[id(oldest)]
-        for row in sorted(pending, key=lambda r: r.remaining):
-            extra = min(row.remaining - takes.get(id(row), 0), budget)
-            if extra > 0:
-                takes[id(row)] = takes.get(id(row), 0) + extra
-                budget -= extra
-        return [(row, takes[id(row)]) for row in sorted(pending, key=lambda r: r.slot) if id(row) in takes]
-
     # ---- forward passes -------------------------------------------------------------------------------------
 
+    def _write_mixes(self, rows: list[Row], scheduled_only: bool = False) -> None:
+        """Rows' slots get the coefficients of the token they produce next (a schedule's change between steps)."""
+        for row in rows:
+            if not scheduled_only or row.request.schedule is not None:
+                self._coeffs[row.slot] = torch.tensor(row.mix(), device=self.device)
+
     def _decode(self) -> list[TokenEvent]:
-        rows = [r for r in self._running() if r.decoding]
-        self._update_schedules(rows)
+        rows = self._scheduler.decoding()
+        self._write_mixes(rows, scheduled_only=True)
         hi = 1 + max(r.slot for r in rows)
         positions = [0] * hi  # idle slots write at their own next position (see step_inputs)
         ids = [self._pad_id] * hi
-        for r in self._running():
+        for r in self._scheduler.running():
             if r.slot < hi:
                 positions[r.slot] = r.next_position
                 ids[r.slot] = r.last_token if r.decoding else self._pad_id
@@ -266,9 +211,9 @@ class Engine:
         return self._advance(rows, logits)
 
     def _prefill(self) -> list[TokenEvent]:
-        chunks = self._chunks()
+        chunks = self._scheduler.chunks()
         rows = [row for row, _ in chunks]
-        self._update_schedules(rows)
+        self._write_mixes(rows, scheduled_only=True)
         ids, positions = chunk_inputs(
             [row.prompt_ids[row.prefilled : row.prefilled + n] for row, n in chunks],
             [row.prefilled for row, _ in chunks], self._pad_id, self.device,
@@ -301,7 +246,7 @@ class Engine:
         token from the same logits (or, with max_tokens 0, the request ends with its prompt's scores)."""
         rows, index = [], []
         for m, parent in enumerate(parents):
-            children = [r for r in self._running() if r.parent is parent]
+            children = [r for r in self._scheduler.running() if r.parent is parent]
             self._cache.copy_prefix(parent.slot, [c.slot for c in children], len(parent.prompt_ids))
             for row in (parent, *children):
                 row.prefilled, row.parent = len(row.prompt_ids), None
@@ -310,7 +255,7 @@ class Engine:
         scored = [r for r in rows if r.sampling.max_tokens == 0]
         events = [r.score_only() for r in scored]
         for row in scored:
-            self._free(row)
+            self._scheduler.free(row)
         keep = [i for i, r in enumerate(rows) if r.sampling.max_tokens > 0]
         if keep:
             events += self._advance([rows[i] for i in keep], logits[torch.tensor([index[i] for i in keep])])
@@ -345,26 +290,11 @@ class Engine:
                                                                                      strict=True)]
         for row in rows:
             if row.finished:
-                self._free(row)
+                self._scheduler.free(row)
         return events
 
-    def _check_coeffs(self, coeffs) -> torch.Tensor:
-        values = torch.tensor(list(coeffs), dtype=torch.float32)  # [K]
-        expected = len(self.layout.anchors)
-        if values.shape != (expected,):
-            raise EngineError(f"coeffs has {values.numel()} values but the anchor set has {expected} anchors")
-        if not torch.isfinite(values).all():
+    def _check_coeffs(self, coeffs) -> None:
+        if len(coeffs) != len(self.layout.anchors):
+            raise EngineError(f"coeffs has {len(coeffs)} values but the anchor set has {len(self.layout.anchors)} anchors")
+        if not all(math.isfinite(c) for c in coeffs):
             raise EngineError(f"coeffs must be finite numbers, got {list(coeffs)}")
-        return values.to(self.device)
-
-
-def _check_attention(config) -> None:
-    """Refuse models whose attention is not full (the slot cache keeps every position of every layer)."""
-    types = set(getattr(config, "layer_types", None) or ["full_attention"])
-    sliding = getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
-    if types != {"full_attention"} or sliding:
-        raise EngineError(
-            f"the engine needs full attention in every layer, but this {config.model_type} model has "
-            f"{'a sliding window' if sliding else 'layer types ' + str(sorted(types))}; sliding-window and "
-            "recurrent models are not supported"
-        )

@@ -1,7 +1,8 @@
 """Inject the anchors into an HF causal LM: each target layer adds every anchor's update, weighted per batch row.
 
 `interpolate(model, anchor_set)` replaces each adapted nn.Linear (or GPT-2 Conv1D) in place by an
-`InterpolatedLinear` that computes y = W0 x + stacked_delta(x, coeffs, stacked) (see lerpray.lora_math), and returns
+`InterpolatedLinear` that computes y = W0 x + stacked_delta(x, coeffs, stacked) (see lerpray.lora_math; siblings that
+read one input share the shrink, lora_groups.py), and returns
 an `InterpolatedModel` through which callers set the coefficients before their forward passes:
 
     imodel = interpolate(model, anchor_set)
@@ -26,7 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lerpray.lora_math import CoeffsShapeError, Factors, StackedLora, column_weights, merged_delta, stack_factors
+from lerpray.lora_math import (
+    CoeffsShapeError,
+    Factors,
+    StackedLora,
+    column_weights,
+    expand_add_,
+    merged_delta,
+    shrink,
+    stack_factors,
+)
 from lerpray.model.base import ModelMismatchError, check_compatible
 from lerpray.model.lora_groups import ShrinkGroup, group_siblings
 
@@ -126,13 +136,8 @@ class InterpolatedLinear(nn.Module):
                 "set one coefficient row per batch row"
             )
         y = F.linear(x, self.base_weight(), self.bias)  # [N, T, d_out]
-        if self.group is not None:
-            h = self.group.projection(self, x, col)  # [N, T, r], weighted
-        else:
-            h = x @ self.A_cat.T  # [N, T, R]
-            h.mul_(col.view(col.shape[0], *([1] * (x.dim() - 2)), col.shape[1]))
-        y.view(-1, y.shape[-1]).addmm_(h.reshape(-1, h.shape[-1]), self.B_cat.T)  # y += h @ B_cat.T, in place
-        return y
+        h = self.group.projection(self, x, col) if self.group is not None else shrink(x, self.A_cat, col)  # [N, T, r]
+        return expand_add_(y, h, self.B_cat)  # y += h @ B_cat.T, in place
 
     @torch.no_grad()
     def merge(self, coeffs: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from torch import Tensor
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-__all__ = ["SlotCache"]
+__all__ = ["SlotCache", "unsupported_attention"]
 
 
 class _SlotLayer(CacheLayerMixin):
@@ -133,3 +133,14 @@ class SlotCache(Cache):
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.current.length if self.current else 0
+
+
+def unsupported_attention(config) -> str | None:
+    """Why the slot cache cannot hold this model (it keeps every position of every layer), or None if it can."""
+    types = set(getattr(config, "layer_types", None) or ["full_attention"])
+    sliding = getattr(config, "sliding_window", None) is not None and getattr(config, "use_sliding_window", True)
+    if types == {"full_attention"} and not sliding:
+        return None
+    return (f"the engine needs full attention in every layer, but this {config.model_type} model has "
+            f"{'a sliding window' if sliding else 'layer types ' + str(sorted(types))}; sliding-window and "
+            "recurrent models are not supported")

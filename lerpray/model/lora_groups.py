@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from lerpray.lora_math import StackedLora
+from lerpray.lora_math import StackedLora, shrink
 
 if TYPE_CHECKING:
     from lerpray.model.interpolated import InterpolatedLinear
@@ -67,9 +67,7 @@ class ShrinkGroup:
     def projection(self, member: InterpolatedLinear, x: Tensor, col: Tensor) -> Tensor:
         """(x @ A_member.T) * col_member [N, T, r_member]; `col` [N, R_group] is the group's column weights."""
         if self._input is not x:
-            h = x @ self.A_cat.T  # [N, T, R_group]
-            h.mul_(col.view(col.shape[0], *([1] * (x.dim() - 2)), col.shape[1]))
-            self._input, self._projected, self._pending = x, h, len(self.members)
+            self._input, self._projected, self._pending = x, shrink(x, self.A_cat, col), len(self.members)
         part = self._projected[..., self.slices[id(member)]]
         self._pending -= 1
         if self._pending == 0:  # every member served: drop the input so its memory can go

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from lerpray.model.requests import GenerationRequest, TokenEvent
-from lerpray.model.sampling import SamplingParams, TextStream, sample_next
+from lerpray.model.sampling import SamplingParams, TextStream, make_generator, sample_next
 
 __all__ = ["Row", "choose_tokens", "prompt_token_logprobs"]
 
@@ -42,6 +42,19 @@ class Row:
     finished: bool = False
     counts: Counter = field(default_factory=Counter)  # generated token -> occurrences (penalties)
     prompt_logprobs: list | None = None  # gathered chunk by chunk while prefilling
+
+    @classmethod
+    def choices(cls, request: GenerationRequest, prompt_ids: list[int], tokenizer) -> list[Row]:
+        """The request's n rows: choice 0 prefills the prompt, the others copy its cache (seeds seed + i)."""
+        rows: list[Row] = []
+        for index in range(request.n):
+            sampling = request.sampling.for_choice(index)
+            stream = TextStream(tokenizer, prompt_ids, sampling.stop)
+            rows.append(cls(request, sampling, prompt_ids, make_generator(sampling.seed), stream, index,
+                            parent=rows[0] if rows else None))
+        if request.sampling.prompt_logprobs is not None:
+            rows[0].prompt_logprobs = [(prompt_ids[0], None, [])]
+        return rows
 
     @property
     def decoding(self) -> bool:

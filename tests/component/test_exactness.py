@@ -13,9 +13,8 @@ import copy
 import pytest
 import torch
 
-from lerpray.lora_math import reference_merged_delta
 from lerpray.model import interpolate
-from lerpray.testing import anchor_set_from_adapters, random_adapter, tiny_llama
+from lerpray.testing import anchor_set_from_adapters, random_adapter, reference_merged_delta, tiny_llama
 
 pytestmark = pytest.mark.component
 

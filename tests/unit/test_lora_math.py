@@ -9,15 +9,15 @@ import torch
 
 from lerpray.lora_math import (
     CoeffsShapeError,
-    add_stacked_delta_,
     column_weights,
+    expand_add_,
     lora_scale,
     merged_delta,
-    reference_delta,
-    reference_merged_delta,
+    shrink,
     stack_factors,
     stacked_delta,
 )
+from lerpray.testing import reference_delta, reference_merged_delta
 
 pytestmark = pytest.mark.unit
 
@@ -64,7 +64,7 @@ def test_in_place_serving_form_adds_the_reference_delta_to_the_base_output(ranks
     x = torch.randn(3, 4, 12)
     coeffs = torch.randn(3, len(ranks))
     base = torch.randn(3, 4, 6)
-    got = add_stacked_delta_(base.clone(), x, column_weights(coeffs, stacked), stacked)
+    got = expand_add_(base.clone(), shrink(x, stacked.A_cat, column_weights(coeffs, stacked)), stacked.B_cat)
     want = base.double() + reference_delta(x, coeffs, factors)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-4)
 
