@@ -119,7 +119,7 @@ def test_rows_match_a_lone_generation_of_their_mix(sweep_out, three_attribute_se
     """Batched with 23 other mixes, a row's text is what its mix, prompt and seed give when generated alone."""
     from lerpray.eval.config import BUILTIN_PROMPTS
     from lerpray.mixing import ExtrapolationBounds, resolve_mix
-    from lerpray.model.engine import Engine, GenerationRequest, SamplingParams
+    from lerpray.model import Engine, GenerationRequest, SamplingParams
 
     anchors, base = three_attribute_set
     engine = Engine.from_uri(anchors, base_model=base, max_batch_size=1)
