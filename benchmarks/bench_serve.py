@@ -76,7 +76,7 @@ def summary(records: list[tuple[float, float, int]], wall_s: float) -> dict:
 
 def run_engine(engine, bodies: list[dict], concurrency: int, max_seconds: float) -> dict:
     from lerpray.mixing import resolve_mix
-    from lerpray.model.engine import GenerationRequest, SamplingParams
+    from lerpray.model import GenerationRequest, SamplingParams
 
     pending = list(reversed(bodies))
     active: dict[str, list] = {}  # request_id -> [start, first_text_at]

@@ -15,7 +15,7 @@ from core_workload import Workload, random_mixes
 
 
 def _requests(mixes: torch.Tensor, prompts: list[str], max_tokens: int):
-    from lerpray.model.engine import GenerationRequest
+    from lerpray.model import GenerationRequest
     from lerpray.model.sampling import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=max_tokens)

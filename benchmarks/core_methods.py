@@ -92,7 +92,7 @@ def _batched(w: Workload, model, n: int, new_tokens: int, setup=None) -> Run:
 
 
 def _engine(w: Workload, n: int, new_tokens: int) -> Run:
-    from lerpray.model.engine import Engine, GenerationRequest
+    from lerpray.model import Engine, GenerationRequest
     from lerpray.model.sampling import SamplingParams
 
     engine = Engine(w.imodel, w.tokenizer, max_batch_size=n)

@@ -16,7 +16,7 @@ from lerpray.configs import SamplingSettings
 from lerpray.eval.grid import Job, SweepError
 
 if TYPE_CHECKING:
-    from lerpray.model.engine import Engine, GenerationResult
+    from lerpray.model import Engine, GenerationResult
 
 __all__ = ["generate_http", "generate_in_process"]
 
@@ -31,7 +31,7 @@ def generate_in_process(
     chat: bool = False,
 ) -> list[GenerationResult]:
     """Run every job through one engine (continuous batching, any mix per row); results in job order."""
-    from lerpray.model.engine import GenerationRequest, GenerationResult
+    from lerpray.model import GenerationRequest, GenerationResult
     from lerpray.model.sampling import SamplingParams
 
     requests = []
@@ -68,7 +68,7 @@ def generate_http(
     api_key: str | None = None,
 ) -> list[GenerationResult]:
     """Run every job against a lerpray (OpenAI-compatible) server, at most `concurrency` requests in flight."""
-    from lerpray.model.engine import GenerationResult
+    from lerpray.model import GenerationResult
 
     url = server.rstrip("/") + ("/v1/chat/completions" if chat else "/v1/completions")
     headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}

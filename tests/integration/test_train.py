@@ -59,7 +59,7 @@ def ray_on_s3(s3_env):
 
 def test_two_anchors_train_in_parallel_publish_to_s3_and_generate(ray_on_s3, s3_bucket, s3_client, tmp_path):
     from lerpray.anchors import load_anchor_set, verify_anchor_set
-    from lerpray.model.engine import Engine, GenerationRequest, SamplingParams
+    from lerpray.model import Engine, GenerationRequest, SamplingParams
     from lerpray.testing import save_tiny_base_model
     from lerpray.train import parse_train_config, train_anchors
 
