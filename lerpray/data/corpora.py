@@ -14,7 +14,9 @@ Built-in attributes (high pole / low pole) and where their text comes from (deta
     simplicity  simple / complex      movie/Amazon/NYT sentences with Flesch-Kincaid grade <= 4 / >= 12
     formality   formal / informal     NYT editorial snippets / tweets (both from the VADER archive)
 
-Each built-in attribute's poles are matched on the other attributes' proxies (tone, grade, source, length:
+Every text goes to at most one (attribute, pole) before the splits are drawn, a sentence cut from a snippet counting
+as the snippet (lerpray/data/disjoint.py), so no anchor trains on text that another pole's anchor, classifier fit
+or perplexity set uses. Each built-in attribute's poles are matched on the other attributes' proxies (tone, grade, source, length:
 lerpray/data/matching.py), so that an anchor learns its attribute rather than what else its pole's text differs in.
 Downloading and parsing the sources lives in lerpray/data/sources.py. Downloads are cached under
 $LERPRAY_CACHE/corpora (default ~/.cache/lerpray/corpora), so a rebuild takes seconds.
@@ -33,6 +35,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field
 
 from lerpray.data.config import UserCorporaConfig, load_user_config
+from lerpray.data.disjoint import assign_disjoint
 from lerpray.data.errors import CorpusError
 from lerpray.data.matching import seeded_order
 from lerpray.data.sources import PoleTexts, formality_poles, humor_poles, sentiment_poles, simplicity_poles
@@ -126,6 +129,13 @@ def _collect(attribute: str, user: UserCorporaConfig | None, cache: Path) -> tup
     return PolePair(high=high, low=low), _BUILDERS[attribute](cache)
 
 
+def _owned(pole: PoleTexts, kept: list[str]) -> PoleTexts:
+    """The pole with only the texts `assign_disjoint` gave it; the notes say how many went to other poles."""
+    n = len(dict.fromkeys(t for t in pole.texts if t))
+    note = f"{n - len(kept)} of {n} texts dropped as the same text as another pole's (lerpray/data/disjoint.py)."
+    return PoleTexts(kept, pole.source, pole.licence, " ".join(filter(None, [pole.notes, note])))
+
+
 def _resolve_attributes(attributes: Sequence[str] | None, user: UserCorporaConfig | None) -> list[str]:
     known = set(BUILTIN_POLES) | set(user.attributes if user else ())
     names = list(attributes) if attributes is not None else sorted(user.attributes) if user else list(BUILTIN_POLES)
@@ -199,10 +209,14 @@ def build_corpora(
     manifest = CorporaManifest(
         seed=seed, max_per_pole=max_per_pole, heldout_fraction=heldout_fraction, balanced=balance
     )
-    for attribute in names:
-        pair, poles = _collect(attribute, user, cache)
+    collected = {attribute: _collect(attribute, user, cache) for attribute in names}
+    owned = assign_disjoint(
+        {f"{a}.{pole}": texts.texts for a, (_, poles) in collected.items() for pole, texts in poles.items()}, seed=seed
+    )
+    for attribute, (pair, poles) in collected.items():
         manifest.attributes[attribute] = pair
-        manifest.poles.update(_write_attribute(out, attribute, poles, seed, max_per_pole, heldout_fraction, balance))
+        mine = {pole: _owned(texts, owned[f"{attribute}.{pole}"]) for pole, texts in poles.items()}
+        manifest.poles.update(_write_attribute(out, attribute, mine, seed, max_per_pole, heldout_fraction, balance))
     manifest.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     tmp = out / (MANIFEST_NAME + ".tmp")
     tmp.write_text(manifest.model_dump_json(indent=2))

@@ -117,8 +117,10 @@ def _parse_jsonl(raw: str, uri: str, text_field: str) -> list[str]:
         except json.JSONDecodeError as err:
             raise DataError(f"{uri}:{lineno} is not valid JSON ({err.msg}); JSONL needs one object per line") from err
         if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            raise DataError(f"{uri}:{lineno} has no string field {text_field!r}; give every line one (or name the "
-                            "field that holds the text)")
+            raise DataError(
+                f"{uri}:{lineno} has no string field {text_field!r}; give every line one (or name the "
+                "field that holds the text)"
+            )
         if record[text_field].strip():
             texts.append(record[text_field])
     return texts

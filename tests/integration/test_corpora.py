@@ -196,3 +196,25 @@ def test_matching_removes_the_confounds_between_poles(cache):
     simplicity = simplicity_poles(cache)
     gap = _mean(vader(simplicity["simple"].texts)) - _mean(vader(simplicity["complex"].texts))
     assert abs(gap) < 0.03, gap  # -0.07 before
+
+
+@pytest.mark.integration
+def test_every_pair_of_splits_of_all_built_in_corpora_is_disjoint(tmp_path, cache, monkeypatch):
+    """All four built-in attributes built together: no split (train or held-out, of any pole) shares a text, equal
+    or contained after normalising, with any other split. Held-out texts fit the classifiers and give perplexity
+    texts, so none of them is any anchor's training text either."""
+    from itertools import combinations
+
+    from lerpray.data.disjoint import shared_texts
+
+    if not _debian_reachable():
+        monkeypatch.setattr(corpora, "_debian", _no_debian)
+    manifest = build_corpora(tmp_path, max_per_pole=400, cache_dir=cache)
+    assert set(manifest.attributes) == set(corpora.BUILTIN_POLES)
+    splits = {(anchor, split): read_pole(tmp_path, anchor, split) for anchor in manifest.poles
+              for split in ("train", "heldout")}  # fmt: skip
+    assert all(splits.values()) and len(splits) == 16
+    overlaps = {(a, b): shared[:2] for (a, ta), (b, tb) in combinations(splits.items(), 2)
+                if (shared := shared_texts(ta, tb))}  # fmt: skip
+    assert overlaps == {}
+    assert "dropped as the same text as another pole's" in manifest.poles["simplicity.simple"].notes
