@@ -5,6 +5,7 @@
     BoundsArgs        where a request that sets `"extrapolate": true` may go
     S3Settings        the connection to an S3-compatible store (unset fields: the standard AWS environment)
     check_uri         an s3://bucket/prefix URI (bucket named by BUCKET_NAME's rule) or a local path
+    check_shared      refuse a local path where several nodes must see one location (a multi-node cluster)
     read_yaml, validate_config, problem_lines    YAML file -> pydantic model, every problem with its field path
 
 Train (lerpray/train/config.py), batch (lerpray/batch/config.py), eval sweeps (lerpray/eval/config.py) and serving
@@ -30,6 +31,7 @@ __all__ = [
     "S3Settings",
     "SamplingSettings",
     "StrictModel",
+    "check_shared",
     "check_uri",
     "problem_lines",
     "read_yaml",
@@ -141,3 +143,15 @@ def validate_config(model: type[Model], raw: Any, source: str, error: type[Value
     except ValidationError as err:
         lines = problem_lines(err)
         raise error(f"{source} has {len(lines)} problem(s):\n" + "\n".join(lines)) from None
+
+
+def check_shared(field: str, uri: str | None, nodes: int) -> None:
+    """Raise ValueError when `uri` is a local path but `nodes` (> 1) Ray nodes must all reach it.
+
+    A path written on one node does not exist on another, so on a multi-node cluster checkpoints, batch outputs and
+    anchor sets need an object store. (A local path on a shared mount would work, but cannot be told apart here.)
+    """
+    if uri is None or nodes <= 1 or uri.startswith("s3://"):
+        return
+    raise ValueError(f"{field}: {uri!r} is a local path, but this Ray cluster has {nodes} nodes and a path written on "
+                     "one node does not exist on the others; use shared storage such as s3://bucket/prefix")

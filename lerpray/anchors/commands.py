@@ -2,7 +2,10 @@
 
     lerpray anchors build --base MODEL --anchor sentiment.positive=PATH --anchor sentiment.negative=PATH \\
         [--high sentiment=positive] --out s3://bucket/sets/sentiment [--overwrite]
-    lerpray anchors inspect URI [--json]
+    lerpray anchors build ... --out s3://bucket/sets/sentiment --new-version [--extends s3://bucket/sets/sentiment@3]
+    lerpray anchors list URI                  # a versioned set's versions: time, attributes, training run, aliases
+    lerpray anchors alias set URI NAME VERSION | lerpray anchors alias show URI
+    lerpray anchors inspect URI[@VERSION|@ALIAS] [--json]
     lerpray anchors verify URI          # exit 0 when every file matches its sha256, 1 with the problems
 """
 
@@ -13,7 +16,8 @@ import sys
 
 
 def add_parsers(subparsers) -> None:
-    parser = subparsers.add_parser("anchors", help="build, inspect and verify anchor sets (PEFT adapters + manifest)")
+    parser = subparsers.add_parser("anchors", help="build, list, alias, inspect and verify anchor sets (PEFT adapters "
+                                   "+ manifest)")
     actions = parser.add_subparsers(dest="anchors_command", required=True, metavar="ACTION")
 
     build = actions.add_parser("build", help="publish PEFT LoRA adapter folders as an anchor set")
@@ -26,7 +30,26 @@ def add_parsers(subparsers) -> None:
                        "else the alphabetically first)")
     build.add_argument("--out", required=True, metavar="URI", help="s3://bucket/prefix or a local folder")
     build.add_argument("--overwrite", action="store_true", help="replace an existing set at --out (version + 1)")
+    build.add_argument("--new-version", action="store_true", help="publish an immutable new version of a versioned "
+                       "set at --out and move its `latest` alias to it")
+    build.add_argument("--extends", metavar="URI", help="with --new-version: carry this set's anchors unchanged "
+                       "(URI@VERSION or URI@ALIAS) before the new ones")
     build.set_defaults(func=_build)
+
+    listing = actions.add_parser("list", help="a versioned set's versions with time, attributes, run and aliases")
+    listing.add_argument("uri")
+    listing.set_defaults(func=_list)
+
+    alias = actions.add_parser("alias", help="point an alias (e.g. prod) at a version, or show the aliases")
+    alias_actions = alias.add_subparsers(dest="alias_command", required=True, metavar="ACTION")
+    alias_set = alias_actions.add_parser("set", help="point NAME at VERSION")
+    alias_set.add_argument("uri")
+    alias_set.add_argument("name")
+    alias_set.add_argument("version", type=int)
+    alias_set.set_defaults(func=_alias_set)
+    alias_show = alias_actions.add_parser("show", help="every alias and the version it points at")
+    alias_show.add_argument("uri")
+    alias_show.set_defaults(func=_alias_show)
 
     inspect = actions.add_parser("inspect", help="show an anchor set's base model, anchors, poles and metrics")
     inspect.add_argument("uri")
@@ -63,19 +86,26 @@ def _build(args: argparse.Namespace) -> int:
             raise ValueError(f"--high {attr}={high}: attribute {attr!r} needs two --anchor poles including {high!r}, "
                              f"got {poles}")
         attributes[attr] = AttributePoles(high=high, low=next(p for p in poles if p != high))
+    if args.extends and not args.new_version:
+        raise ValueError("--extends needs --new-version (extending publishes a new version of a versioned set)")
     model, _ = load_base_model(args.base)
     identity = model_identity(model, args.base)
     del model
-    manifest = build_anchor_set(identity, adapters, args.out, overwrite=args.overwrite, attributes=attributes)
+    if args.new_version:
+        from lerpray.anchors import publish_version
+
+        manifest = publish_version(identity, adapters, args.out, extends=args.extends, attributes=attributes)
+    else:
+        manifest = build_anchor_set(identity, adapters, args.out, overwrite=args.overwrite, attributes=attributes)
     print(f"published {len(manifest.anchors)} anchors to {args.out} (version {manifest.version})")
     print(format_table(manifest, args.out))
     return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from lerpray.anchors import open_store, read_manifest
+    from lerpray.anchors import open_set, read_manifest
 
-    manifest = read_manifest(open_store(args.uri))
+    manifest = read_manifest(open_set(args.uri))
     if args.json:
         sys.stdout.write(manifest.to_json().decode())
     else:
@@ -84,7 +114,7 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from lerpray.anchors import open_store, read_manifest, verify_anchor_set
+    from lerpray.anchors import open_set, read_manifest, verify_anchor_set
 
     problems = verify_anchor_set(args.uri)
     if problems:
@@ -92,9 +122,47 @@ def _verify(args: argparse.Namespace) -> int:
         for problem in problems:
             print(f"  - {problem}", file=sys.stderr)
         return 1
-    manifest = read_manifest(open_store(args.uri))
+    manifest = read_manifest(open_set(args.uri))
     files = sum(len(a.files) for a in manifest.anchors)
     print(f"OK {args.uri}: {len(manifest.anchors)} anchors, {files} files match their sha256")
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from lerpray.anchors import list_versions, open_store
+
+    versions = list_versions(open_store(args.uri))
+    if not versions:
+        print(f"{args.uri}: no versions (an unversioned set, or nothing there); see `lerpray anchors inspect`",
+              file=sys.stderr)
+        return 1
+    rows = [("VERSION", "CREATED", "ATTRIBUTES", "ANCHORS", "RUN", "ALIASES")]
+    for v in versions:
+        m = v.manifest
+        if m is None:
+            rows.append((str(v.version), "-", "(incomplete publish)", "-", "-", ",".join(v.aliases) or "-"))
+            continue
+        run = (m.training or {}).get("run_id") or "-"
+        rows.append((str(v.version), m.created_at.isoformat(timespec="seconds"), ",".join(m.attributes),
+                     str(len(m.anchors)), str(run), ",".join(v.aliases) or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print("\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows))
+    return 0
+
+
+def _alias_set(args: argparse.Namespace) -> int:
+    from lerpray.anchors import open_store, set_alias
+
+    set_alias(open_store(args.uri), args.name, args.version)
+    print(f"{args.uri}@{args.name} -> version {args.version}")
+    return 0
+
+
+def _alias_show(args: argparse.Namespace) -> int:
+    from lerpray.anchors import alias_targets, open_store
+
+    for name, version in sorted(alias_targets(open_store(args.uri)).items()):
+        print(f"{name}\t{version}")
     return 0
 
 

@@ -13,6 +13,15 @@ from lerpray.anchors.errors import AnchorSetError, ObjectNotFound
 from lerpray.anchors.format import MANIFEST_NAME, AnchorEntry, AnchorSet, AnchorWeights, Manifest, sha256
 from lerpray.anchors.peft_io import ADAPTER_CONFIG, ADAPTER_WEIGHTS, Factors, adapter_fields, parse_adapter
 from lerpray.anchors.store import Store, open_store
+from lerpray.anchors.versions import is_versioned, resolve_ref
+
+
+def open_set(uri: str | Path | Store) -> Store:
+    """The store of one anchor set: `uri` itself, the version "@<ref>" names, or a versioned set's latest version."""
+    store = open_store(uri)
+    if is_versioned(store):
+        store = resolve_ref(store, None)[0]
+    return store
 
 
 def load_anchor_set(uri: str | Path | Store, *, verify: bool = True) -> AnchorSet:
@@ -22,7 +31,7 @@ def load_anchor_set(uri: str | Path | Store, *, verify: bool = True) -> AnchorSe
         uri: where the set lives ("s3://bucket/prefix", a local folder, or a Store).
         verify: check each file's sha256 against the manifest (a corrupt or truncated file is an error).
     """
-    store = open_store(uri)
+    store = open_set(uri)
     manifest = read_manifest(store)
     anchors = []
     for entry in manifest.anchors:
@@ -38,7 +47,7 @@ def load_anchor_set(uri: str | Path | Store, *, verify: bool = True) -> AnchorSe
 def verify_anchor_set(uri: str | Path | Store) -> list[str]:
     """Every problem found in the set (missing manifest or files, digest mismatches, unreadable adapters)."""
     try:
-        store = open_store(uri)
+        store = open_set(uri)
         manifest = read_manifest(store)
     except AnchorSetError as err:
         return [str(err)]
@@ -59,6 +68,9 @@ def read_manifest(store: Store) -> Manifest:
     try:
         data = store.read_bytes(MANIFEST_NAME)
     except ObjectNotFound:
+        if is_versioned(store):
+            raise AnchorSetError(f"{store.uri} holds versions of an anchor set, not one set: name one, e.g. "
+                                 f"{store.uri}@latest or {store.uri}@<n> (`lerpray anchors list {store.uri}`)") from None
         raise AnchorSetError(f"no anchor set at {store.uri}: manifest missing ({MANIFEST_NAME}) — was the publish "
                              "interrupted? Publish it again (`lerpray anchors build` or the training job), or check "
                              "the URI") from None

@@ -5,6 +5,9 @@ overwrite the old manifest goes first, then the old anchors' files, then the new
 publish that fails part-way therefore leaves no manifest, and a location without a manifest is not an anchor set.
 Concurrent publishers to one location are not coordinated: give each writer its own location.
 
+`publish_version` instead adds an immutable version to a versioned set (see versions.py) and moves `latest` to it
+once it is complete; with `extends` it carries an earlier version's anchors unchanged.
+
 Which pole is "high" (alpha = 1): pass `attributes={"sentiment": AttributePoles(high="positive", low="negative")}`.
 Otherwise the first pole of a known pair in KNOWN_POLE_PAIRS is high (positive/negative -> positive), and for any
 other pair the alphabetically first pole name is high.
@@ -26,6 +29,7 @@ from lerpray.anchors.format import (
     BaseModelIdentity,
     Manifest,
     MetricValue,
+    check_compatible,
     sha256,
 )
 from lerpray.anchors.load import check_shapes, read_manifest
@@ -38,6 +42,7 @@ from lerpray.anchors.peft_io import (
     read_adapter_files,
 )
 from lerpray.anchors.store import Store, open_store
+from lerpray.anchors.versions import LATEST, next_version, set_alias, version_store
 
 KNOWN_POLE_PAIRS: tuple[tuple[str, str], ...] = (  # (high, low)
     ("positive", "negative"),
@@ -77,6 +82,75 @@ def build_anchor_set(
     Returns:
         The manifest as published.
     """
+    poles, entries, payload, _ = _prepare(adapters, attributes, metrics)
+    store = open_store(dest_uri)
+    old = _existing(store, overwrite)
+    manifest = Manifest(
+        version=old.version + 1 if old else 1,
+        base_model=base,
+        attributes=poles,
+        anchors=entries,
+        training=_json_only(training),
+    )
+    _publish(store, manifest, payload, old)
+    return manifest
+
+
+def publish_version(
+    base: BaseModelIdentity,
+    adapters: Mapping[str, str | Path],
+    set_uri: str | Path | Store,
+    *,
+    extends: str | Store | None = None,
+    training: dict | None = None,
+    metrics: Mapping[str, Mapping[str, MetricValue]] | None = None,
+    attributes: Mapping[str, AttributePoles] | None = None,
+    aliases: tuple[str, ...] = (LATEST,),
+) -> Manifest:
+    """Publish a new immutable version of the versioned set at `set_uri`, then point `aliases` at it.
+
+    Args:
+        base, adapters, training, metrics, attributes: as for build_anchor_set.
+        extends: a set (or "<set>@<ref>") whose anchors the new version carries unchanged (same bytes, same sha256)
+            before the new ones; it must be for the same base model and share no attribute with `adapters`.
+        aliases: moved to the new version once it is complete (`latest` by default).
+
+    Returns:
+        The new version's manifest (`version` is its number).
+    """
+    from lerpray.anchors.load import load_anchor_set, open_set
+
+    poles, entries, payload, loaded = _prepare(adapters, attributes, metrics)
+    store = open_store(set_uri)
+    if store.exists(MANIFEST_NAME):
+        raise AnchorSetError(f"{store.uri} holds an unversioned anchor set; publish versions to a new location (or "
+                             "use build_anchor_set / --overwrite to replace it)")
+    if extends is not None:
+        old_store = open_set(extends)
+        old = load_anchor_set(old_store)  # verified: a corrupt old version is not carried forward
+        check_compatible(old.manifest, base)
+        if shared := sorted(set(old.manifest.attributes) & set(poles)):
+            raise AnchorSetError(f"attributes {shared} are already in {old_store.uri}; extending trains only new "
+                                 "attributes (publish a fresh version to retrain old ones)")
+        check_shapes([(a.entry.name, a.modules) for a in old.anchors] + loaded)
+        carried = {path: old_store.read_bytes(path) for e in old.manifest.anchors for path in e.files}
+        payload = {**carried, **payload}
+        entries = [*old.manifest.anchors, *entries]
+        poles = {**old.manifest.attributes, **poles}
+    version = next_version(store)
+    manifest = Manifest(version=version, base_model=base, attributes=poles, anchors=entries,
+                        training=_json_only(training))
+    target = version_store(store, version)
+    for key, blob in payload.items():
+        target.write_bytes(key, blob)
+    target.write_bytes(MANIFEST_NAME, manifest.to_json())  # the version is complete from here on
+    for alias in aliases:
+        set_alias(store, alias, version)
+    return manifest
+
+
+def _prepare(adapters, attributes, metrics) -> tuple[dict, list[AnchorEntry], dict[str, bytes], list]:
+    """Check the adapters and their names: (attribute poles, manifest entries, files to write, parsed modules)."""
     poles = plan_attributes(list(adapters), attributes)
     metrics = dict(metrics or {})
     if unknown := sorted(set(metrics) - set(adapters)):
@@ -91,17 +165,7 @@ def build_anchor_set(
         payload.update(files)
         entries.append(_entry(name, config, modules, files, metrics.get(name, {})))
     check_shapes(loaded)
-    store = open_store(dest_uri)
-    old = _existing(store, overwrite)
-    manifest = Manifest(
-        version=old.version + 1 if old else 1,
-        base_model=base,
-        attributes=poles,
-        anchors=entries,
-        training=_json_only(training),
-    )
-    _publish(store, manifest, payload, old)
-    return manifest
+    return poles, entries, payload, loaded
 
 
 def plan_attributes(names: list[str], attributes: Mapping[str, AttributePoles] | None) -> dict[str, AttributePoles]:

@@ -117,6 +117,8 @@ def open_store(
 ) -> Store:
     """Open "s3://bucket/prefix", "file:///abs/folder" or a local folder path; a Store is returned as is.
 
+    A trailing "@<version or alias>" ("s3://bucket/sets/sentiment@latest") opens that version of a versioned set.
+
     Args:
         uri: where the anchor set lives.
         endpoint_url, region, profile: S3 only; default to the standard AWS environment (see S3Store).
@@ -124,6 +126,11 @@ def open_store(
     if isinstance(uri, Store):
         return uri
     text = str(uri)
+    from lerpray.anchors.versions import resolve_ref, split_ref
+
+    root, ref = split_ref(text)
+    if ref is not None:  # "<set>@<version or alias>": that version's folder (see versions.py)
+        return resolve_ref(open_store(root, endpoint_url=endpoint_url, region=region, profile=profile), ref)[0]
     parsed = urlparse(text)
     if parsed.scheme and "@" in parsed.netloc:  # never echo it: the part before "@" may be a secret
         raise StoreError(f"store URI {parsed.scheme}://...@{parsed.hostname}{parsed.path} carries credentials "

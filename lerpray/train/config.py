@@ -107,6 +107,8 @@ class TrainJobConfig(StrictModel):
     keep_checkpoints: int = Field(2, gt=0)
     max_failures: int = Field(2, ge=0)  # worker-group restarts per anchor before the run fails
     output: str  # anchor-set URI: s3://bucket/prefix/name or a local folder
+    versioned: bool = False  # publish a new immutable version of the set at `output` (and move `latest`)
+    extends: str | None = None  # a set (URI@VERSION / URI@ALIAS) whose anchors the new version carries unchanged
     storage_path: str | None = None  # Ray Train checkpoints: s3://... or a local/shared folder; None = Ray's default
     s3: S3Settings = S3Settings()  # profile: anchor-set and data I/O; Ray's checkpoint I/O reads AWS_PROFILE
 
@@ -133,6 +135,12 @@ class TrainJobConfig(StrictModel):
     @classmethod
     def _uri(cls, value: str | None) -> str | None:
         return None if value is None else check_uri(value)
+
+    @model_validator(mode="after")
+    def _extends_versioned(self) -> TrainJobConfig:
+        if self.extends is not None and not self.versioned:
+            raise ValueError("extends: extending publishes a new version; set `versioned: true` too")
+        return self
 
     @model_validator(mode="after")
     def _poles_match(self) -> TrainJobConfig:

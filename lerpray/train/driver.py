@@ -79,8 +79,11 @@ def train_anchors(
     from lerpray.train.progress import ProgressBoard, ProgressView
 
     run_id = run_id or config.run_id or new_run_id()
+    check_cluster_storage(config, len([n for n in ray.nodes() if n.get("Alive")]))
     store = _output_store(config)
-    _refuse_existing(store, overwrite)
+    _refuse_existing(store, overwrite, config.versioned)
+    if config.extends is not None:
+        _check_extends(config)
     for i, anchor in enumerate(config.anchors):
         try:  # a missing local file fails here, not in a worker
             expand_paths(anchor.data.paths, config.s3.options())
@@ -112,6 +115,27 @@ def train_anchors(
                              "every anchor from its latest checkpoint.")
     manifest, metrics = _publish(config, results, store, overwrite, run_id)
     return TrainOutcome(run_id, manifest, metrics, checkpoints, spans)
+
+
+def check_cluster_storage(config: TrainJobConfig, nodes: int) -> None:
+    """Before any work: on a multi-node cluster, checkpoints and training data must live where every node reads."""
+    from lerpray.configs import check_shared
+
+    check_shared("storage_path", config.storage_path or "~/ray_results (Ray's default when storage_path is unset)",
+                 nodes)
+    for i, anchor in enumerate(config.anchors):
+        for j, path in enumerate(anchor.data.paths):
+            check_shared(f"anchors.{i}.data.paths.{j}", path, nodes)
+
+
+def _check_extends(config: TrainJobConfig) -> None:
+    """The set being extended exists, loads, and shares no attribute with this run (before any training)."""
+    from lerpray.anchors import AnchorSetError, open_set, read_manifest
+
+    old = read_manifest(open_set(config.extends))
+    if shared := sorted(set(old.attributes) & set(config.attributes)):
+        raise AnchorSetError(f"extends: {config.extends} already has attributes {shared}; train only new attributes "
+                             "when extending")
 
 
 def concurrency(config: TrainJobConfig) -> int:
@@ -216,7 +240,7 @@ def _timed(fit: Callable, spans: dict, name: str):
 
 
 def _publish(config: TrainJobConfig, results: dict, store, overwrite: bool, run_id: str):
-    from lerpray.anchors import AttributePoles, BaseModelIdentity, build_anchor_set
+    from lerpray.anchors import AttributePoles, BaseModelIdentity, build_anchor_set, publish_version
 
     with tempfile.TemporaryDirectory(prefix="lerpray-publish-") as tmp:
         adapters, metrics, identities = {}, {}, {}
@@ -232,8 +256,13 @@ def _publish(config: TrainJobConfig, results: dict, store, overwrite: bool, run_
         training = {"run_id": run_id, "config": config.model_dump(mode="json"),
                     "runs": {name: run_name(run_id, name) for name in adapters}}
         poles = {attr: AttributePoles(high=p.high, low=p.low) for attr, p in config.attributes.items()}
-        manifest = build_anchor_set(next(iter(identities.values())), adapters, store, overwrite=overwrite,
-                                    training=training, metrics=metrics, attributes=poles)
+        identity = next(iter(identities.values()))
+        if config.versioned:
+            manifest = publish_version(identity, adapters, store, extends=config.extends, training=training,
+                                       metrics=metrics, attributes=poles)
+        else:
+            manifest = build_anchor_set(identity, adapters, store, overwrite=overwrite, training=training,
+                                        metrics=metrics, attributes=poles)
     return manifest, metrics
 
 
@@ -243,10 +272,13 @@ def _output_store(config: TrainJobConfig):
     return open_store(config.output, **config.s3.options())
 
 
-def _refuse_existing(store, overwrite: bool) -> None:
+def _refuse_existing(store, overwrite: bool, versioned: bool) -> None:
     from lerpray.anchors import MANIFEST_NAME, AnchorSetError
 
-    if not overwrite and store.exists(MANIFEST_NAME):
+    if versioned and store.exists(MANIFEST_NAME):
+        raise AnchorSetError(f"output: {store.uri} holds an unversioned anchor set; `versioned: true` publishes "
+                             "versions to a new location")
+    if not versioned and not overwrite and store.exists(MANIFEST_NAME):
         raise AnchorSetError(f"an anchor set already exists at {store.uri}; pass --overwrite to replace it (as a "
                              "new version) or choose another `output`")
 
