@@ -11,7 +11,7 @@ import importlib
 # pay for torch.
 _LAZY = {
     **dict.fromkeys(
-        ("BUNDLED_MODEL", "ModelLoadError", "ModelMismatchError", "bundled_model_dir", "check_compatible",
+        ("BUNDLED_MODEL", "ModelLoadError", "ModelMismatchError", "bundled_model_dir", "check_model_fits",
          "load_base_model", "model_identity"),
         "lerpray.model.base",
     ),

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lerpray.anchors.format import AnchorSetError, BaseModelIdentity, Manifest
-from lerpray.anchors.format import check_compatible as check_identity
+from lerpray.anchors.format import check_compatible
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -142,7 +142,7 @@ def _prepare_tokenizer(tokenizer: PreTrainedTokenizerBase, model: PreTrainedMode
 
 
 def model_identity(model: PreTrainedModel, name: str, revision: str | None = None) -> BaseModelIdentity:
-    """What an anchor set records about its base model, and what `check_compatible` compares.
+    """What an anchor set records about its base model, and what `check_model_fits` compares.
 
     Args:
         model: the base causal LM (interpolated or not: injection keeps parameter names and shapes).
@@ -166,13 +166,13 @@ def model_identity(model: PreTrainedModel, name: str, revision: str | None = Non
     )
 
 
-def check_compatible(manifest: Manifest, model: PreTrainedModel) -> None:
+def check_model_fits(manifest: Manifest, model: PreTrainedModel) -> None:
     """Raise ModelMismatchError (an AnchorSetError) naming every identity field in which the model differs.
 
     Names and revisions are not compared (one model may be loaded from a hub id or a local folder); the
     architecture, sizes and parameter-shape checksum are (see lerpray.anchors.format.check_compatible).
     """
     try:
-        check_identity(manifest, model_identity(model, "the loaded model"))
+        check_compatible(manifest, model_identity(model, "the loaded model"))
     except AnchorSetError as err:
         raise ModelMismatchError(str(err)) from err

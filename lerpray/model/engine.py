@@ -92,13 +92,13 @@ class Engine:
     def from_uri(cls, anchors_uri: str, base_model: str | None = None, *, dtype=torch.float32, **kw) -> Engine:
         """Load an anchor set, the base model its manifest names (unless overridden), and interpolate."""
         from lerpray.anchors import load_anchor_set
-        from lerpray.model.base import check_compatible, load_base_model
+        from lerpray.model.base import check_model_fits, load_base_model
         from lerpray.model.interpolated import interpolate
 
         anchor_set = load_anchor_set(anchors_uri)
         device = kw.get("device") or "cpu"
         model, tokenizer = load_base_model(base_model or anchor_set.manifest.base_model.name, dtype=dtype, device=device)
-        check_compatible(anchor_set.manifest, model)
+        check_model_fits(anchor_set.manifest, model)
         return cls(interpolate(model, anchor_set), tokenizer, **kw)
 
     # ---- step API -------------------------------------------------------------------------------------------

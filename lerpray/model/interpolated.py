@@ -37,7 +37,7 @@ from lerpray.lora_math import (
     shrink,
     stack_factors,
 )
-from lerpray.model.base import ModelMismatchError, check_compatible
+from lerpray.model.base import ModelMismatchError, check_model_fits
 from lerpray.model.lora_groups import ShrinkGroup, group_siblings
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ def interpolate(model: PreTrainedModel, anchor_set: AnchorSet, *, merge_cache_si
     Raises:
         ModelMismatchError: the model is not the anchors' base model, or a module path or shape does not fit.
     """
-    check_compatible(anchor_set.manifest, model)
+    check_model_fits(anchor_set.manifest, model)
     layout = anchor_set.manifest.layout()
     names = [anchor.entry.name for anchor in anchor_set.anchors]
     if not names or list(layout.anchors) != names:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lerpray.model import BUNDLED_MODEL, ModelLoadError, check_compatible, load_base_model, model_identity
+from lerpray.model import BUNDLED_MODEL, ModelLoadError, check_model_fits, load_base_model, model_identity
 from lerpray.model import base as base_module
 from lerpray.testing import anchor_set_from_adapters, random_adapter, tiny_gpt2, tiny_llama
 
@@ -29,12 +29,12 @@ def test_check_compatible_names_every_differing_field(tmp_path):
     llama = tiny_llama(seed=0)
     anchor_set = anchor_set_from_adapters(llama, {"s.hi": random_adapter(llama, tmp_path / "a"),
                                                   "s.lo": random_adapter(llama, tmp_path / "b", seed=1)})
-    check_compatible(anchor_set.manifest, tiny_llama(seed=9))  # same shapes, other weights: accepted
+    check_model_fits(anchor_set.manifest, tiny_llama(seed=9))  # same shapes, other weights: accepted
     with pytest.raises(ValueError, match=r"architecture.*GPT2LMHeadModel.*; checksum") as err:
-        check_compatible(anchor_set.manifest, tiny_gpt2())
+        check_model_fits(anchor_set.manifest, tiny_gpt2())
     assert "hidden_size" not in str(err.value)  # both are 32 wide
     with pytest.raises(ValueError, match="num_layers: set 2, given 3"):
-        check_compatible(anchor_set.manifest, tiny_llama(num_layers=3))
+        check_model_fits(anchor_set.manifest, tiny_llama(num_layers=3))
 
 
 def test_local_folder_loads_in_eval_mode_with_left_padding_and_a_pad_token(tmp_path):
