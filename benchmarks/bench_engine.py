@@ -93,12 +93,16 @@ def make_engine(kind: str, w, batch: int, **kw):
 def throughput(w, kind: str, batch: int, new: int, repeats: int) -> dict:
     engine = make_engine(kind, w, batch)
     engine.generate(requests(w, batch, 2, tag="warm"))
-    times = []
+    times, cpu = [], []
     for r in range(repeats):
+        start = time.process_time()
         seconds, results = timed(lambda r=r: engine.generate(requests(w, batch, new, tag=f"t{r}-")), w.device)
+        cpu.append(time.process_time() - start)
         assert all(x.completion_tokens == new for x in results)
         times.append(seconds)
-    out = {"tokens_per_s": round(batch * new / median(times), 1), "seconds": [round(t, 3) for t in times]}
+    # CPU seconds of this process (all its threads): steadier than wall time when other jobs share the machine.
+    out = {"tokens_per_s": round(batch * new / median(times), 1), "seconds": [round(t, 3) for t in times],
+           "tokens_per_cpu_s": round(batch * new / median(cpu), 1)}
     if getattr(engine, "_graphs", None) is not None:
         out["cuda_graph_captures"] = engine._graphs.captures
     return out
@@ -195,6 +199,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--long-prompt", type=int, default=1500)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-itl", action="store_true", help="skip the prefill_itl measurement")
+    parser.add_argument("--itl-new", type=int, default=160, help="new tokens of the short rows in prefill_itl")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     device = "cuda" if args.gpu else "cpu"
@@ -222,14 +228,18 @@ def main(argv: list[str]) -> int:
                     row = {kind: throughput(w, kind, batch, new, args.repeats) for kind in kinds}
                     if args.gpu and batch == max(batches):
                         row["hf_generate"] = hf_generate(w, batch, new, args.repeats)
-                    row["lerpray_over_no_anchors"] = round(
-                        row["lerpray"]["tokens_per_s"] / row["no_anchors"]["tokens_per_s"], 3)
+                    for other in ("no_anchors", "previous"):
+                        if other in row:
+                            row[f"lerpray_over_{other}"] = round(
+                                row["lerpray"]["tokens_per_s"] / row[other]["tokens_per_s"], 3)
+                            row[f"lerpray_over_{other}_cpu"] = round(
+                                row["lerpray"]["tokens_per_cpu_s"] / row[other]["tokens_per_cpu_s"], 3)
                     entry["throughput"][f"batch{batch}_new{new}"] = row
                     print(name, batch, new, {k: v["tokens_per_s"] for k, v in row.items() if isinstance(v, dict)},
                           flush=True)
                     write_json(out, result)
-            if not args.quick:
-                entry["prefill_itl"] = {kind: prefill_itl(w, kind, args.long_prompt, 160)
+            if not (args.quick or args.no_itl):
+                entry["prefill_itl"] = {kind: prefill_itl(w, kind, args.long_prompt, args.itl_new)
                                         for kind in ("lerpray", "previous")}
                 print(name, entry["prefill_itl"], flush=True)
             if args.gpu:

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from _common import word_tokenizer
 
-MODELS = ("bundled", "tiny", "llama1b")
+MODELS = ("bundled", "tiny", "llama1b", "llama8b")
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _PASSAGE = (
     "The old lighthouse keeper walked along the harbour every morning before sunrise, counting the fishing boats "
@@ -66,14 +66,22 @@ def make_model(name: str, device: str, dtype: torch.dtype, seed: int = 0):
         # ~1.1B parameters (TinyLlama-like): 16 layers at 2048 instead of 22 keeps one GPU run to minutes.
         "llama1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
                         intermediate_size=5632, vocab_size=32000),
+        # Llama-3-8B's shapes (vocab 128256): the engine's decode step against one read of 16 GB of weights.
+        "llama8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                        intermediate_size=14336, vocab_size=128256),
     }
     if name not in sizes:
         raise ValueError(f"unknown model {name!r}; choose one of {MODELS}")
     config = LlamaConfig(**sizes[name], max_position_embeddings=2048, pad_token_id=0, eos_token_id=1,
                          bos_token_id=None, tie_word_embeddings=False)
     torch.manual_seed(seed)
-    with torch.device(device):
-        model = LlamaForCausalLM(config)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build in the target dtype: an 8B model in fp32 first would need 32 GB
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
     return model.to(dtype).eval(), word_tokenizer(config.vocab_size), True
 
 

@@ -1,16 +1,19 @@
-"""Core interpolation benchmark on a GPU: a ~1B randomly initialised Llama in bf16, batches 16/32/64.
+"""GPU benchmarks in one command: the engine targets (bench_engine.py --gpu), then the per-mix methods (bench_core).
 
-    PYTHONPATH=. python3 benchmarks/gpu_core.py                  # on the GPU machine: writes $OUT/core_gpu.json
-    PYTHONPATH=. python3 benchmarks/gpu_core.py --tiny           # CPU rehearsal: tiny Llama in bf16 (to $TMPDIR)
+    PYTHONPATH=. python3 benchmarks/gpu_core.py                  # on the GPU machine: $OUT/engine_gpu.json (~6 min
+                                                                 # on an H100: ~1B and 8B Llama shapes, bf16)
+    PYTHONPATH=. python3 benchmarks/gpu_core.py --methods        # also bench_core's methods: $OUT/core_gpu.json
+    PYTHONPATH=. python3 benchmarks/gpu_core.py --tiny           # CPU rehearsal of bench_core: tiny Llama in bf16
 
-Same methods, workload shape and decode loop as bench_core.py (K=10 anchors, r=32, lora_alpha=16 on q,k,v,o;
-32 prompt + 32 new tokens, greedy), on LlamaConfig(hidden 2048, 16 layers, 32 heads, 8 KV heads, intermediate
-5632, vocab 32000) with random weights: throughput does not depend on the weights' values. Needs torch (CUDA),
-transformers, peft, safetensors, pydantic, tokenizers; imports no Ray, boto3 or gguf. Memory over 1,000 distinct
-mixes is measured in this process (host RSS and CUDA allocated). Built to finish in about 3 minutes on an H100:
-`--budget-s 100` stops further repeats once the timed runs have taken that long (every method keeps at least one
-run); one round (all methods, after a full-length warm-up) took ~60 s on an H100.
-Any bench_core.py flag can be added to override these defaults.
+Engine targets (issue 13; random weights: throughput does not depend on their values): lerpray's engine against the
+same engine without anchors at batch 16/32/64 (128 prompt + 128 new tokens, 10 anchors r=32 on q,k,v,o, a mix per
+row), HF `generate` at batch 64, the decode step at batch 64 against one read of the weights at the measured copy
+bandwidth, and CUDA-graph captures before/after never-seen mixes. Needs torch (CUDA), transformers, peft,
+safetensors, pydantic, tokenizers; no Ray, boto3 or gguf.
+
+bench_core's methods (per-mix merging, the paper's method, PEFT cat) on LlamaConfig(hidden 2048, 16 layers, 32
+heads, 8 KV heads, intermediate 5632, vocab 32000), 32 prompt + 32 new tokens; `--budget-s 100` stops further
+repeats once the timed runs have taken that long. Any bench_core.py flag can be added to override its defaults.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ TINY_DEFAULTS = [
 
 
 def main(argv: list[str]) -> int:
-    tiny = "--tiny" in argv
-    argv = [a for a in argv if a != "--tiny"]
+    tiny, methods = "--tiny" in argv, "--methods" in argv
+    argv = [a for a in argv if a not in ("--tiny", "--methods")]
     default = Path(tempfile.gettempdir()) / "lerpray-bench" if tiny else Path(bench_core.HERE) / "results"
     out_dir = Path(os.environ.get("OUT") or default)
     name = "core_gpu_tiny_cpu" if tiny else "core_gpu"
@@ -49,6 +52,11 @@ def main(argv: list[str]) -> int:
         if not torch.cuda.is_available():
             print("no CUDA device: run with --tiny for the CPU rehearsal", file=sys.stderr)
             return 2
+        import bench_engine
+
+        code = bench_engine.main(["--gpu", "--out", str(out_dir / "engine_gpu.json")])
+        if code or not methods:
+            return code
     # Later flags win in argparse, so the caller's own flags override these defaults.
     return bench_core.main([*(TINY_DEFAULTS if tiny else GPU_DEFAULTS), *outputs, *argv])
 
