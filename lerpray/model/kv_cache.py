@@ -1,14 +1,15 @@
 """A preallocated KV cache in slots: one slot per running request, written in place at each row's own positions.
 
 Every layer holds keys and values [S, H, C, D] for S slots of capacity C. A forward pass runs a batch of rows; row n
-lives in slot `rows[n]` and its query tokens sit at absolute positions `positions[n]`, so a token at position p is
+lives in slot `slots[n]` and its query tokens sit at absolute positions `positions[n]`, so a token at position p is
 stored at index p of its slot: no left padding, no concatenation per step, nothing to do on admission or finish (a
 finished slot is simply reused; stale entries are never visible because the mask only shows index <= position).
 
 Before each forward the engine calls `plan(...)`; each attention layer then calls `update(k, v, layer_idx)`, which
 writes the new keys/values and returns the first `length` entries of the batch's slots (a view when the slots are
-a contiguous range, as in decode). Capacity grows by doubling when a longer context arrives (a copy at most log2
-times per slot-set lifetime). Pure torch + the transformers Cache interface; no scheduling here.
+a contiguous range, as in decode). Capacity grows by doubling when a longer context arrives (a copy, at most
+log2(max / initial) times), for every slot at once: memory follows the longest context seen, S x C tokens per layer
+(pages would bound it by the tokens in use instead). Pure torch + the transformers Cache interface; no scheduling.
 """
 
 from __future__ import annotations
