@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from lerpray.eval.weights import WeightSimilarity
 
 __all__ = [
+    "plot_alpha_means",
     "plot_entanglement",
     "plot_perplexity",
     "plot_score_curves",
@@ -60,8 +61,9 @@ def _shade_extrapolation(ax: Axes, xs: Sequence[float]) -> None:
 
 def plot_score_curves(summary: pd.DataFrame, scorer_attributes: dict[str, str], path: Path, *, grid: str = "alpha",
                       group: str | None = None) -> Path:  # fmt: skip
-    """Mean score vs x (alpha, or lambda of the first attribute) with a +-1 std band; one panel per scorer, one line
-    per swept attribute (or per `group`, an attribute label of a lambda grid). Extrapolation is shaded."""
+    """Mean score vs x (alpha, or lambda of the first attribute) with 95 % error bars (1.96 standard errors of the
+    mean); one panel per scorer, one line per swept attribute (or per `group`, an attribute label of a lambda
+    grid). Extrapolation is shaded."""
     rows = summary[(summary["grid"] == grid) & ((summary["attribute"] == group) if group else True)]
     fig, axes = _figure(len(scorer_attributes))
     for ax, (scorer, attr) in zip(axes, scorer_attributes.items(), strict=True):
@@ -69,14 +71,30 @@ def plot_score_curves(summary: pd.DataFrame, scorer_attributes: dict[str, str], 
         for label, part in rows.groupby("attribute", sort=False):
             part = part.sort_values("x")
             mean, std = part[f"{col}.mean"].to_numpy(float), part[f"{col}.std"].fillna(0.0).to_numpy(float)
-            ax.plot(part["x"], mean, marker="o", label=label, linewidth=2.5 if label == attr else 1.2)
-            ax.fill_between(part["x"], mean - std, mean + std, alpha=0.15)
+            half = 1.96 * std / np.sqrt(np.maximum(part[f"{col}.count"].to_numpy(float), 1.0))
+            ax.errorbar(part["x"], mean, yerr=half, marker="o", capsize=3, label=label,
+                        linewidth=2.5 if label == attr else 1.2)  # fmt: skip
         if grid == "alpha" and len(rows):
             _shade_extrapolation(ax, rows["x"].tolist())
         ax.set_title(f"{scorer} (measures {attr})", fontsize=10)
         ax.set_xlabel("alpha (shaded: extrapolation)" if grid == "alpha" else f"lambda of {group.split('+')[0]}")
-        ax.set_ylabel("score (mean ± 1 std)")
+        ax.set_ylabel("score (mean ± 1.96 SE)")
         ax.legend(fontsize=8, title="swept" if grid == "alpha" else None)
+    return _save(fig, path)
+
+
+def plot_alpha_means(points: dict[str, pd.DataFrame], path: Path, *, title: str) -> Path:
+    """One panel per scorer: mean score vs alpha with 95 % error bars (1.96 SE) and n per point; `points` maps a
+    scorer label to lerpray.eval.statistics.point_stats output (index alpha; columns mean, se, n)."""
+    fig, axes = _figure(len(points), width=4.6)
+    for ax, (label, frame) in zip(axes, points.items(), strict=True):
+        xs = frame.index.to_numpy(float)
+        ax.errorbar(xs, frame["mean"], yerr=1.96 * frame["se"].fillna(0.0), marker="o", capsize=4, linewidth=2)
+        for x, m, n in zip(xs, frame["mean"], frame["n"], strict=True):
+            ax.annotate(f"n={int(n)}", (x, m), textcoords="offset points", xytext=(4, -12), fontsize=7)
+        ax.set_title(f"{title}: {label}", fontsize=10)
+        ax.set_xlabel("alpha")
+        ax.set_ylabel("mean score ± 1.96 SE")
     return _save(fig, path)
 
 

@@ -33,7 +33,7 @@ def add_parsers(subparsers) -> None:
     parser.add_argument("--port", type=int, default=None, help="HTTP port on 127.0.0.1 (default: a free one)")
     parser.add_argument("--prompts", type=int, default=None, help=f"prompts per alpha, 1..{len(PROMPTS)} "
                         f"(default {len(PROMPTS)}; tiny 2)")
-    parser.add_argument("--samples", type=int, default=None, help="seeds per prompt and alpha (default 2; tiny 1)")
+    parser.add_argument("--samples", type=int, default=None, help="seeds per prompt and alpha (default 8; tiny 1)")
     parser.add_argument("--max-tokens", type=int, default=None, help="tokens per generation (default 32; tiny 8)")
     parser.add_argument("--verbose", action="store_true", help="show the Ray workers' and the replica's logs")
     parser.set_defaults(func=_quickstart)

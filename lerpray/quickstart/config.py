@@ -26,7 +26,7 @@ class Plan:
     steps: int = 60  # optimizer steps per anchor
     port: int | None = None  # None = a free port
     prompts: tuple[str, ...] = PROMPTS
-    samples: int = 2  # seeds per prompt and alpha
+    samples: int = 8  # seeds per prompt and alpha: 12 prompts x 8 = 96 generations per alpha
     max_tokens: int = 32
     max_per_pole: int | None = 2000  # corpus texts per pole
     cpus: int = 2
@@ -51,7 +51,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         workdir=args.workdir or default_dir, tiny=tiny, fresh=args.fresh,
         model=str(Path(args.model).expanduser().absolute()) if args.model else None,
         steps=args.steps or (4 if tiny else 60), port=args.port, prompts=PROMPTS[:prompts],
-        samples=args.samples or (1 if tiny else 2), max_tokens=args.max_tokens or (8 if tiny else 32),
+        samples=args.samples or (1 if tiny else 8), max_tokens=args.max_tokens or (8 if tiny else 32),
         max_per_pole=None if tiny else 2000, cpus=_cpus(), verbose=args.verbose,
     )
 

@@ -19,21 +19,20 @@ from lerpray.quickstart.steps import (
     ANCHORS,
     Generation,
     Stages,
-    Trend,
     build_corpus,
     clear_built,
     corpora_reusable,
     free_port,
-    generation_lines,
     reusable_set,
     send_requests,
     start_server,
     training_config,
-    trend,
 )
+from lerpray.quickstart.summary import Trend, side_by_side, trend, write_outputs
 
 __all__ = ["STAGES", "QuickstartReport", "run_quickstart"]
 
+MAX_BATCH = 128  # engine rows per decode step: big batches are what makes many samples per alpha cheap on a CPU
 STAGES = ("ray", "corpora", "base model", "train", "publish", "serve", "requests", "summary", "shutdown")
 
 
@@ -47,6 +46,8 @@ class QuickstartReport:
     problems: list[str] = field(default_factory=list)  # verification of the published set; [] = good
     generations: list[Generation] = field(default_factory=list)
     trend: Trend = field(default_factory=Trend)
+    plot: Path | None = None  # scores_vs_alpha.png in the work dir
+    table: Path | None = None  # generations.csv in the work dir
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
     total_s: float = 0.0
 
@@ -65,29 +66,50 @@ def run_quickstart(plan: Plan, stream=None) -> QuickstartReport:
             running.enter_context(local_ray(num_cpus=plan.cpus, log_to_driver=plan.verbose))
         corpora = _corpora(plan, stages, report)
         base_model = _base_model(plan, stages)
-        config = training_config(corpora=corpora, workdir=plan.workdir, base_model=base_model, steps=plan.steps,
-                                 tiny=plan.tiny, cpus=plan.cpus)
+        config = training_config(
+            corpora=corpora,
+            workdir=plan.workdir,
+            base_model=base_model,
+            steps=plan.steps,
+            tiny=plan.tiny,
+            cpus=plan.cpus,
+        )
         _train(config, stages, report)
         _publish(plan.workdir / "anchors", stages, report)
         with stages.stage("serve", "starting Ray Serve on 127.0.0.1 with the anchor set"):
             running.callback(_stop_serve)
-            batch = len(plan.prompts) * plan.samples * len(ALPHAS)
-            report.url = start_server(plan.workdir / "anchors", base_model=base_model, port=plan.port or free_port(),
-                                      cpus=plan.cpus, max_batch_size=batch)
+            requests = len(plan.prompts) * plan.samples * len(ALPHAS)
+            report.url = start_server(
+                plan.workdir / "anchors",
+                base_model=base_model,
+                port=plan.port or free_port(),
+                cpus=plan.cpus,
+                max_batch_size=min(requests, MAX_BATCH),
+                max_queue=requests,
+            )
             stages.note("serve", f"{report.url}/v1")
         alphas = ", ".join(f"{a:g}" for a in ALPHAS)
-        with stages.stage("requests", f"{len(plan.prompts)} prompts x {plan.samples} seeds at alpha {alphas}, at once"):
+        n = len(plan.prompts) * plan.samples
+        with stages.stage("requests", f"{len(plan.prompts)} prompts x {plan.samples} seeds = {n} generations at each "
+                          f"alpha {alphas}, batched together (engine batches of up to {MAX_BATCH})"):  # fmt: skip
             report.generations = send_requests(report.url, plan.prompts, plan.samples, plan.max_tokens)
-        with stages.stage("summary", "each generation's VADER score, and the mean per alpha"):
+        with stages.stage("summary", "VADER per generation: the same prompt and seed side by side, then mean ± SE"):
             report.trend = trend(report.generations)
-            for line in generation_lines(report.generations, report.trend.means):
+            for line in side_by_side(report.generations):
                 stages.say(line)
-            stages.say(report.trend.line())
+            for line in report.trend.lines():
+                stages.say(line)
+            report.table, report.plot = write_outputs(report.generations, plan.workdir)
+            stages.say(f"  every generation: {report.table}")
+            stages.say(f"  plot (mean VADER vs alpha, 95 % error bars): {report.plot}")
         with stages.stage("shutdown", "stopping Serve and Ray"):
             running.close()
     report.seconds, report.total_s = dict(stages.seconds), time.monotonic() - started
-    stages.say("\ntimes: " + ", ".join(f"{name} {s:.0f} s" for name, s in report.seconds.items())
-               + f"; total {report.total_s:.0f} s")
+    stages.say(
+        "\ntimes: "
+        + ", ".join(f"{name} {s:.0f} s" for name, s in report.seconds.items())
+        + f"; total {report.total_s:.0f} s"
+    )
     return report
 
 
@@ -140,8 +162,10 @@ def _train(config, stages: Stages, report: QuickstartReport) -> None:
         outcome = train_anchors(config, overwrite=True, show_progress=True)
         for name, m in outcome.metrics.items():
             loss = m.get("loss_mean_last_10")  # None when a resumed run had no step left to train
-            stages.say(f"      {name}: {m['step']} steps, loss (mean of the last 10) "
-                       f"{'-' if loss is None else f'{loss:.3f}'}, {m['tokens_per_s']:.0f} tokens/s")
+            stages.say(
+                f"      {name}: {m['step']} steps, loss (mean of the last 10) "
+                f"{'-' if loss is None else f'{loss:.3f}'}, {m['tokens_per_s']:.0f} tokens/s"
+            )
 
 
 def _publish(anchors: Path, stages: Stages, report: QuickstartReport) -> None:
@@ -152,8 +176,10 @@ def _publish(anchors: Path, stages: Stages, report: QuickstartReport) -> None:
         report.manifest_version, report.problems = manifest.version, verify_anchor_set(anchors)
         for entry in manifest.anchors:
             alpha = 1 if manifest.role(entry) == "high" else 0
-            stages.say(f"      {entry.name}: the alpha={alpha} pole, r={entry.rank}, lora_alpha={entry.lora_alpha:g}, "
-                       f"{len(entry.files)} files")
+            stages.say(
+                f"      {entry.name}: the alpha={alpha} pole, r={entry.rank}, lora_alpha={entry.lora_alpha:g}, "
+                f"{len(entry.files)} files"
+            )
         if report.problems:
             raise ValueError(f"the anchor set at {anchors} does not verify: {report.problems}; rerun with --fresh")
         stages.note("publish", f"version {manifest.version}, every sha256 verified")

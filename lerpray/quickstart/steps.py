@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import shutil
 import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -31,6 +30,12 @@ PROMPTS = (
     "I just finished reading the book, and",
     "Our hotel room for the weekend was",
     "The concert on Saturday was",
+    "The new album from the band is",
+    "Here is what I thought of the museum:",
+    "The laptop I bought last month",
+    "Our flight home on Sunday was",
+    "The service at the car dealership",
+    "After two weeks with these headphones,",
 )
 TINY_SOURCE = "lerpray quickstart --tiny (built-in sentences)"
 _BUILT = ("corpora", "anchors", "ray", "tiny-model", "tiny-texts")  # what --fresh removes from the work dir
@@ -74,6 +79,7 @@ def clear_built(workdir: Path) -> list[str]:
 
 
 # --- corpora ---------------------------------------------------------------------------------------------------
+
 
 def corpora_reusable(out: Path, *, tiny: bool, max_per_pole: int | None, seed: int) -> bool:
     """A corpus built earlier with the same settings (and from the same kind of source) is used as it is."""
@@ -123,6 +129,7 @@ def tiny_texts() -> dict[str, list[str]]:
 
 # --- training ----------------------------------------------------------------------------------------------------
 
+
 def training_config(*, corpora: Path, workdir: Path, base_model: str | None, steps: int, tiny: bool, cpus: int):
     """The job `lerpray train` would run, as a validated TrainJobConfig; run_id = a hash of everything it trains on.
 
@@ -138,11 +145,22 @@ def training_config(*, corpora: Path, workdir: Path, base_model: str | None, ste
         "base_model": base_model,
         "attributes": {ATTRIBUTE: {"high": HIGH, "low": LOW}},
         "lora": {"r": 4 if tiny else 8, "lora_alpha": 8 if tiny else 16, "dropout": 0.0 if tiny else 0.1},
-        "training": {"block_size": 32 if tiny else 128, "batch_size": 4, "learning_rate": 5e-3 if tiny else 1e-3,
-                     "warmup_steps": 0 if tiny else 5, "max_steps": steps, "seed": 0},
-        "anchors": [{"attribute": ATTRIBUTE, "pole": pole,
-                     "data": {"paths": [str((corpora / f"{ATTRIBUTE}.{pole}.train.jsonl").absolute())]}}
-                    for pole in (HIGH, LOW)],
+        "training": {
+            "block_size": 32 if tiny else 128,
+            "batch_size": 4,
+            "learning_rate": 5e-3 if tiny else 1e-3,
+            "warmup_steps": 0 if tiny else 5,
+            "max_steps": steps,
+            "seed": 0,
+        },
+        "anchors": [
+            {
+                "attribute": ATTRIBUTE,
+                "pole": pole,
+                "data": {"paths": [str((corpora / f"{ATTRIBUTE}.{pole}.train.jsonl").absolute())]},
+            }
+            for pole in (HIGH, LOW)
+        ],
         "resources": {"workers_per_anchor": 1, "cpus_per_worker": max(1, cpus // 2)},
         "checkpoint_every": 20,
         "max_failures": 1,
@@ -173,21 +191,30 @@ def reusable_set(anchors_dir: Path, run_id: str) -> tuple[bool, str]:
 
 # --- serving and requests ----------------------------------------------------------------------------------------
 
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-def start_server(anchors_dir: Path, *, base_model: str | None, port: int, cpus: int, max_batch_size: int) -> str:
+def start_server(
+    anchors_dir: Path, *, base_model: str | None, port: int, cpus: int, max_batch_size: int, max_queue: int
+) -> str:
     """Serve's HTTP proxy on 127.0.0.1:port and the lerpray app at "/"; returns the base URL once it is up."""
     from ray import serve
 
     from lerpray.serve import ServeArgs, make_app
 
     # Training is over by now: the one replica may use every core for its torch threads.
-    args = ServeArgs(anchors=str(anchors_dir.absolute()), base_model=base_model, num_cpus=1, torch_threads=cpus,
-                     max_batch_size=max_batch_size, max_queue=max(64, max_batch_size))
+    args = ServeArgs(
+        anchors=str(anchors_dir.absolute()),
+        base_model=base_model,
+        num_cpus=1,
+        torch_threads=cpus,
+        max_batch_size=max_batch_size,
+        max_queue=max(64, max_queue),
+    )
     serve_log = logging.getLogger("ray.serve")
     level = serve_log.level
     # serve.run's INFO lines would say that the http_options given to serve.start "will not be applied" (they are).
@@ -210,8 +237,10 @@ class Generation:
     score: float
 
 
-def send_requests(url: str, prompts: Sequence[str], samples: int, max_tokens: int) -> list[Generation]:
-    """Every (prompt, seed, alpha) at once over HTTP, so requests with different mixes share engine batches.
+def send_requests(
+    url: str, prompts: Sequence[str], samples: int, max_tokens: int, *, concurrency: int = 128
+) -> list[Generation]:
+    """Every (prompt, seed, alpha) over HTTP, `concurrency` in flight, so different mixes share engine batches.
 
     Sample s of every prompt uses seed s at every alpha (common random numbers: only the mix differs).
     """
@@ -223,47 +252,12 @@ def send_requests(url: str, prompts: Sequence[str], samples: int, max_tokens: in
     mixes = [{"alpha": {ATTRIBUTE: alpha}} for alpha in ALPHAS]
     jobs = make_jobs(len(ALPHAS), len(prompts), samples, seed=0)
     sampling = SamplingSettings(temperature=0.7, top_p=0.95, max_tokens=max_tokens)
-    results = generate_http(url, mixes, prompts, jobs, sampling, model="lerpray", concurrency=len(jobs))
+    results = generate_http(
+        url, mixes, prompts, jobs, sampling, model="lerpray", concurrency=min(concurrency, len(jobs))
+    )
     scores = get_scorer("vader").score([r.text for r in results])
-    rows = [Generation(ALPHAS[j.point], prompts[j.prompt], j.seed, r.text, r.completion_tokens, s)
-            for j, r, s in zip(jobs, results, scores, strict=True)]
+    rows = [
+        Generation(ALPHAS[j.point], prompts[j.prompt], j.seed, r.text, r.completion_tokens, s)
+        for j, r, s in zip(jobs, results, scores, strict=True)
+    ]
     return sorted(rows, key=lambda g: (g.alpha, list(prompts).index(g.prompt), g.seed))
-
-
-# --- summary -----------------------------------------------------------------------------------------------------
-
-@dataclass
-class Trend:
-    means: dict[float, float] = field(default_factory=dict)  # alpha -> mean VADER score
-    monotone: bool = False  # the mean never drops as alpha grows
-    spearman: float = float("nan")  # rank correlation of mean score and alpha
-    change: float = float("nan")  # mean(alpha 1) - mean(alpha 0)
-
-    def line(self) -> str:
-        path = " -> ".join(f"{m:+.2f}" for m in self.means.values())
-        shape = "monotone" if self.monotone else "not monotone"
-        rho = "n/a (constant means)" if math.isnan(self.spearman) else f"{self.spearman:+.2f}"
-        return (f"summary: mean VADER over alpha {min(self.means):g}..{max(self.means):g}: {path} "
-                f"({shape}, Spearman {rho}, change 0->1 {self.change:+.2f})")
-
-
-def trend(generations: Sequence[Generation]) -> Trend:
-    from lerpray.eval.report import spearman
-
-    alphas = sorted({g.alpha for g in generations})
-    means = {a: sum(g.score for g in generations if g.alpha == a) / sum(g.alpha == a for g in generations)
-             for a in alphas}
-    values = list(means.values())
-    monotone = all(b >= a for a, b in zip(values, values[1:], strict=False))
-    return Trend(means, monotone, spearman(alphas, values), means[alphas[-1]] - means[alphas[0]])
-
-
-def generation_lines(generations: Sequence[Generation], means: dict[float, float]) -> list[str]:
-    """Each generation with its score, grouped by alpha: `  +0.62  [seed 0] The movie ... was | a delight ...`."""
-    lines = []
-    for alpha, mean in means.items():
-        lines.append(f"alpha {alpha:.2f}  (mean VADER {mean:+.2f})")
-        for g in (g for g in generations if g.alpha == alpha):
-            text = " ".join(g.text.split())
-            lines.append(f"  {g.score:+.2f}  [seed {g.seed}] {g.prompt} | {text}")
-    return lines

@@ -15,7 +15,8 @@ import pytest
 
 from lerpray.quickstart.config import plan_from_args
 from lerpray.quickstart.pipeline import STAGES
-from lerpray.quickstart.steps import ALPHAS, ANCHORS, Generation, build_corpus, clear_built, training_config, trend
+from lerpray.quickstart.steps import ALPHAS, ANCHORS, Generation, build_corpus, clear_built, training_config
+from lerpray.quickstart.summary import side_by_side, trend
 
 
 def quickstart_args(*flags: str) -> argparse.Namespace:
@@ -54,7 +55,11 @@ def test_tiny_quickstart_runs_end_to_end_and_a_second_run_reuses_it(tmp_path, ca
     # Same prompt and seed at alpha 0 and alpha 1: the mix reached the engine, so the texts differ somewhere.
     text = {(g.alpha, g.prompt, g.seed): g.text for g in first.generations}
     assert any(text[0.0, p, s] != text[1.0, p, s] for p in plan.prompts for s in range(plan.samples))
-    assert first.trend.line() in out and "summary: mean VADER over alpha 0..1:" in out
+    assert all(line in out for line in first.trend.lines()) and "summary: mean VADER ± SE per alpha: 0:" in out
+    assert "same prompt, same seed (0), alpha 0, 0.5, 1:" in out
+    assert first.plot == workdir / "scores_vs_alpha.png" and first.plot.stat().st_size > 1000
+    assert f"plot (mean VADER vs alpha, 95 % error bars): {first.plot}" in out
+    assert first.table.read_text().count("\n") == 1 + len(first.generations)
 
     second = run_quickstart(plan)
     out = capsys.readouterr().out
@@ -63,7 +68,7 @@ def test_tiny_quickstart_runs_end_to_end_and_a_second_run_reuses_it(tmp_path, ca
     assert "training (" not in out  # no training started
     assert read_manifest(open_store(anchors)).version == manifest.version  # nothing republished
     assert Counter(g.alpha for g in second.generations) == per_alpha
-    assert "summary: mean VADER over alpha 0..1:" in out
+    assert "summary: mean VADER ± SE per alpha:" in out
     # A set trained with other settings would not be reused.
     assert reusable_set(anchors, run_id + "0")[0] is False
 
@@ -96,25 +101,40 @@ def test_fresh_removes_only_what_quickstart_built(tmp_path):
 
 
 @pytest.mark.unit
-def test_trend_summary_line():
+def test_trend_summary_resolves_steps_before_calling_them_monotone():
     def gens(scores: dict[float, list[float]]) -> list[Generation]:
-        return [Generation(a, "p", i, "t", 1, s) for a, values in scores.items() for i, s in enumerate(values)]
+        return [Generation(a, f"p{i % 5}", i, "t", 1, s) for a, values in scores.items() for i, s in enumerate(values)]
 
-    rising = trend(gens({0.0: [-0.5, -0.3], 0.5: [0.0, 0.2], 1.0: [0.4, 0.6]}))
+    rising = trend(gens({0.0: [-0.5, -0.3] * 5, 0.5: [0.0, 0.2] * 5, 1.0: [0.4, 0.6] * 5}))
     assert rising.means == pytest.approx({0.0: -0.4, 0.5: 0.1, 1.0: 0.5})
-    assert rising.monotone and rising.spearman == pytest.approx(1.0) and rising.change == pytest.approx(0.9)
-    assert rising.line() == ("summary: mean VADER over alpha 0..1: -0.40 -> +0.10 -> +0.50 "
-                             "(monotone, Spearman +1.00, change 0->1 +0.90)")
-    bumpy = trend(gens({0.0: [0.1], 0.25: [0.3], 0.5: [0.2], 1.0: [0.4]}))
-    assert not bumpy.monotone and bumpy.spearman == pytest.approx(0.8)
-    flat = trend(gens({0.0: [0.0], 0.5: [0.0], 1.0: [0.0]}))
-    assert math.isnan(flat.spearman) and "Spearman n/a" in flat.line()
+    assert rising.counts == {0.0: 10, 0.5: 10, 1.0: 10}
+    assert rising.ses[0.0] == pytest.approx(math.sqrt(0.1**2 * 10 / 9) / math.sqrt(10))  # sd (ddof 1) / sqrt(n)
+    assert rising.monotone and rising.verdict == "monotone increasing"
+    assert rising.change == pytest.approx(0.9) and rising.slope == pytest.approx(0.9)
+    assert rising.slope_ci[0] <= 0.9 <= rising.slope_ci[1] and rising.boot_unit == "prompt"
+    lines = rising.lines()
+    assert lines[0] == "summary: mean VADER ± SE per alpha: 0: -0.40 ± 0.03 (n=10), 0.5: +0.10 ± 0.03 (n=10), " \
+                       "1: +0.50 ± 0.03 (n=10)"
+    assert lines[2] == "  verdict: monotone increasing"
+    # The mean rises at every step, but the middle step is within noise: not called monotone.
+    noisy = trend(gens({0.0: [-0.5, 0.5] * 5, 0.5: [-0.4, 0.6] * 5, 1.0: [0.6, 1.6] * 5}))
+    assert not noisy.monotone and noisy.verdict == "monotone not established: 1 of 2 steps resolved"
+    assert "0->0.5 +0.10 ± 0.24 (not resolved)" in noisy.lines()[1]  # sd 0.527, SE 0.167 per alpha
+
+
+@pytest.mark.unit
+def test_side_by_side_shows_one_prompt_and_seed_at_three_alphas():
+    gens = [Generation(a, p, s, f"{p} text {a}", 3, a) for a in ALPHAS for p in ("A", "B") for s in (0, 1)]
+    lines = side_by_side(gens)
+    assert lines[:5] == ["same prompt, same seed (0), alpha 0, 0.5, 1:", "  A", "    alpha 0    +0.00  | A text 0.0",
+                         "    alpha 0.5  +0.50  | A text 0.5", "    alpha 1    +1.00  | A text 1.0"]  # fmt: skip
+    assert len(lines) == 1 + 2 * 4
 
 
 @pytest.mark.unit
 @pytest.mark.parametrize("flags, message", [
-    (["--prompts", "0"], "--prompts must be in 1..6"),
-    (["--prompts", "7"], "--prompts must be in 1..6"),
+    (["--prompts", "0"], "--prompts must be in 1..12"),
+    (["--prompts", "13"], "--prompts must be in 1..12"),
     (["--steps", "0"], "--steps must be >= 1"),
     (["--model", "/no/such/folder"], "no such folder"),
 ])
@@ -127,7 +147,7 @@ def test_bad_flags_say_what_to_change(flags, message):
 def test_sizes_default_by_mode(tmp_path):
     real = plan_from_args(quickstart_args())
     tiny = plan_from_args(quickstart_args("--tiny"))
-    assert (real.steps, len(real.prompts), real.samples, real.max_tokens) == (60, 6, 2, 32)
+    assert (real.steps, len(real.prompts), real.samples, real.max_tokens) == (60, 12, 8, 32)
     assert (tiny.steps, len(tiny.prompts), tiny.samples, tiny.max_tokens) == (4, 2, 1, 8)
     assert real.workdir != tiny.workdir  # a tiny run never reuses (or clobbers) the real run's anchors
     assert plan_from_args(quickstart_args("--workdir", str(tmp_path), "--steps", "7")).steps == 7
