@@ -16,13 +16,16 @@ Each piece and ramp end is any plain mix form, targets included; schedules do no
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from lerpray.mixing import FIELD, AnchorLayout, ExtrapolationBounds, MixError, _as_float, _kind, _numbers, resolve_mix
 from lerpray.targets import Calibration, solve_targets
 
-__all__ = ["Steering", "resolve_steering"]
+__all__ = ["CalibrationSource", "Steering", "resolve_steering"]
+
+# A calibration, or a function that loads it (called only when a mix has targets), or None (the set has none).
+CalibrationSource = Calibration | Callable[[], Calibration | None] | None
 
 _DEFAULT_BOUNDS = ExtrapolationBounds()
 
@@ -46,7 +49,7 @@ def resolve_steering(
     layout: AnchorLayout,
     bounds: ExtrapolationBounds | None = _DEFAULT_BOUNDS,
     *,
-    calibration: Calibration | None = None,
+    calibration: CalibrationSource = None,
     max_tokens: int | None = None,
 ) -> Steering:
     """Validate `mix` (the request's `interpolation`) and resolve it; `max_tokens` bounds schedule indices."""
@@ -57,7 +60,7 @@ def resolve_steering(
 
 
 def _plain(mix: object, field: str, layout: AnchorLayout, bounds: ExtrapolationBounds | None,
-           calibration: Calibration | None) -> tuple[Coeffs, dict]:  # fmt: skip
+           calibration: CalibrationSource) -> tuple[Coeffs, dict]:  # fmt: skip
     """One mix, targets included -> (coefficients [K], the resolved form); errors name fields under `field`."""
     try:
         if isinstance(mix, Mapping) and "target" in mix:
@@ -71,7 +74,7 @@ def _plain(mix: object, field: str, layout: AnchorLayout, bounds: ExtrapolationB
 
 
 def _targets(mix: Mapping, layout: AnchorLayout, bounds: ExtrapolationBounds | None,
-             calibration: Calibration | None) -> tuple[dict, dict]:  # fmt: skip
+             calibration: CalibrationSource) -> tuple[dict, dict]:  # fmt: skip
     """{"target": ..., "lambda"?, "extrapolate"?} -> (the alpha mix it stands for, what the reply adds about it)."""
     allowed = ("target", "lambda", "extrapolate")
     unknown = [k for k in mix if k not in allowed]
@@ -80,6 +83,8 @@ def _targets(mix: Mapping, layout: AnchorLayout, bounds: ExtrapolationBounds | N
         raise MixError(f"{FIELD}.{unknown[0]}", f"cannot go with target; {why}")
     targets = _numbers(mix["target"], f"{FIELD}.target", list(layout.attributes), "attribute")
     extrapolate = mix.get("extrapolate", False) is True  # its type and the server's policy: checked by resolve_mix
+    if callable(calibration):
+        calibration = calibration()
     solution = solve_targets(targets, calibration, bounds, extrapolate and bounds is not None)
     alpha_mix = {k: v for k, v in mix.items() if k != "target"} | {"alpha": solution.alpha}
     if solution.alpha and any(not 0.0 <= a <= 1.0 for a in solution.alpha.values()):
@@ -100,7 +105,7 @@ def _report(mix: Mapping, layout: AnchorLayout) -> dict:
 
 
 def _scheduled(mix: Mapping, layout: AnchorLayout, bounds: ExtrapolationBounds | None,
-               calibration: Calibration | None, max_tokens: int | None) -> Steering:  # fmt: skip
+               calibration: CalibrationSource, max_tokens: int | None) -> Steering:  # fmt: skip
     kind = "schedule" if "schedule" in mix else "ramp"
     for key in mix:
         if key != kind:
@@ -146,7 +151,7 @@ def _scheduled(mix: Mapping, layout: AnchorLayout, bounds: ExtrapolationBounds |
     return Steering(out[0][1], pieces=tuple(out), resolved={"schedule": resolved})
 
 
-def _ramp(ramp: object, layout: AnchorLayout, bounds: ExtrapolationBounds | None, calibration: Calibration | None,
+def _ramp(ramp: object, layout: AnchorLayout, bounds: ExtrapolationBounds | None, calibration: CalibrationSource,
           max_tokens: int | None) -> Steering:  # fmt: skip
     field = f"{FIELD}.ramp"
     _check_keys(ramp, field, ("from", "to", "over"), required=("from", "to", "over"))
@@ -160,7 +165,7 @@ def _ramp(ramp: object, layout: AnchorLayout, bounds: ExtrapolationBounds | None
 
 
 def _piece_mix(piece: Mapping, field: str, layout: AnchorLayout, bounds: ExtrapolationBounds | None,
-               calibration: Calibration | None, key: str = "mix") -> tuple[Coeffs, dict]:  # fmt: skip
+               calibration: CalibrationSource, key: str = "mix") -> tuple[Coeffs, dict]:  # fmt: skip
     if key not in piece:
         raise MixError(field, "is required: the mix this piece uses (alpha/lambda, anchors or target)")
     mix = piece[key]

@@ -2,6 +2,7 @@
 
 lerpray eval sweep jobs/configs/eval_sweep.yaml [--out DIR] [--anchors URI] [--server URL] [--replot]
 lerpray eval weights s3://bucket/sets/four-attributes --out results/weights
+lerpray eval calibrate runs/quickstart/anchors --scorers vader --out results/calibration [--no-save]
 lerpray eval classifiers data/corpora --out data/classifiers
 lerpray eval corpora ...     the same as `lerpray data corpora` (kept for scripts that use it)
 """
@@ -31,6 +32,25 @@ def add_parsers(subparsers) -> None:
     weights.add_argument("--out", required=True, metavar="DIR", help="writes weights.json and weights_cosine.png")
     weights.set_defaults(func=_weights)
 
+    calibrate = sub.add_parser("calibrate", help="fit the set's response curves (for `target` requests) and save "
+                               "them beside the set")
+    calibrate.add_argument("anchors", metavar="SET", help="anchor set: a folder or s3://bucket/prefix")
+    calibrate.add_argument("--scorers", required=True,
+                           help="comma-separated scorer specs, one per attribute (vader, fkgl, a classifier .json; "
+                           "spec=ATTRIBUTE to name the attribute it measures)")
+    calibrate.add_argument("--out", required=True, metavar="DIR", help="the sweep, calibration.json and its plot")
+    calibrate.add_argument("--alphas", help="comma-separated alphas; must cover [0, 1] (default -0.5,0,.25,...,1.5)")
+    calibrate.add_argument("--prompts", metavar="FILE", help="prompt file (default: the built-in prompts)")
+    calibrate.add_argument("--split", default="even", choices=["even", "odd", "all"],
+                           help="which prompts (by index) to calibrate on; default even, leaving odd held out")
+    calibrate.add_argument("--samples", type=int, default=2, help="generations per prompt and alpha")
+    calibrate.add_argument("--max-tokens", type=int, default=48)
+    calibrate.add_argument("--temperature", type=float, default=0.7)
+    calibrate.add_argument("--resamples", type=int, default=200, help="bootstrap resamples over prompts")
+    calibrate.add_argument("--batch-size", type=int, default=32)
+    calibrate.add_argument("--no-save", action="store_true", help="write only to --out, not beside the set")
+    calibrate.set_defaults(func=_calibrate)
+
     add_corpora_parser(sub, help_text="build attribute-pole corpora (the same as `lerpray data corpora`)")
 
     classifiers = sub.add_parser("classifiers", help="fit a sentence-embedding classifier per attribute of a corpus")
@@ -57,6 +77,39 @@ def _sweep(args: argparse.Namespace) -> int:
     for path in outputs.plots:
         print(f"wrote {path}")
     print(f"report: {outputs.report}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from lerpray.anchors import open_store
+    from lerpray.anchors.calibration import save_calibration
+    from lerpray.configs import SamplingSettings
+    from lerpray.eval.calibrate import DEFAULT_CALIBRATION_ALPHAS, calibrate, plot_calibration, split_prompts
+    from lerpray.eval.config import ScorerConfig
+
+    scorers = []
+    for item in (s.strip() for s in args.scorers.split(",") if s.strip()):
+        spec, _, attribute = item.partition("=")
+        scorers.append(ScorerConfig(spec=spec, attribute=attribute or None))
+    alphas = [float(a) for a in args.alphas.split(",")] if args.alphas else list(DEFAULT_CALIBRATION_ALPHAS)
+    prompts = split_prompts(args.split, Path(args.prompts) if args.prompts else None)
+    source = f"{args.prompts or 'builtin prompts'}, {args.split} indices"
+    sampling = SamplingSettings(max_tokens=args.max_tokens, temperature=args.temperature)
+    out = Path(args.out)
+    doc = calibrate(args.anchors, scorers, out, alphas=alphas, prompts=prompts, prompt_source=source,
+                    samples=args.samples, sampling=sampling, resamples=args.resamples, batch_size=args.batch_size)
+    if not args.no_save:
+        doc = save_calibration(open_store(args.anchors), doc)
+        print(f"saved the calibration beside the set: {args.anchors} (version {doc['anchor_set']['version']})")
+    (out / "calibration.json").write_text(json.dumps(doc, indent=1))
+    print(f"wrote {out / 'calibration.json'}")
+    print(f"wrote {plot_calibration(doc, out / 'calibration.png')}")
+    for attr, c in doc["curves"].items():
+        fit = "  ".join(f"{a:g}->{f:.3f}" for a, f in zip(c["alphas"], c["fit"], strict=True))
+        print(f"{attr:12s} {c['scorer']}: {fit}")
     return 0
 
 

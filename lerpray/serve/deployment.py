@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lerpray.serve import errors, playground, protocol
+from lerpray.serve import errors, playground, protocol, steer
 from lerpray.serve.batcher import Batcher, EngineLike
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.metrics import ServeMetrics
@@ -214,14 +214,16 @@ class LerpServer:
             model = parsed.model or self.args.model_name
             fingerprint = self.cards[0].fingerprint
             reply = protocol.Reply(route, gen.request_id, model, gen.coeffs, self.engine.layout, fingerprint)
+            steering = steer.request_steering(parsed, self.args, self.engine.layout, gen.sampling.max_tokens)
+            headers = steer.mix_headers(steering)  # the resolved mix (issue 18)
             if parsed.stream:
                 streaming = True  # the SSE generator owns `events` from here on
                 sse = self._sse(reply, first, events, parsed.include_usage())
-                return StreamingResponse(sse, media_type="text/event-stream")
+                return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
             async for batch in _chain(first, events):
                 for event in batch:
                     reply.add(event)
-            return JSONResponse(reply.response())
+            return JSONResponse({**reply.response(), "resolved_mix": steering.resolved}, headers=headers)
         except Exception as err:  # noqa: BLE001
             return self._error(errors.to_api_error(err, prompt_field=prompt_field), route)
         finally:

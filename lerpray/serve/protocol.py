@@ -30,20 +30,25 @@ from lerpray.serve.responses import (
     Usage,
 )
 from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest
+from lerpray.serve.steer import request_steering, schedule_of
+from lerpray.targets import Calibration
 
 __all__ = ["Reply", "generation_request", "model_cards", "preset_coeffs"]
 
 
 def generation_request(
-    parsed: CompletionRequest | ChatCompletionRequest, args: ServeArgs, layout: AnchorLayout
+    parsed: CompletionRequest | ChatCompletionRequest,
+    args: ServeArgs,
+    layout: AnchorLayout,
+    calibration: Calibration | None = None,  # default: the set's own, loaded when a target needs it
 ) -> GenerationRequest:
     """Check a parsed request against the server's policy and turn it into an engine request."""
     coeffs = model_coeffs(parsed.model, args, layout)  # [K]; also checks the model id when `interpolation` is given
     max_tokens = args.default_max_tokens if parsed.max_tokens is None else parsed.max_tokens
     if max_tokens > args.max_tokens_cap:
         raise errors.max_tokens_over_cap(max_tokens, args.max_tokens_cap)
-    if parsed.interpolation is not None:  # the body's mix overrides the model id's
-        coeffs = resolve_mix(parsed.interpolation, layout, args.bounds())
+    steering = request_steering(parsed, args, layout, max_tokens, calibration)  # schedules and targets: steer.py
+    coeffs, schedule = steering.coeffs, schedule_of(steering)  # the body's mix overrides the model id's
     sampling = SamplingParams(
         temperature=1.0 if parsed.temperature is None else parsed.temperature,
         top_p=1.0 if parsed.top_p is None else parsed.top_p,
@@ -55,8 +60,10 @@ def generation_request(
     request_id = uuid.uuid4().hex
     if isinstance(parsed, ChatCompletionRequest):
         messages = [m.as_template_message() for m in parsed.messages]
-        return GenerationRequest(coeffs=coeffs, messages=messages, sampling=sampling, request_id=request_id)
-    return GenerationRequest(coeffs=coeffs, prompt=parsed.prompt_text(), sampling=sampling, request_id=request_id)
+        return GenerationRequest(coeffs=coeffs, messages=messages, sampling=sampling, request_id=request_id,
+                                 schedule=schedule)
+    return GenerationRequest(coeffs=coeffs, prompt=parsed.prompt_text(), sampling=sampling, request_id=request_id,
+                             schedule=schedule)
 
 
 def model_coeffs(model: str | None, args: ServeArgs, layout: AnchorLayout) -> tuple[float, ...]:
