@@ -125,6 +125,7 @@ def agreement_section(agreement: pd.DataFrame) -> str:
             for r in agreement.itertuples()]  # fmt: skip
     text = (
         "Spearman correlation between two scorers of one attribute over that attribute's sweep generations: "
-        "how far a corpus-fitted scorer agrees with an independent one on generated text, not corpus text.\n\n"
+        "how far a corpus-fitted scorer agrees with an independent one on generated text, not corpus text. It is "
+        "negative where the two scorers' high poles are opposite (P(simple) against a grade level).\n\n"
     )
     return text + markdown_table(["attribute", "scorer a", "scorer b", "Spearman", "n"], rows)

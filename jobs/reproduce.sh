@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# docs/reproduction.md, end to end: corpora -> 8 anchors -> classifiers -> alpha sweep -> weights -> mixing sweep.
+# ~45 min on a quiet 2-core CPU (2026-11-27 run); everything lands in runs/repro/ (git-ignored), then the tables
+# and figures docs/reproduction.md quotes are copied to benchmarks/results/repro/ and docs/figures/.
+#
+#   bash jobs/reproduce.sh            # from the repository root, with the venv's lerpray on PATH or in .venv/bin
+set -euo pipefail
+export PATH="$PWD/.venv/bin:$PATH"
+python jobs/build_corpora.py --out runs/repro/corpora --attributes sentiment,humor,simplicity,formality \
+    --max-per-pole 2000 --seed 0
+RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S=900 lerpray train jobs/configs/repro_train.yaml --address local
+lerpray eval classifiers runs/repro/corpora --out runs/repro/classifiers
+lerpray eval sweep jobs/configs/repro_sweep.yaml
+lerpray eval weights runs/repro/anchors --out runs/repro/weights
+lerpray eval sweep jobs/configs/repro_mix.yaml
+mkdir -p benchmarks/results/repro
+cp runs/repro/sweep/{report.md,summary.csv,effects.csv,perplexity.csv,sweep.json} benchmarks/results/repro/
+gzip -9 -c runs/repro/sweep/generations.csv > benchmarks/results/repro/generations.csv.gz   # every table's source
+cp runs/repro/classifiers/metrics.json benchmarks/results/repro/classifiers.json
+cp runs/repro/classifiers/pole_scores.json benchmarks/results/repro/pole_scores.json
