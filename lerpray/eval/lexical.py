@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import re
 
-from lerpray.eval.scorers import Scorer, ScorerError
+from lerpray.eval.scorer_base import Scorer, ScorerError
 
 __all__ = ["INDEPENDENT", "ColemanLiau", "FormalityMarkers", "WordRarity", "coleman_liau", "informal_markers"]
 

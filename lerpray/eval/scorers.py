@@ -23,36 +23,25 @@ from pathlib import Path
 import numpy as np
 
 from lerpray.data.features import flesch_kincaid_grade, vader_analyzer, vader_compound
+from lerpray.eval.lexical import INDEPENDENT, ColemanLiau, FormalityMarkers, WordRarity
+from lerpray.eval.scorer_base import Scorer, ScorerError
 
 __all__ = [
+    "ColemanLiau",
     "EmbeddingClassifier",
     "FleschKincaidGrade",
+    "FormalityMarkers",
     "Scorer",
     "ScorerError",
     "TextBlobPolarity",
     "VaderSentiment",
+    "WordRarity",
     "get_scorer",
     "scorer_origin",
 ]
 
 CLASSIFIER_FORMAT = "lerpray-embedding-classifier"
 Encoder = Callable[[list[str]], np.ndarray]  # texts -> [N, D] float embeddings
-
-
-
-class ScorerError(ValueError):
-    """A scorer could not be built, fitted or loaded; the message says what to change."""
-
-
-class Scorer:
-    """Common interface: `score(texts)` returns one float per text; higher means more `high_pole`."""
-
-    name: str = "scorer"
-    attribute: str = ""
-    high_pole: str = ""
-
-    def score(self, texts: list[str]) -> list[float]:
-        raise NotImplementedError
 
 
 class VaderSentiment(Scorer):
@@ -236,18 +225,14 @@ class EmbeddingClassifier(Scorer):
 
 
 def scorer_origin(name: str, attribute: str) -> str:
-    """"independent" when scorer `name` measures `attribute` without having been fitted on or used to build that
+    """ "independent" when scorer `name` measures `attribute` without having been fitted on or used to build that
     attribute's built-in corpora (lerpray.eval.lexical.INDEPENDENT), else "corpus" (classifiers, FKGL)."""
-    from lerpray.eval.lexical import INDEPENDENT
-
     return "independent" if INDEPENDENT.get(name) == attribute else "corpus"
 
 
 def get_scorer(spec: str) -> Scorer:
     """A scorer by name ("vader", "textblob", "fkgl", "coleman-liau", "word-rarity", "formality-markers") or the
     path of a saved EmbeddingClassifier JSON."""
-    from lerpray.eval.lexical import ColemanLiau, FormalityMarkers, WordRarity  # they subclass Scorer: import here
-
     builtins: dict[str, Callable[[], Scorer]] = {
         "vader": VaderSentiment,
         "textblob": TextBlobPolarity,

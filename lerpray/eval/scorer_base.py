@@ -1,0 +1,20 @@
+"""The scorer interface every scorer implements (lerpray.eval.scorers, lerpray.eval.lexical) and its error."""
+
+from __future__ import annotations
+
+__all__ = ["Scorer", "ScorerError"]
+
+
+class ScorerError(ValueError):
+    """A scorer could not be built, fitted or loaded; the message says what to change."""
+
+
+class Scorer:
+    """Common interface: `score(texts)` returns one float per text; higher means more `high_pole`."""
+
+    name: str = "scorer"
+    attribute: str = ""
+    high_pole: str = ""
+
+    def score(self, texts: list[str]) -> list[float]:
+        raise NotImplementedError
