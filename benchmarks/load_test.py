@@ -45,6 +45,7 @@ class Record:
     body_code: str | None  # OpenAI error code of an error response ("overloaded", ...); None for Serve's own
     attempt: int  # 0 = the first try of its request
     final: bool  # no retry follows this attempt
+    version: str | None = None  # the answering anchor-set version (header x-lerpray-anchor-version)
 
 
 def replica_pids(app: str, deployment: str = "LerpServer") -> list[int]:
@@ -95,7 +96,8 @@ def send(client: httpx.Client, route: str, path: str, body: dict, attempt: int) 
             code = _error_code(content)
     except httpx.HTTPError as err:
         error = type(err).__name__
-    return Record(start, time.monotonic(), route, status, error, headers.get("retry-after"), code, attempt, True)
+    return Record(start, time.monotonic(), route, status, error, headers.get("retry-after"), code, attempt, True,
+                  headers.get("x-lerpray-anchor-version"))
 
 
 def _error_code(content: bytes) -> str | None:

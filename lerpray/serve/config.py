@@ -42,7 +42,8 @@ class ServeArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    anchors: str = Field(description="anchor-set URI: a local folder or s3://bucket/prefix")
+    anchors: str = Field(description="anchor-set URI: a local folder or s3://bucket/prefix; URI@VERSION or "
+                         "URI@ALIAS (e.g. @latest, @prod) for one version of a versioned set")
     base_model: str | None = Field(None, description="base model override (path, hub id or bundled:...)")
     model_name: str = Field("lerpray", min_length=1, description="the model id clients send and /v1/models lists")
     device: str = "cpu"
@@ -56,6 +57,10 @@ class ServeArgs(BaseModel):
     )
     presets: dict[str, PresetMix] = Field(
         default_factory=dict, description='model id -> mix, e.g. {"lerpray-upbeat": {"alpha": {"sentiment": 0.9}}}'
+    )
+    sets: dict[str, str] = Field(
+        default_factory=dict, description="more model ids, each serving its own anchor set (URI, URI@VERSION or "
+        "URI@ALIAS), e.g. another base model or attribute family; the request's `model` selects the set",
     )
     api_key_env: str | None = Field(None, description="env var holding the API key; unset = no auth")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
@@ -84,6 +89,16 @@ class ServeArgs(BaseModel):
                 raise ValueError(
                     f"presets: {name[:64]!r} cannot be a preset id; use letters, digits and . _ / - (no ':', which "
                     f"starts an inline mix), at most 128 characters, and not the served id {self.model_name!r}"
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _set_ids(self) -> ServeArgs:
+        for name in self.sets:
+            if name == self.model_name or name in self.presets or not PRESET_ID.match(name):
+                raise ValueError(
+                    f"sets: {name[:64]!r} cannot be a model id; use letters, digits and . _ / - (no ':'), at most "
+                    f"128 characters, and not the served id {self.model_name!r} or a preset's"
                 )
         return self
 

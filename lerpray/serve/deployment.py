@@ -1,19 +1,23 @@
 """The Serve deployment: a thin shim between HTTP and the engine (cf. Ray Serve LLM's `LLMServer`).
 
-Its duties: (1) load the engine and the anchor set's manifest at start, and check the config's presets against
-it, (2) authenticate and parse requests into engine requests (`lerpray.serve.protocol`), (3) hand them to the
+Its duties: (1) load the engine and the anchor set's manifest at start (one per model id when `sets` names more),
+check the config's presets against it, and roll to another version when Serve's `user_config` changes (`reconfigure`:
+the new version loads beside the old, which finishes its requests; a version that fails to load is refused and the
+old one keeps serving; see lerpray.serve.live), (2) authenticate and parse requests into engine requests
+(`lerpray.serve.protocol`), (3) hand them to the
 continuous batcher, (4) answer in OpenAI's shapes, streaming as server-sent events, with every failure mapped by
-`lerpray.serve.errors`; it also serves the playground page (`lerpray.serve.playground`). It takes an
+`lerpray.serve.errors`, every answer carrying the answering version (header x-lerpray-anchor-version and
+`system_fingerprint`); it also serves the playground page (`lerpray.serve.playground`). It takes an
 `engine_factory` so tests can inject an engine; the default loads `Engine.from_uri`.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations (Request) at runtime, and Serve
 # pickles this class by value, so string annotations would not resolve on the replica.
+import asyncio
 import hmac
 import logging
 import os
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,16 +25,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lerpray.serve import errors, playground, protocol, steer
-from lerpray.serve.batcher import Batcher, EngineLike
+from lerpray.serve import errors, live, playground, protocol, steer
 from lerpray.serve.config import ServeArgs
+from lerpray.serve.live import EngineFactory, LiveSet, load_engine
+from lerpray.serve.live import start_engine as _start_engine  # noqa: F401 -- tests reach it here
 from lerpray.serve.metrics import ServeMetrics
 from lerpray.serve.responses import ModelList
 from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest
 
-__all__ = ["LerpServer", "load_engine"]
+__all__ = ["EngineFactory", "LerpServer", "load_engine"]
 
-EngineFactory = Callable[[ServeArgs], EngineLike]
+RECONFIGURABLE = ("anchors", "sets")  # the user_config keys: which anchor-set version each model id serves
 
 logger = logging.getLogger(__name__)
 
@@ -45,49 +50,6 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     else:
         err = errors.ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
     return JSONResponse(err.json(), status_code=err.status, headers=err.headers)
-
-
-def load_engine(args: ServeArgs) -> EngineLike:
-    """The real engine: base model + anchor set from `args.anchors`, checksums verified on load."""
-    import torch
-
-    from lerpray.model.engine import Engine
-
-    if args.torch_threads is not None:
-        torch.set_num_threads(args.torch_threads)
-    return Engine.from_uri(
-        args.anchors,
-        args.base_model,
-        dtype=getattr(torch, args.dtype),
-        device=args.device,
-        max_batch_size=args.max_batch_size,
-    )
-
-
-def _start_engine(factory: EngineFactory, args: ServeArgs) -> EngineLike:
-    """`factory(args)`, retried with exponential backoff (1 s doubling to 30 s) while the anchor store fails (endpoint
-    down, throttled, 5xx) for up to `args.store_retry_s`; then a StoreError saying so, which `serve status` shows
-    before Serve starts another replica. Anything else (a corrupt set, no set at the URI) fails at once."""
-    from lerpray.anchors import ObjectNotFound, StoreError
-
-    started, delays = time.monotonic(), []
-    while True:
-        try:
-            return factory(args)
-        except ObjectNotFound:
-            raise
-        except StoreError as err:
-            delay, waited = min(2.0 ** len(delays), 30.0), time.monotonic() - started
-            if waited + delay > args.store_retry_s:
-                retried = ", ".join(f"{d:g}" for d in delays) or "no"
-                raise StoreError(
-                    f"the anchor store still fails after {len(delays) + 1} attempts in {waited:.0f} s (retried after "
-                    f"{retried} s): {err}. This replica gives up and Serve starts another; raise store_retry_s to "
-                    "wait longer"
-                ) from err
-            logger.warning("anchor store failed (attempt %d, retrying in %g s): %s", len(delays) + 1, delay, err)
-            time.sleep(delay)
-            delays.append(delay)
 
 
 def _api_key(env_var: str | None) -> bytes | None:
@@ -145,34 +107,81 @@ class LerpServer:
     def __init__(self, args: dict[str, Any] | ServeArgs, engine_factory: EngineFactory | None = None) -> None:
         self.args = ServeArgs.model_validate(args)
         self._api_key = _api_key(self.args.api_key_env)
-        self.engine = _start_engine(engine_factory or load_engine, self.args)
-        protocol.preset_coeffs(self.args, self.engine.layout)  # a preset that does not fit the set fails the start
-        self.cards = protocol.model_cards(self.args, self.engine.layout, self.engine.context_length)
+        self.factory = engine_factory or load_engine
         self.metrics = ServeMetrics()
-        self.batcher = Batcher(
-            self.engine,
-            max_batch_size=self.args.max_batch_size,
-            max_queue=self.args.max_queue,
-            retry_after_s=self.args.retry_after_s,
-            observer=self.metrics,
-        )
-        self.batcher.start()
+        self.sets: dict[str, LiveSet] = {}  # model id -> what it serves; replaced whole by reconfigure
+        for name, set_args in live.set_args(self.args).items():
+            self.sets[name] = live.start_set(set_args, self.factory, self.metrics)
+        self.reload_error: str | None = None
+        self._reconfigured = False
+        self._retiring: set[asyncio.Task] = set()
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve's `user_config` changed (or the replica started with one): serve the anchor-set versions it names.
+
+        Each model id whose resolved version differs loads beside the old one (in a thread: requests keep flowing),
+        then all swap at once. If any fails to load, nothing swaps: at start-up the replica fails; later the old
+        versions keep serving and the error is logged and shown by /healthz.
+        """
+        if unknown := sorted(set(user_config) - set(RECONFIGURABLE)):
+            raise ValueError(f"user_config: {unknown} cannot change at run time; only {list(RECONFIGURABLE)} can")
+        first, self._reconfigured = not self._reconfigured, True
+        wanted = ServeArgs.model_validate({**self.args.model_dump(mode="json", by_alias=True), **user_config})
+        try:
+            new = await asyncio.to_thread(self._load_changed, wanted)
+        except Exception as err:
+            if first:
+                raise
+            self.reload_error = f"{type(err).__name__}: {err}"
+            logger.error("anchor-set change refused, still serving %s: %s", self.versions(), self.reload_error)
+            return
+        old, self.sets, self.args, self.reload_error = self.sets, new, wanted, None
+        for gone in {id(s) for s in old.values()} - {id(s) for s in new.values()}:
+            task = asyncio.create_task(live.retire(next(s for s in old.values() if id(s) == gone)))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+        logger.info("serving %s", self.versions())
+
+    def _load_changed(self, wanted: ServeArgs) -> dict[str, LiveSet]:
+        """The LiveSets for `wanted`: unchanged versions kept, the others loaded (their batchers closed on failure)."""
+        new: dict[str, LiveSet] = {}
+        try:
+            for name, set_args in live.set_args(wanted).items():
+                current = self.sets.get(name)
+                if current is not None and live.resolve_version(set_args.anchors) == current.args.anchors:
+                    new[name] = current
+                else:
+                    new[name] = live.start_set(set_args, self.factory, self.metrics)
+        except Exception:
+            for name, started in new.items():
+                if started is not self.sets.get(name):
+                    started.batcher.close()
+            raise
+        return new
+
+    def versions(self) -> dict[str, str]:
+        """model id -> the fingerprint of the version it serves."""
+        return {name: s.fingerprint for name, s in self.sets.items()}
+
+    def _problem(self) -> str | None:
+        return next((f"{name}: {p}" for name, s in self.sets.items() if (p := s.batcher.healthy())), None)
 
     def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and Serve replaces it."""
-        problem = self.batcher.healthy()
+        problem = self._problem()
         if problem:
             raise RuntimeError(problem)
 
     def __del__(self) -> None:
-        if hasattr(self, "batcher"):
-            self.batcher.close()
+        for served in getattr(self, "sets", {}).values():
+            served.batcher.close()
 
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        problem = self.batcher.healthy()
-        in_flight, waiting = self.batcher.load()
-        body = {"status": problem or "ok", "in_flight": in_flight, "waiting": waiting}
+        problem = self._problem()
+        loads = [s.batcher.load() for s in self.sets.values()]
+        body = {"status": problem or "ok", "in_flight": sum(n for n, _ in loads), "waiting": sum(w for _, w in loads),
+                "versions": self.versions(), "reload_error": self.reload_error}
         return JSONResponse(body, status_code=503 if problem else 200)
 
     @api.get("/v1/models")
@@ -182,7 +191,8 @@ class LerpServer:
             self._authorize(request)
         except errors.ApiError as err:
             return self._error(err, "models")
-        return JSONResponse(ModelList(data=self.cards).model_dump())
+        cards = [card for served in self.sets.values() for card in served.cards]
+        return JSONResponse(ModelList(data=cards).model_dump())
 
     @api.get("/playground")
     async def playground_page(self) -> Response:
@@ -204,18 +214,18 @@ class LerpServer:
         self.metrics.on_request(route)
         prompt_field = "messages" if route == "chat" else "prompt"
         try:
-            parsed, gen = await self._parse(request, route)
+            parsed, served, gen = await self._parse(request, route)
         except Exception as err:  # noqa: BLE001 -- every failure becomes an OpenAI error response
             return self._error(errors.to_api_error(err, prompt_field=prompt_field), route)
-        events = self.batcher.submit(gen)
+        # `served` is this request's anchor-set version to the end, even if reconfigure swaps in another meanwhile
+        events = served.batcher.submit(gen)
         streaming = False
         try:
             first = await anext(events)  # queue-full and per-request engine errors surface here, before headers
-            model = parsed.model or self.args.model_name
-            fingerprint = self.cards[0].fingerprint
-            reply = protocol.Reply(route, gen.request_id, model, gen.coeffs, self.engine.layout, fingerprint)
-            steering = steer.request_steering(parsed, self.args, self.engine.layout, gen.sampling.max_tokens)
-            headers = steer.mix_headers(steering)  # the resolved mix (issue 18)
+            model = parsed.model or served.args.model_name
+            reply = protocol.Reply(route, gen.request_id, model, gen.coeffs, served.engine.layout, served.fingerprint)
+            steering = steer.request_steering(parsed, served.args, served.engine.layout, gen.sampling.max_tokens)
+            headers = {**served.headers(), **steer.mix_headers(steering)}  # the resolved mix (issue 18)
             if parsed.stream:
                 streaming = True  # the SSE generator owns `events` from here on
                 sse = self._sse(reply, first, events, parsed.include_usage())
@@ -225,18 +235,20 @@ class LerpServer:
                     reply.add(event)
             return JSONResponse({**reply.response(), "resolved_mix": steering.resolved}, headers=headers)
         except Exception as err:  # noqa: BLE001
-            return self._error(errors.to_api_error(err, prompt_field=prompt_field), route)
+            return self._error(errors.to_api_error(err, prompt_field=prompt_field), route, served.headers())
         finally:
             if not streaming:  # also on cancellation (client gone): frees the request's batch slot
                 await events.aclose()
 
-    async def _parse(self, request: Request, route: str) -> tuple[Any, Any]:
-        """Authenticate, read and validate the body, apply the server's policy: (parsed body, engine request)."""
+    async def _parse(self, request: Request, route: str) -> tuple[Any, LiveSet, Any]:
+        """Authenticate, read and validate the body, pick the set its `model` names, apply the server's policy:
+        (parsed body, the set that answers, engine request)."""
         self._authorize(request)
         body = await _read_body(request, self.args.max_body_bytes)
         schema = ChatCompletionRequest if route == "chat" else CompletionRequest
         parsed = schema.model_validate_json(body)
-        return parsed, protocol.generation_request(parsed, self.args, self.engine.layout)
+        served = live.pick(self.sets, parsed.model)
+        return parsed, served, protocol.generation_request(parsed, served.args, served.engine.layout)
 
     async def _sse(self, reply: protocol.Reply, first, events: AsyncIterator, include_usage: bool) -> AsyncIterator[str]:
         try:
@@ -265,7 +277,7 @@ class LerpServer:
         if not hmac.compare_digest(given, self._api_key):
             raise errors.unauthorized(header_present=bool(header))
 
-    def _error(self, err: errors.ApiError, route: str) -> JSONResponse:
+    def _error(self, err: errors.ApiError, route: str, headers: dict[str, str] | None = None) -> JSONResponse:
         self.metrics.on_error(route, err.status)
-        return JSONResponse(err.json(), status_code=err.status, headers=err.headers)
+        return JSONResponse(err.json(), status_code=err.status, headers={**err.headers, **(headers or {})})
 

@@ -1,0 +1,135 @@
+"""What a replica serves: one loaded anchor-set version per model id, replaced whole when the version changes.
+
+A `LiveSet` is an engine, its batcher and its /v1/models cards, built for one resolved version (an alias such as
+`s3://bucket/sets/sentiment@prod` is resolved once, to `.../versions/<n>`, so every request a LiveSet answers comes
+from that one immutable version). Rolling to a new version builds a new LiveSet beside the old one, swaps it in,
+and retires the old one once its in-flight requests have finished: nothing in flight is cut, nothing waits.
+No Ray here: the deployment (deployment.py) calls these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from lerpray.serve import errors, protocol
+from lerpray.serve.batcher import Batcher, BatchObserver, EngineLike
+from lerpray.serve.config import ServeArgs
+from lerpray.serve.responses import ModelCard
+
+__all__ = ["LiveSet", "load_engine", "pick", "resolve_version", "retire", "set_args", "start_engine", "start_set"]
+
+EngineFactory = Callable[[ServeArgs], EngineLike]
+VERSION_HEADER = "x-lerpray-anchor-version"  # the answering set's fingerprint: v<version>-<manifest sha256 prefix>
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LiveSet:
+    args: ServeArgs  # `anchors` is the resolved version's URI
+    engine: EngineLike
+    batcher: Batcher
+    cards: list[ModelCard]
+
+    @property
+    def fingerprint(self) -> str:
+        return self.cards[0].fingerprint
+
+    def headers(self) -> dict[str, str]:
+        return {VERSION_HEADER: self.fingerprint}
+
+
+def load_engine(args: ServeArgs) -> EngineLike:
+    """The real engine: base model + anchor set from `args.anchors`, checksums verified on load."""
+    import torch
+
+    from lerpray.model.engine import Engine
+
+    if args.torch_threads is not None:
+        torch.set_num_threads(args.torch_threads)
+    return Engine.from_uri(
+        args.anchors,
+        args.base_model,
+        dtype=getattr(torch, args.dtype),
+        device=args.device,
+        max_batch_size=args.max_batch_size,
+    )
+
+
+def start_engine(factory: EngineFactory, args: ServeArgs) -> EngineLike:
+    """`factory(args)`, retried with exponential backoff (1 s doubling to 30 s) while the anchor store fails (endpoint
+    down, throttled, 5xx) for up to `args.store_retry_s`; then a StoreError saying so, which `serve status` shows
+    before Serve starts another replica. Anything else (a corrupt set, no set at the URI) fails at once."""
+    from lerpray.anchors import ObjectNotFound, StoreError
+
+    started, delays = time.monotonic(), []
+    while True:
+        try:
+            return factory(args)
+        except ObjectNotFound:
+            raise
+        except StoreError as err:
+            delay, waited = min(2.0 ** len(delays), 30.0), time.monotonic() - started
+            if waited + delay > args.store_retry_s:
+                retried = ", ".join(f"{d:g}" for d in delays) or "no"
+                raise StoreError(
+                    f"the anchor store still fails after {len(delays) + 1} attempts in {waited:.0f} s (retried after "
+                    f"{retried} s): {err}. This replica gives up and Serve starts another; raise store_retry_s to "
+                    "wait longer"
+                ) from err
+            logger.warning("anchor store failed (attempt %d, retrying in %g s): %s", len(delays) + 1, delay, err)
+            time.sleep(delay)
+            delays.append(delay)
+
+
+def resolve_version(uri: str) -> str:
+    """The URI of the one version `uri` names (an alias or a bare versioned set resolved now); an unversioned set's
+    URI as is. Raises AnchorSetError for an alias to a missing or incomplete version."""
+    from lerpray.anchors import open_set
+
+    return open_set(uri).uri
+
+
+def set_args(args: ServeArgs) -> dict[str, ServeArgs]:
+    """model id -> the arguments of the set it serves: the main set (with the presets), then each of `args.sets`."""
+    extra = {name: args.model_copy(update={"model_name": name, "anchors": uri, "presets": {}, "sets": {}})
+             for name, uri in args.sets.items()}
+    return {args.model_name: args, **extra}
+
+
+def start_set(args: ServeArgs, factory: EngineFactory, observer: BatchObserver) -> LiveSet:
+    """Resolve, load and check one set (blocking: seconds to minutes), and start its batcher."""
+    args = args.model_copy(update={"anchors": resolve_version(args.anchors)})
+    engine = start_engine(factory, args)
+    protocol.preset_coeffs(args, engine.layout)  # a preset that does not fit the set fails the load
+    cards = protocol.model_cards(args, engine.layout, engine.context_length)
+    batcher = Batcher(engine, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
+                      retry_after_s=args.retry_after_s, observer=observer)
+    batcher.start()
+    return LiveSet(args, engine, batcher, cards)
+
+
+def pick(sets: dict[str, LiveSet], model: str | None) -> LiveSet:
+    """The set a request's `model` names: its id, one of the main set's presets, or `<id>:<inline mix>`."""
+    main = next(iter(sets.values()))
+    if model is None or model in sets:
+        return sets[model] if model else main
+    if model in main.args.presets:
+        return main
+    for name, live in sets.items():
+        if model.startswith(f"{name}:"):
+            return live
+    others = [*main.args.presets, *list(sets)[1:]]
+    raise errors.unknown_model(model, main.args.model_name, others)
+
+
+async def retire(live: LiveSet, *, poll_s: float = 0.05, timeout_s: float = 600.0) -> None:
+    """Close `live`'s batcher once nothing is in flight or waiting in it (new requests already go elsewhere)."""
+    deadline = time.monotonic() + timeout_s
+    while live.batcher.load() != (0, 0) and time.monotonic() < deadline:
+        await asyncio.sleep(poll_s)
+    live.batcher.close()

@@ -1,0 +1,183 @@
+"""Anchor-set versions and several sets in one real Serve app (127.0.0.1, a free port, one replica, tiny Llama).
+
+The app is deployed the way `serve deploy` deploys cluster/serve.yaml (a declarative config: import path, args,
+deployments); its `user_config` names the anchor-set version, so changing only `user_config` reconfigures the
+running replica in place (Serve's lightweight update, `LerpServer.reconfigure`).
+plus a second set under its own model id. Under a steady load the app rolls from version 1 to version 2: zero
+failed requests, every response names its version, and after the first answer from version 2 none comes from 1.
+A change to an alias that names no version is refused and the replica keeps serving what it had.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+ROOT = Path(__file__).resolve().parents[2]
+VERSION_HEADER = "x-lerpray-anchor-version"
+OTHER = "lerpray-other"
+
+
+def _load_test_module():
+    spec = importlib.util.spec_from_file_location("lerpray_load_test", ROOT / "benchmarks" / "load_test.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+load_test = _load_test_module()
+
+
+def versioned_set(tmp: Path) -> str:
+    """Versions 1 and 2 (different random adapters on one tiny base) of a set at tmp/set; alias prod -> 1."""
+    from lerpray.anchors import open_store, publish_version, read_manifest, set_alias
+    from lerpray.testing import TINY_ANCHORS, random_adapter, tiny_anchor_set, tiny_llama
+
+    legacy = tiny_anchor_set(tmp / "v1")
+    base = read_manifest(open_store(legacy)).base_model
+    root = tmp / "set"
+    publish_version(base, {name: tmp / "v1" / "adapters" / name for name in TINY_ANCHORS}, root)
+    model = tiny_llama(seed=0)
+    publish_version(base, {name: random_adapter(model, tmp / "v2" / name, seed=50 + i)
+                           for i, name in enumerate(TINY_ANCHORS)}, root)
+    set_alias(open_store(root), "prod", 1)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
+    from lerpray.ray_cluster import local_ray
+    from lerpray.testing import tiny_anchor_set
+
+    tmp = tmp_path_factory.mktemp("serve-versions")
+    root = versioned_set(tmp)
+    other = str(tiny_anchor_set(tmp / "other", seed=2))
+    args = {"anchors": f"{root}@prod", "sets": {OTHER: other}, "num_cpus": 0.5, "torch_threads": 1,
+            "max_batch_size": 4, "max_tokens_cap": 32, "default_max_tokens": 8,
+            "presets": {"lerpray-upbeat": {"alpha": {"sentiment": 1}}}}
+    name = f"versions-{uuid.uuid4().hex[:6]}"
+
+    def deploy(user_config: dict) -> None:
+        """What `serve deploy` does with the YAML: only `user_config` differs between calls."""
+        from ray.serve.context import _get_global_client
+        from ray.serve.schema import ServeDeploySchema
+
+        config = {"applications": [{
+            "name": name, "route_prefix": "/", "import_path": "lerpray.serve.app:build_app", "args": args,
+            "deployments": [{"name": "LerpServer", "num_replicas": 1, "user_config": user_config,
+                             "ray_actor_options": {"num_cpus": 0.5}}],
+        }]}
+        _get_global_client().deploy_apps(ServeDeploySchema.model_validate(config))
+        want = {**user_config}
+        assert wait_for(lambda: _running(name, want), 180), serve.status().applications.get(name)
+
+    with local_ray(num_cpus=2, log_to_driver=False):
+        port = load_test_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            deploy({"anchors": f"{root}@prod"})
+            yield {"url": f"http://127.0.0.1:{port}", "root": root, "deploy": deploy, "name": name}
+        finally:
+            serve.shutdown()
+
+
+def _running(name: str, user_config: dict) -> bool:
+    app = serve.status().applications.get(name)
+    if app is None or str(getattr(app.status, "value", app.status)) != "RUNNING":
+        return False
+    details = serve.context._get_global_client().get_serve_details()
+    deployment = details["applications"][name]["deployments"]["LerpServer"]
+    return deployment["deployment_config"].get("user_config") == user_config and deployment["status"] == "HEALTHY"
+
+
+def load_test_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fingerprints(url: str) -> dict[str, str]:
+    return {card["id"]: card["fingerprint"] for card in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}
+
+
+def complete(url: str, model: str | None = None) -> httpx.Response:
+    body = {"prompt": "Hello", "max_tokens": 4, "temperature": 0.0, **({"model": model} if model else {})}
+    return httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+
+
+def test_models_lists_every_set_and_each_model_selects_its_set(app):
+    cards = fingerprints(app["url"])
+    assert list(cards) == ["lerpray", "lerpray-upbeat", OTHER]
+    assert cards["lerpray"].startswith("v1-") and cards["lerpray-upbeat"] == cards["lerpray"]
+    assert cards[OTHER] != cards["lerpray"]
+    for model, expected in [(None, "lerpray"), ("lerpray-upbeat", "lerpray"), (OTHER, OTHER),
+                            (f"{OTHER}:sentiment=0.9", OTHER), ("lerpray:sentiment=0.1", "lerpray")]:
+        response = complete(app["url"], model)
+        assert response.status_code == 200, response.text
+        assert response.headers[VERSION_HEADER] == cards[expected] == response.json()["system_fingerprint"]
+    unknown = complete(app["url"], "nope")
+    assert unknown.status_code == 404
+    message = unknown.json()["error"]["message"]
+    assert all(repr(m) in message for m in ("lerpray", "lerpray-upbeat", OTHER)), message
+
+
+def test_roll_to_a_new_version_under_load_fails_nothing(app):
+    url = app["url"]
+    replicas = load_test.replica_pids(app["name"])
+    assert len(replicas) == 1
+    run = load_test.LoadRun(url, clients=2, seconds=180, max_requests=100_000, max_tokens=8, seed=3)
+    run.start()
+    try:
+        assert wait_for(lambda: sum(r.status == 200 for r in run.records) >= 6, 60), "no traffic before the roll"
+        rolled_at = time.monotonic()
+        app["deploy"]({"anchors": f"{app['root']}@2"})  # returns once the app is RUNNING again
+        v2 = wait_for(lambda: (f := fingerprints(url)["lerpray"]).startswith("v2-") and f, 120)
+        assert v2, f"still serving {fingerprints(url)}"
+        assert wait_for(lambda: sum(r.version == v2 for r in run.records) >= 6, 60), "no answers from version 2"
+    finally:
+        run.stop()
+        run.join()
+    records = sorted(run.records, key=lambda r: r.end)
+    failed = [r for r in records if r.status != 200 or r.error is not None]
+    versions = [r.version for r in records]
+    first_v2 = versions.index(v2)
+    print(f"\nFIGURES roll: requests={len(records)} failed={len(failed)} before={first_v2} "
+          f"after={len(records) - first_v2} roll_s={time.monotonic() - rolled_at:.1f}")
+    assert failed == [], sorted({f"{r.status}:{r.error}" for r in failed})
+    assert load_test.replica_pids(app["name"]) == replicas, "the replica was restarted, not reconfigured in place"
+    assert set(versions[:first_v2]) | set(versions[first_v2:]) <= {versions[0], v2} and versions[0].startswith("v1-")
+    # requests that started after the swap was visible all came from version 2
+    seen_v2 = records[first_v2].end
+    assert all(r.version == v2 for r in records if r.start > seen_v2)
+
+
+def test_an_alias_to_no_version_is_refused_and_the_old_version_keeps_serving(app):
+    before = fingerprints(app["url"])["lerpray"]
+    app["deploy"]({"anchors": f"{app['root']}@missing"})
+    health = wait_for(lambda: (h := httpx.get(f"{app['url']}/healthz", timeout=30).json())["reload_error"] and h, 60)
+    assert health and "no alias 'missing'" in health["reload_error"], health
+    response = complete(app["url"])
+    assert response.status_code == 200 and response.headers[VERSION_HEADER] == before
+
+
+def wait_for(condition, timeout_s: float, every_s: float = 0.3):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(every_s)
+    return None
