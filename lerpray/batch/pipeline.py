@@ -125,18 +125,29 @@ class GenerateBatch:
 # ---- the job ------------------------------------------------------------------------------------------------------
 
 
+def check_cluster_storage(config, nodes: int) -> None:
+    """Before any work: on a multi-node cluster the actors load the anchor set and write the output on any node, so
+    both must be shared (s3://); the input is read by the driver and may be local."""
+    from lerpray.configs import check_shared
+
+    check_shared("anchors", config.anchors, nodes)
+    check_shared("output.path", config.output.path, nodes)
+
+
 def run_batch(config, *, engine_factory: Callable = load_engine) -> BatchSummary:
     """Plan, generate and write a batch job (a BatchJobConfig) on the current Ray cluster; verify the output.
 
     `engine_factory(**engine_kwargs)` builds each actor's engine (tests pass a wrapper; must pickle).
     """
+    import ray
     import ray.data
 
-    from lerpray.anchors import open_store, read_manifest
+    from lerpray.anchors import open_set, open_store, read_manifest
 
+    check_cluster_storage(config, len([n for n in ray.nodes() if n.get("Alive")]))
     start = time.perf_counter()
     s3 = config.s3.options()  # endpoint_url / region where set (the config refuses a profile)
-    layout = read_manifest(open_store(config.anchors, **s3)).layout()
+    layout = read_manifest(open_set(open_store(config.anchors, **s3))).layout()
     in_fs, in_paths = _filesystem([_absolute(p) for p in config.input.paths], **s3)
     out_fs, (out_path,) = _filesystem([_absolute(config.output.path)], **s3)
     _prepare_output(out_fs, out_path, config.output.overwrite)

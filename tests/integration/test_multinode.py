@@ -1,0 +1,117 @@
+"""A real multi-node Ray cluster on this machine (head with no CPUs + two worker nodes, each its own raylet) with
+S3 (moto's server on 127.0.0.1) as the only shared storage: anchor sets, inputs and outputs all go through s3://.
+
+(The tiny base model is a folder on this one machine; on a real cluster it is a hub id or baked into the image.)
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import multinode
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ray = pytest.importorskip("ray")
+
+load_test = multinode.load_test_module()
+wait_for = multinode.wait_for
+WORKERS = [{"num_cpus": 1, "resources": {"node_a": 1}}, {"num_cpus": 1, "resources": {"node_b": 1}}]
+PROMPTS = [f"Prompt number {i}" for i in range(8)]
+
+
+@pytest.fixture
+def cluster(s3_env):
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(multinode)  # recording_engine travels to the actors
+    try:
+        with multinode.ray_cluster(WORKERS) as (cluster, nodes):
+            yield cluster, nodes
+    finally:
+        ray.cloudpickle.unregister_pickle_by_value(multinode)
+
+
+def test_batch_actors_on_two_nodes_write_a_complete_output_to_s3(cluster, s3_client, s3_bucket, tmp_path):
+    from lerpray.batch.config import parse_batch_config
+    from lerpray.batch.pipeline import run_batch
+    from lerpray.testing import tiny_anchor_set
+
+    anchors = multinode.upload_folder(s3_client, tiny_anchor_set(tmp_path / "set"), s3_bucket, "sets/tiny")
+    s3_client.put_object(Bucket=s3_bucket, Key="in/prompts.jsonl",
+                         Body="\n".join(json.dumps({"prompt": p}) for p in PROMPTS).encode())
+    config = {"anchors": anchors, "input": {"paths": [f"s3://{s3_bucket}/in/prompts.jsonl"]},
+              "mixes": [{"alpha": {"sentiment": 0.0}}, {"alpha": {"sentiment": 1.0}}],
+              "sampling": {"temperature": 0.0, "max_tokens": 4, "seed": 1},
+              "resources": {"num_actors": 2, "batch_size": 2, "num_cpus_per_actor": 1},
+              "output": {"path": f"s3://{s3_bucket}/out"}, "progress": False}
+    markers = tmp_path / "nodes"
+    markers.mkdir()
+
+    local = parse_batch_config({**config, "output": {"path": str(tmp_path / "out")}})
+    with pytest.raises(ValueError, match=r"^output.path: .* local path, but this Ray cluster has 3 nodes.*s3://"):
+        run_batch(local)
+    assert not (tmp_path / "out").exists(), "work started before the storage check"
+
+    summary = run_batch(parse_batch_config(config),
+                        engine_factory=functools.partial(multinode.recording_engine, str(markers)))
+
+    assert summary.complete and summary.written_rows == len(PROMPTS) * 2, summary
+    nodes = {p.read_text() for p in markers.iterdir()}
+    workers = {n.node_id for n in cluster[1]}
+    assert nodes == workers, f"actors ran on {nodes}, worker nodes are {workers}"
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="out/")["Contents"]]
+    files = [k for k in keys if not k.endswith("/")]  # "out/": pyarrow's folder marker
+    assert files and all(k.endswith(".parquet") for k in files), keys
+
+
+
+def test_serving_from_s3_survives_losing_a_node_under_load(cluster, s3_client, s3_bucket, tmp_path):
+    """Two replicas on two nodes; one node removed (its raylet and every process on it) under a retrying load."""
+    import time
+
+    from ray import serve
+
+    from lerpray.serve import ServeArgs, make_app
+    from lerpray.testing import tiny_anchor_set
+
+    ray_cluster, nodes = cluster
+    anchors = multinode.upload_folder(s3_client, tiny_anchor_set(tmp_path / "set"), s3_bucket, "sets/tiny")
+    port = multinode.free_port()
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    try:
+        args = ServeArgs(anchors=anchors, num_cpus=1, torch_threads=1, max_batch_size=2, max_tokens_cap=16,
+                         default_max_tokens=4)
+        serve.run(make_app(args, num_replicas=2, max_ongoing_requests=8, graceful_shutdown_timeout_s=2),
+                  name="multinode", route_prefix="/")
+        placed = multinode.replica_nodes("multinode")
+        assert sorted(placed) == sorted(n.node_id for n in nodes), f"replicas on {placed}"
+        spare = ray_cluster.add_node(num_cpus=1, resources={"node_c": 1})  # room for the replacement
+        ray_cluster.wait_for_nodes()
+        url = f"http://127.0.0.1:{port}"
+        run = load_test.LoadRun(url, clients=2, seconds=240, max_requests=100_000, max_tokens=4, retries=4, seed=5)
+        run.start()
+        try:
+            assert wait_for(lambda: sum(r.status == 200 for r in run.records) >= 6, 60), "no traffic before"
+            killed_at = time.monotonic()
+            ray_cluster.remove_node(nodes[0])  # the node, not just a process
+            replaced = wait_for(lambda: sorted(multinode.replica_nodes("multinode")) ==
+                                sorted([nodes[1].node_id, spare.node_id]), 180)
+            recovered_at = time.monotonic()
+            assert replaced, f"no replacement on the spare node: {multinode.replica_nodes('multinode')}"
+            n = len(run.records)
+            assert wait_for(lambda: sum(r.status == 200 for r in run.records[n:]) >= 6, 60)
+        finally:
+            run.stop()
+            run.join()
+    finally:
+        serve.shutdown()
+    failed = [r for r in run.records if r.status != 200 or r.error is not None]
+    print(f"\nFIGURES node-kill-serve: requests={run.summary()['requests']} failed_attempts={len(failed)} "
+          f"failed_after_retries={sum(r.final for r in failed)} replaced_after_s={recovered_at - killed_at:.1f} "
+          f"failures={sorted({f'{r.status}:{r.error}' for r in failed})}")
+    assert sum(r.final for r in failed) == 0, "a request failed even after client retries"
+    versions = {r.version for r in run.records if r.status == 200}
+    assert len(versions) == 1, f"the replacement serves another set: {versions}"

@@ -1,0 +1,109 @@
+"""A real multi-node Ray cluster on this machine for the multi-node tests: a head with no CPUs (it schedules
+nothing) and worker nodes, each its own raylet with its own resources (`ray.cluster_utils.Cluster`).
+
+Imported as `multinode` (pytest puts tests/ on sys.path). Nodes inherit the environment at the time they start,
+so point AWS_* at the moto server first. Only the cluster's own processes are stopped (Cluster.shutdown).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+@contextmanager
+def ray_cluster(workers: list[dict], env: dict[str, str] | None = None) -> Iterator[tuple]:
+    """Head (num_cpus=0) + one worker node per `workers` entry (add_node kwargs, e.g. {"num_cpus": 1, "resources":
+    {"node_a": 1}}); connects the driver and yields (cluster, [worker nodes])."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED", *(env or {}))}
+    os.environ.update({"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **(env or {})})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        nodes = [cluster.add_node(**spec) for spec in workers]
+        cluster.wait_for_nodes()
+        ray.init(address=cluster.address, log_to_driver=False)
+        yield cluster, nodes
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def node_of(marker_dir: str) -> str:
+    """Record this process's node id in `marker_dir` (test bookkeeping on one machine, not a data path)."""
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
+    path = os.path.join(marker_dir, f"{node}-{os.getpid()}")
+    with open(path, "w") as f:
+        f.write(node)
+    return node
+
+
+def recording_engine(marker_dir: str, **engine_kwargs):
+    """The batch pipeline's real engine, after noting the node it loads on."""
+    from lerpray.batch.pipeline import load_engine
+
+    node_of(marker_dir)
+    return load_engine(**engine_kwargs)
+
+
+def upload_folder(s3_client, folder, bucket: str, prefix: str, last: str = "lerpray-manifest.json") -> str:
+    """Copy a local folder to s3://bucket/prefix (the file named `last` last, as a publish does); return the URI."""
+    from pathlib import Path
+
+    files = sorted((p for p in Path(folder).rglob("*") if p.is_file()), key=lambda p: p.name == last)
+    for path in files:
+        s3_client.put_object(Bucket=bucket, Key=f"{prefix}/{path.relative_to(folder).as_posix()}",
+                             Body=path.read_bytes())
+    return f"s3://{bucket}/{prefix}"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def replica_nodes(app: str, deployment: str = "LerpServer") -> list[str]:
+    """The node id of each RUNNING replica of the deployment."""
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    replicas = details["applications"][app]["deployments"][deployment]["replicas"]
+    return [r["node_id"] for r in replicas if r["state"] == "RUNNING"]
+
+
+def load_test_module():
+    """benchmarks/load_test.py (benchmarks/ is not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "load_test.py"
+    spec = importlib.util.spec_from_file_location("lerpray_load_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def wait_for(condition, timeout_s: float, every_s: float = 0.3):
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(every_s)
+    return None
