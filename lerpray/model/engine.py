@@ -45,7 +45,7 @@ class Engine:
         merged_fast_path: when every row of a forward pass shares one mix, run it on merged weights.
         device: where inputs go; default the model's device.
         context_length: longest prompt + max_tokens; default the model's max_position_embeddings.
-        prefill_chunk: most prompt tokens prefilled per step (default 64 on CPU, 512 on GPU): smaller keeps the
+        prefill_chunk: most prompt tokens prefilled per step (default 32 on CPU, 512 on GPU): smaller keeps the
             running rows' inter-token latency flat while a long prompt arrives, larger reaches first tokens sooner.
         cuda_graphs: capture the decode step as CUDA graphs (default: on when the model is on a CUDA device).
     """
@@ -68,7 +68,7 @@ class Engine:
         self.device = torch.device(device) if device is not None else next(self.model.parameters()).device
         self.context_length = context_length or int(self.model.config.max_position_embeddings)
         on_gpu = self.device.type == "cuda"
-        self.prefill_chunk = prefill_chunk or (512 if on_gpu else 64)
+        self.prefill_chunk = prefill_chunk or (512 if on_gpu else 32)
         problem = unsupported_attention(self.model.config) or next(
             (f"{name} must be >= 1, got {value}" for name, value in
              (("max_batch_size", max_batch_size), ("prefill_chunk", self.prefill_chunk)) if value < 1), None)
