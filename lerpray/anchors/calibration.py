@@ -25,7 +25,10 @@ from lerpray.anchors.load import read_manifest
 from lerpray.anchors.store import Store
 from lerpray.targets import Calibration, Curve
 
-__all__ = ["CALIBRATION_NAME", "CalibrationError", "read_calibration", "read_calibration_doc", "save_calibration"]
+__all__ = [
+    "CALIBRATION_NAME", "CalibrationError", "calibration_of", "format_calibration", "read_calibration",
+    "read_calibration_doc", "save_calibration",
+]
 
 CALIBRATION_NAME = "lerpray-calibration.json"
 FORMAT = "lerpray-calibration"
@@ -90,6 +93,26 @@ def calibration_of(doc: dict) -> Calibration:
     except (KeyError, TypeError, ValueError) as err:
         raise CalibrationError(f"calibration curves are malformed ({err}); {REMAKE}") from None
     return Calibration(curves, cross)
+
+
+def format_calibration(doc: dict | None) -> str:
+    """`lerpray anchors inspect`'s view: what the calibration was made from, and each attribute's curve."""
+    if doc is None:
+        return "calibration: none (target requests are refused); make one with `lerpray eval calibrate SET --scorers ...`"
+    p, s = doc.get("prompts", {}), doc.get("sampling", {})
+    lines = [f"calibration ({CALIBRATION_NAME}, made {doc.get('created_at', '?')} for version "
+             f"{doc['anchor_set']['version']}): {p.get('count', '?')} prompts ({p.get('source', '?')}) x "
+             f"{p.get('samples', '?')} samples, temperature {s.get('temperature', '?')}, max_tokens "
+             f"{s.get('max_tokens', '?')}; 90% bands from {doc.get('bootstrap', {}).get('resamples', '?')} "
+             "bootstrap resamples over prompts"]  # fmt: skip
+    for attr, c in doc["curves"].items():
+        lo, hi = c.get("lo") or c["fit"], c.get("hi") or c["fit"]
+        points = "  ".join(f"{a:g}: {f:+.3f} [{lo_:+.2f}, {hi_:+.2f}]"
+                           for a, f, lo_, hi_ in zip(c["alphas"], c["fit"], lo, hi, strict=True))  # fmt: skip
+        lines.append(f"  {attr}, {c['scorer']} mean score by alpha (fit [90% band]): {points}")
+    for i, row in doc.get("cross_slopes", {}).items():
+        lines.append(f"  cross slopes d score / d alpha_{i}: " + ", ".join(f"{j} {v:+.3f}" for j, v in row.items()))
+    return "\n".join(lines)
 
 
 def _manifest_digest(store: Store) -> str:

@@ -104,12 +104,18 @@ def _build(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     from lerpray.anchors import open_set, read_manifest
+    from lerpray.anchors.calibration import CalibrationError, format_calibration, read_calibration_doc
 
-    manifest = read_manifest(open_set(args.uri))
+    store = open_set(args.uri)
+    manifest = read_manifest(store)
     if args.json:
         sys.stdout.write(manifest.to_json().decode())
     else:
         print(format_table(manifest, args.uri))
+        try:
+            print("\n" + format_calibration(read_calibration_doc(store)))
+        except CalibrationError as err:  # shown, not fatal: the set itself is fine
+            print(f"\ncalibration: unusable: {err}")
     return 0
 
 

@@ -84,7 +84,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from lerpray.anchors import open_store
+    from lerpray.anchors import open_set
     from lerpray.anchors.calibration import save_calibration
     from lerpray.configs import SamplingSettings
     from lerpray.eval.calibrate import DEFAULT_CALIBRATION_ALPHAS, calibrate, plot_calibration, split_prompts
@@ -102,7 +102,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     doc = calibrate(args.anchors, scorers, out, alphas=alphas, prompts=prompts, prompt_source=source,
                     samples=args.samples, sampling=sampling, resamples=args.resamples, batch_size=args.batch_size)
     if not args.no_save:
-        doc = save_calibration(open_store(args.anchors), doc)
+        doc = save_calibration(open_set(args.anchors), doc)
         print(f"saved the calibration beside the set: {args.anchors} (version {doc['anchor_set']['version']})")
     (out / "calibration.json").write_text(json.dumps(doc, indent=1))
     print(f"wrote {out / 'calibration.json'}")

@@ -31,10 +31,10 @@ logger = logging.getLogger(__name__)
 @functools.lru_cache(maxsize=16)
 def load_calibration(anchors: str) -> Calibration | None:
     """The calibration beside the set at `anchors`, or None without one (CalibrationError: unusable)."""
-    from lerpray.anchors import open_store
+    from lerpray.anchors import open_set
     from lerpray.anchors.calibration import read_calibration
 
-    calibration = read_calibration(open_store(anchors))
+    calibration = read_calibration(open_set(anchors))
     if calibration is not None:
         logger.info("calibration loaded for %s: %s", anchors, ", ".join(calibration.curves))
     return calibration
