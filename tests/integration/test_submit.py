@@ -21,11 +21,6 @@ import yaml
 
 pytestmark = pytest.mark.integration
 
-JOBS = Path(__file__).resolve().parents[2] / "jobs"
-needs_train_job = pytest.mark.skipif(not (JOBS / "train_anchors.py").is_file(),
-                                     reason="jobs/train_anchors.py does not exist yet")
-needs_batch_job = pytest.mark.skipif(not (JOBS / "batch_generate.py").is_file(),
-                                     reason="jobs/batch_generate.py does not exist yet")
 # The head, its workers and the job drivers inherit this (jobs run `python` from PATH: this venv's).
 HEAD_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
@@ -127,7 +122,6 @@ def submit_and_follow(head: RayHead, kind: str, config: Path) -> tuple[str, subp
     return job_id, result
 
 
-@needs_train_job
 def test_submit_train_follow_publishes_a_verified_anchor_set(ray_head, tmp_path, capsys):
     from lerpray.anchors import load_anchor_set, verify_anchor_set
     from lerpray.cli import main
@@ -170,7 +164,6 @@ def test_submit_train_follow_publishes_a_verified_anchor_set(ray_head, tmp_path,
     assert "not running (SUCCEEDED)" in capsys.readouterr().out
 
 
-@needs_batch_job
 def test_submit_batch_follow_writes_one_row_per_prompt_and_mix(ray_head, tmp_path):
     from lerpray.batch.config import parse_batch_config
     from lerpray.testing import tiny_anchor_set
@@ -201,7 +194,6 @@ def test_submit_batch_follow_writes_one_row_per_prompt_and_mix(ray_head, tmp_pat
         assert isinstance(row["text"], str) and row["completion_tokens"] >= 1
 
 
-@pytest.mark.skipif(not (JOBS / "eval_sweep.py").is_file(), reason="jobs/eval_sweep.py does not exist yet")
 def test_failed_and_stopped_jobs_exit_1_and_unknown_ids_are_one_line_errors(ray_head, tmp_path, capsys):
     from lerpray.cli import main
 
