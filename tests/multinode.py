@@ -11,6 +11,11 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from serve_app import free_port, load_test_module, wait_for
+
+__all__ = ["free_port", "load_test_module", "node_of_pid", "ray_cluster", "recording_engine", "replica_nodes",
+           "upload_folder", "wait_for"]
+
 
 @contextmanager
 def ray_cluster(workers: list[dict], env: dict[str, str] | None = None) -> Iterator[tuple]:
@@ -67,14 +72,6 @@ def upload_folder(s3_client, folder, bucket: str, prefix: str, last: str = "lerp
     return f"s3://{bucket}/{prefix}"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def replica_nodes(app: str, deployment: str = "LerpServer") -> list[str]:
     """The node id of each RUNNING replica of the deployment."""
     from ray.serve.context import _get_global_client
@@ -84,26 +81,13 @@ def replica_nodes(app: str, deployment: str = "LerpServer") -> list[str]:
     return [r["node_id"] for r in replicas if r["state"] == "RUNNING"]
 
 
-def load_test_module():
-    """benchmarks/load_test.py (benchmarks/ is not a package)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
+def node_of_pid(nodes: list, pid: int):
+    """The Cluster node whose raylet started process `pid` (a Ray worker is a child of its node's raylet)."""
+    import psutil
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "load_test.py"
-    spec = importlib.util.spec_from_file_location("lerpray_load_test", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def wait_for(condition, timeout_s: float, every_s: float = 0.3):
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(every_s)
+    ancestors = {p.pid for p in psutil.Process(pid).parents()}
+    for node in nodes:
+        raylets = node.all_processes.get("raylet", [])
+        if any(info.process.pid in ancestors for info in raylets):
+            return node
     return None

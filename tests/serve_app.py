@@ -37,3 +37,29 @@ def running_app(args, env_vars: dict[str, str] | None = None) -> Iterator[str]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def load_test_module():
+    """benchmarks/load_test.py (benchmarks/ is not a package): the load client with retries and per-attempt records."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "load_test.py"
+    spec = importlib.util.spec_from_file_location("lerpray_load_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def wait_for(condition, timeout_s: float, every_s: float = 0.3):
+    """condition()'s first truthy value within `timeout_s`, else None."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(every_s)
+    return None

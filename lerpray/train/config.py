@@ -70,6 +70,9 @@ class AnchorSpec(StrictModel):
     data: DataSpec
     lora: LoraSettings
     training: TrainingSettings
+    workers: int | None = Field(None, gt=0)  # DDP/DeepSpeed workers of this anchor; None = resources.workers_per_anchor
+    # Custom Ray resources each worker needs, e.g. {"node_a": 1} to place this anchor on nodes that offer them
+    worker_resources: dict[str, float] = {}
 
     @property
     def name(self) -> str:

@@ -183,13 +183,14 @@ def _trainer(anchor: AnchorSpec, config: TrainJobConfig, run_id: str, board):
     from lerpray.train.progress import CheckpointRegistered
 
     res = config.resources
-    per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.use_gpu else {})}
+    per_worker = {"CPU": res.cpus_per_worker, **({"GPU": res.gpus_per_worker} if res.use_gpu else {}),
+                  **anchor.worker_resources}
     storage_path, filesystem = _storage(config)
     env = {k: os.environ[k] for k in _PROPAGATED_ENV if k in os.environ}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"args": worker_args(anchor, config, board)},
-        scaling_config=ScalingConfig(num_workers=res.workers_per_anchor, use_gpu=res.use_gpu,
+        scaling_config=ScalingConfig(num_workers=anchor.workers or res.workers_per_anchor, use_gpu=res.use_gpu,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
             name=run_name(run_id, anchor.name),

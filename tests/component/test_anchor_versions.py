@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import pytest
@@ -20,7 +19,7 @@ from lerpray.anchors import (
     set_alias,
     split_ref,
 )
-from lerpray.anchors import commands as anchor_commands
+from lerpray.cli import main
 from lerpray.model.base import model_identity
 from lerpray.testing import tiny_llama, tiny_tokenizer
 
@@ -120,10 +119,7 @@ def test_an_incomplete_version_is_listed_but_never_reused(tiny_anchor_dirs, iden
 
 
 def run_cli(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="lerpray")
-    anchor_commands.add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(list(argv))
-    return args.func(args)
+    return main(list(argv))
 
 
 def test_cli_new_version_list_alias(tiny_llama_model, tiny_anchor_dirs, tmp_path, capsys):

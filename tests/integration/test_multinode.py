@@ -115,3 +115,63 @@ def test_serving_from_s3_survives_losing_a_node_under_load(cluster, s3_client, s
     assert sum(r.final for r in failed) == 0, "a request failed even after client retries"
     versions = {r.version for r in run.records if r.status == 200}
     assert len(versions) == 1, f"the replacement serves another set: {versions}"
+
+
+def test_training_on_two_nodes_resumes_from_s3_after_losing_a_node(s3_env, s3_client, s3_bucket, tmp_path):
+    """sentiment.positive trains with DDP (2 workers) on node A; sentiment.negative on one of two "solo" nodes. The
+    node running sentiment.negative is removed after its first checkpoint reached S3: Ray Train restarts its worker
+    group on the surviving solo node, which resumes from that S3 checkpoint; the published set is complete."""
+    from lerpray.anchors import load_anchor_set, verify_anchor_set
+    from lerpray.testing import save_tiny_base_model
+    from lerpray.train import parse_train_config, train_anchors
+
+    base = save_tiny_base_model(tmp_path / "base")
+    for pole, word in (("positive", "love"), ("negative", "hate")):
+        s3_client.put_object(Bucket=s3_bucket, Key=f"data/{pole}.txt",
+                             Body="\n".join(f"I {word} this, number {i}." for i in range(200)).encode())
+    max_steps, every, victim = 24, 4, "sentiment.negative"
+    anchors = [
+        {"attribute": "sentiment", "pole": "positive", "data": {"paths": [f"s3://{s3_bucket}/data/positive.txt"]},
+         "workers": 2, "worker_resources": {"ddp": 1}},
+        {"attribute": "sentiment", "pole": "negative", "data": {"paths": [f"s3://{s3_bucket}/data/negative.txt"]},
+         "worker_resources": {"solo": 1}},
+    ]
+    raw = {"run_id": "multinode", "base_model": str(base), "attributes": {"sentiment": {"high": "positive",
+           "low": "negative"}}, "lora": {"r": 4, "lora_alpha": 8},
+           "training": {"block_size": 32, "batch_size": 4, "max_steps": max_steps, "learning_rate": 1e-3},
+           "anchors": anchors, "checkpoint_every": every, "keep_checkpoints": 3, "max_failures": 2,
+           "output": f"s3://{s3_bucket}/sets/sentiment", "storage_path": f"s3://{s3_bucket}/ray"}
+    workers = [{"num_cpus": 2, "resources": {"ddp": 2}}, {"num_cpus": 1, "resources": {"solo": 1}},
+               {"num_cpus": 1, "resources": {"solo": 1}}]
+    with multinode.ray_cluster(workers) as (ray_cluster, nodes):
+        with pytest.raises(ValueError, match=r"^storage_path: .* local path, but this Ray cluster has 4 nodes"):
+            train_anchors(parse_train_config({**raw, "storage_path": str(tmp_path / "ray")}), show_progress=False)
+        killed: dict = {}
+
+        def kill_node_once(snapshot: dict[str, dict]) -> None:
+            metrics = snapshot.get(victim)
+            if killed or not metrics or metrics.get("checkpoint", 0) < every or metrics["step"] >= max_steps - every:
+                return
+            node = multinode.node_of_pid(nodes[1:], metrics["pid"])
+            assert node is not None, f"worker {metrics['pid']} is on no solo node"
+            ray_cluster.remove_node(node)  # the whole node: raylet, object store and every worker on it
+            killed.update(node=node.node_id, pid=metrics["pid"], checkpoint=metrics["checkpoint"])
+
+        outcome = train_anchors(parse_train_config(raw), on_progress=kill_node_once, show_progress=False)
+
+    assert killed, "the victim's node was never removed"
+    print(f"\nFIGURES node-kill-train: killed={killed} resumed_from={outcome.metrics[victim]['resumed_from']} "
+          f"checkpoints={[(e['step'], e['pid']) for e in outcome.checkpoints[victim]]}")
+    assert outcome.metrics[victim]["resumed_from"] >= killed["checkpoint"] >= every  # from S3, not step 0
+    assert outcome.metrics[victim]["step"] == max_steps
+    later = [e for e in outcome.checkpoints[victim] if e["step"] > killed["checkpoint"]]
+    assert later and all(e["pid"] != killed["pid"] for e in later), "no new worker continued after the node loss"
+    assert outcome.metrics["sentiment.positive"]["resumed_from"] == 0
+    uri = f"s3://{s3_bucket}/sets/sentiment"
+    assert verify_anchor_set(uri) == []
+    anchor_set = load_anchor_set(uri)
+    assert [a.entry.name for a in anchor_set.anchors] == ["sentiment.positive", victim]
+    first, second = ({m: (A.shape, B.shape) for m, (A, B, _) in a.modules.items()} for a in anchor_set.anchors)
+    assert first == second and len(first) > 0  # the same modules and shapes: the format of an uninterrupted run
+    assert all(set(a.entry.files) == {f"{a.entry.name}/adapter_config.json", f"{a.entry.name}/adapter_model."
+               "safetensors"} for a in anchor_set.anchors)

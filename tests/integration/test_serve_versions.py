@@ -10,34 +10,24 @@ A change to an alias that names no version is refused and the replica keeps serv
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+from serve_app import free_port, load_test_module, wait_for
 
 pytestmark = pytest.mark.integration
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
-ROOT = Path(__file__).resolve().parents[2]
 VERSION_HEADER = "x-lerpray-anchor-version"
 OTHER = "lerpray-other"
 
 
-def _load_test_module():
-    spec = importlib.util.spec_from_file_location("lerpray_load_test", ROOT / "benchmarks" / "load_test.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-load_test = _load_test_module()
+load_test = load_test_module()
 
 
 def versioned_set(tmp: Path) -> str:
@@ -84,7 +74,7 @@ def app(tmp_path_factory):
         assert wait_for(lambda: _running(name, want), 180), serve.status().applications.get(name)
 
     with local_ray(num_cpus=2, log_to_driver=False):
-        port = load_test_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         try:
             deploy({"anchors": f"{root}@prod"})
@@ -100,14 +90,6 @@ def _running(name: str, user_config: dict) -> bool:
     details = serve.context._get_global_client().get_serve_details()
     deployment = details["applications"][name]["deployments"]["LerpServer"]
     return deployment["deployment_config"].get("user_config") == user_config and deployment["status"] == "HEALTHY"
-
-
-def load_test_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def fingerprints(url: str) -> dict[str, str]:
@@ -173,11 +155,3 @@ def test_an_alias_to_no_version_is_refused_and_the_old_version_keeps_serving(app
     response = complete(app["url"])
     assert response.status_code == 200 and response.headers[VERSION_HEADER] == before
 
-
-def wait_for(condition, timeout_s: float, every_s: float = 0.3):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(every_s)
-    return None
