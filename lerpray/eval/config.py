@@ -103,7 +103,7 @@ class PerplexityConfig(StrictModel):
 
 class SweepConfig(StrictModel):
     out: Path  # folder for generations.csv, perplexity.csv, the plots and report.md
-    anchors: str | None = None  # anchor-set URI: run in-process (and needed for perplexity)
+    anchors: str | None = None  # anchor-set URI: run in-process (perplexity too, even with `server`)
     base_model: str | None = None  # override of the base model the anchor set names
     device: str = "cpu"
     batch_size: int = Field(32, ge=1)  # in-process: rows decoded together (rows may all have different mixes)
@@ -122,8 +122,6 @@ class SweepConfig(StrictModel):
     def _backend(self) -> SweepConfig:
         if self.anchors is None and self.server is None:
             raise ValueError("give `anchors` (run in-process) or `server` (a running lerpray server's URL)")
-        if self.perplexity is not None and self.anchors is None:
-            raise ValueError("perplexity runs the model in-process: give `anchors` too (or drop `perplexity`)")
         return self
 
     def server_api_key(self) -> str | None:

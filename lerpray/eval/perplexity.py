@@ -5,7 +5,11 @@ in batches with `set_coeffs(c repeated N times)`, and
 
     perplexity(c) = exp( sum over texts and positions t >= 1 of -log p_c(token_t | tokens_<t) / number of such tokens )
 
-Texts are right padded, padding is masked out of the sum, and each text is cut to `max_length` tokens.
+Texts are right padded, padding is masked out of the sum, and each text is cut to `max_length` tokens. Texts are
+tokenised as the engine tokenises a prompt (`lerpray.model.prompts.encode_prompt`), so `http_perplexities` gets the
+same number from a lerpray server: each text is sent once per mix with `echo: true, max_tokens: 0, logprobs: 0`, and
+the log probabilities of its first `max_length` tokens are summed (the model is causal: later text cannot change
+them).
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ if TYPE_CHECKING:
     from lerpray.eval.grid import GridPoint
     from lerpray.model.interpolated import InterpolatedModel
 
-__all__ = ["PerplexityError", "encode_texts", "heldout_texts", "mix_nll", "perplexities", "sweep_perplexity"]
+__all__ = [
+    "PerplexityError", "encode_texts", "heldout_texts", "http_perplexities", "mix_nll", "perplexities",
+    "perplexity_table", "sweep_perplexity",
+]
 
 
 class PerplexityError(ValueError):
@@ -57,8 +64,13 @@ def _sample(items: list[str], n: int, seed: int) -> list[str]:
 
 
 def encode_texts(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]]:
-    """Token ids per text (special tokens as the tokenizer adds them), cut to max_length; texts < 2 tokens dropped."""
-    ids = [tokenizer(t, add_special_tokens=True)["input_ids"][:max_length] for t in texts]
+    """Token ids per text as the engine encodes a prompt (special tokens as the tokenizer adds them, bar an appended
+    EOS), cut to max_length; texts < 2 tokens dropped."""
+    from lerpray.model.prompts import encode_prompt
+    from lerpray.model.requests import GenerationRequest
+
+    eos = frozenset([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+    ids = [encode_prompt(tokenizer, GenerationRequest((), prompt=t), eos)[:max_length] for t in texts if t]
     return [row for row in ids if len(row) >= 2]
 
 
@@ -107,6 +119,43 @@ def perplexities(
     return out
 
 
+def http_perplexities(
+    server: str,
+    texts: Sequence[str],
+    mixes: dict[str, dict],
+    *,
+    model: str | None = None,
+    max_length: int = 128,
+    concurrency: int = 8,
+    timeout_s: float = 300.0,
+    api_key: str | None = None,
+) -> dict[str, float]:
+    """Perplexity of `texts` under each mix (name -> the request's `interpolation`) as a lerpray server scores them;
+    returns name -> perplexity, as `perplexities` computes in-process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lerpray.eval.backends import _post_json
+
+    url = server.rstrip("/") + "/v1/completions"
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+
+    def nll(mix: dict, text: str) -> tuple[float, int]:
+        body = {"prompt": text, "echo": True, "max_tokens": 0, "logprobs": 0, "interpolation": mix}
+        reply = _post_json(url, body | ({"model": model} if model else {}), headers, timeout_s)
+        scores = reply["choices"][0]["logprobs"]["token_logprobs"][1:max_length]  # the first token has none
+        return -sum(scores), len(scores)
+
+    out = {}
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        for name, mix in tqdm(mixes.items(), desc="perplexity", unit="mix"):
+            totals = list(pool.map(lambda t, m=mix: nll(m, t), [t for t in texts if t]))
+            count = sum(n for _, n in totals)
+            if count == 0:
+                raise PerplexityError("every held-out text is shorter than 2 tokens; give longer texts")
+            out[name] = math.exp(sum(total for total, _ in totals) / count)
+    return out
+
+
 def sweep_perplexity(
     imodel: InterpolatedModel,
     tokenizer,
@@ -119,12 +168,18 @@ def sweep_perplexity(
 ) -> pd.DataFrame:
     """Perplexity at every grid point (coeffs[i] [K] of points[i]) and of the base model (all coefficients 0,
     mix id "base"); one row per mix: mix_id, grid, attribute, x, perplexity."""
-    import pandas as pd
-
     mixes = {p.mix_id: c for p, c in zip(points, coeffs, strict=True)}
     mixes["base"] = (0.0,) * len(coeffs[0])
-    ppl = perplexities(imodel, tokenizer, texts, mixes, batch_size=batch_size, max_length=max_length)
+    return perplexity_table(points, perplexities(imodel, tokenizer, texts, mixes, batch_size=batch_size,
+                                                 max_length=max_length))
+
+
+def perplexity_table(points: Sequence[GridPoint], ppl: dict[str, float]) -> pd.DataFrame:
+    """One row per mix (mix_id, grid, attribute, x, perplexity): the grid points, then "base" if `ppl` has it."""
+    import pandas as pd
+
     rows = [{"mix_id": p.mix_id, "grid": p.grid, "attribute": p.attribute, "x": p.x, "perplexity": ppl[p.mix_id]}
             for p in points]  # fmt: skip
-    rows.append({"mix_id": "base", "grid": "base", "attribute": "", "x": math.nan, "perplexity": ppl["base"]})
+    if "base" in ppl:
+        rows.append({"mix_id": "base", "grid": "base", "attribute": "", "x": math.nan, "perplexity": ppl["base"]})
     return pd.DataFrame(rows)

@@ -23,7 +23,7 @@ __all__ = ["run_sweep"]
 def run_sweep(config: SweepConfig) -> SweepOutputs:
     """Build the grid, generate every (mix, prompt, sample), score every generation with every scorer, measure
     perplexity per mix, then write the tables, the plots and report.md into `config.out`."""
-    from lerpray.eval.perplexity import heldout_texts, sweep_perplexity  # torch: only when a sweep runs
+    from lerpray.eval.perplexity import heldout_texts, http_perplexities, perplexity_table, sweep_perplexity  # torch
 
     engine = _engine(config) if config.anchors and (config.server is None or config.perplexity) else None
     layout = engine.layout if engine is not None else _layout(config.anchors)
@@ -47,8 +47,15 @@ def run_sweep(config: SweepConfig) -> SweepOutputs:
     if config.perplexity is not None:
         pc = config.perplexity
         texts = heldout_texts(texts=pc.texts, corpora=pc.corpora, max_texts=pc.max_texts, seed=config.prompts.seed)
-        ppl = sweep_perplexity(engine.imodel, engine.tokenizer, points, resolve_points(points, engine.layout), texts,
-                               batch_size=pc.batch_size, max_length=pc.max_length)  # fmt: skip
+        if engine is not None:
+            ppl = sweep_perplexity(engine.imodel, engine.tokenizer, points, resolve_points(points, engine.layout),
+                                   texts, batch_size=pc.batch_size, max_length=pc.max_length)  # fmt: skip
+        else:  # the server scores the texts (echo); the base model (all coefficients 0) is not one of its mixes
+            scored = http_perplexities(config.server, texts, {p.mix_id: p.mix() for p in points},
+                                       model=config.server_model, max_length=pc.max_length,
+                                       concurrency=config.concurrency, timeout_s=config.request_timeout_s,
+                                       api_key=config.server_api_key())  # fmt: skip
+            ppl = perplexity_table(points, scored)
     setup = {"backend": config.server or f"in-process, anchors {config.anchors}", "mixes": len(points),
              "prompts": len(prompts), "samples per prompt": config.prompts.samples, "generations": len(jobs),
              "sampling": config.sampling.model_dump()}  # fmt: skip

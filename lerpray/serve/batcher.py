@@ -9,7 +9,8 @@ to accept, validate and stream. Between two decode steps the thread admits waiti
         if not engine.has_work(): sleep until a request arrives; continue
         for event in engine.step(): hand it to its request's asyncio.Queue (thread-safe, via the event loop)
 
-Requests beyond `max_batch_size` in flight wait in a queue of at most `max_queue`; past that `submit` raises
+A request with n choices takes n of the `max_batch_size` slots, and is done when all n have finished. Requests
+beyond `max_batch_size` in flight wait in a queue of at most `max_queue`; past that `submit` raises
 QueueFullError at once (the server answers 503 + Retry-After) rather than letting memory grow without bound.
 Only the engine thread ever touches the engine.
 """
@@ -59,7 +60,8 @@ class BatchObserver(Protocol):
 class _Ticket:
     request: object  # a GenerationRequest
     loop: asyncio.AbstractEventLoop  # where its consumer awaits `events`
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)  # shared by the tickets of one submit()
+    running: int = 0  # choices the engine has not finished (engine thread)
     submitted: float = field(default_factory=time.perf_counter)
     started: bool = False  # first token seen
     done: bool = False  # finished, failed or cancelled: deliver nothing more
@@ -108,29 +110,33 @@ class Batcher:
             self._closed = True
             self._wakeup.notify()
 
-    async def submit(self, request) -> AsyncIterator[list]:
-        """Queue `request` (a GenerationRequest); yields lists of its TokenEvents, up to the one with a finish_reason.
+    async def submit(self, *requests) -> AsyncIterator[list]:
+        """Queue `requests` (GenerationRequests, all or none); yields lists of their TokenEvents until every choice
+        of every request has finished.
 
         Each list holds every event that arrived since the last one (at least one), so a consumer that falls behind
         catches up in one write instead of one per token. Raises QueueFullError at once when the queue is full, or
-        the engine's error for this request.
+        the engine's error for any of the requests (the others are then cancelled).
         """
-        ticket = self._enqueue(request, asyncio.get_running_loop())
+        tickets = self._enqueue(requests, asyncio.get_running_loop())
+        events, by_id = tickets[0].events, {t.request.request_id: t for t in tickets}
+        unfinished = {t.request.request_id: _choices(t.request) for t in tickets}
         try:
-            while True:
-                items = [await ticket.events.get()]
-                while not ticket.events.empty():
-                    items.append(ticket.events.get_nowait())
+            while not all(t.done for t in tickets):
+                items = [await events.get()]
+                while not events.empty():
+                    items.append(events.get_nowait())
                 if error := next((i for i in items if isinstance(i, BaseException)), None):
-                    ticket.done = True
                     raise error
-                ticket.done = items[-1].finish_reason is not None
+                for event in items:
+                    if event.finish_reason is not None:
+                        unfinished[event.request_id] -= 1
+                        by_id[event.request_id].done = unfinished[event.request_id] == 0
                 yield items
-                if ticket.done:
-                    return
         finally:
-            if not ticket.done:  # the consumer stopped early (client went away): free its batch slot
-                self._cancel(ticket)
+            for ticket in tickets:
+                if not ticket.done:  # the consumer stopped early (client gone, an error): free its batch slots
+                    self._cancel(ticket)
 
     def _cancel(self, ticket: _Ticket) -> None:
         with self._wakeup:
@@ -141,18 +147,19 @@ class Batcher:
                 self._aborts.append(ticket.request.request_id)
                 self._wakeup.notify()
 
-    def _enqueue(self, request, loop: asyncio.AbstractEventLoop) -> _Ticket:
+    def _enqueue(self, requests, loop: asyncio.AbstractEventLoop) -> list[_Ticket]:
         with self._wakeup:
             if self._failure is not None:
                 raise RuntimeError(f"the engine failed and this replica is restarting: {self._failure!r}")
             # Slots of cancelled requests count as free: the engine thread drops them before its next admission.
             free_slots = max(0, self._max_batch_size - len(self._in_flight) + len(self._aborts))
-            if len(self._waiting) >= self._max_queue + free_slots:
+            if len(self._waiting) + len(requests) > self._max_queue + free_slots:
                 raise QueueFullError(len(self._waiting), self._retry_after_s)
-            ticket = _Ticket(request, loop)
-            self._waiting.append(ticket)
+            events: asyncio.Queue = asyncio.Queue()
+            tickets = [_Ticket(request, loop, events, _choices(request)) for request in requests]
+            self._waiting.extend(tickets)
             self._wakeup.notify()
-        return ticket
+        return tickets
 
     # ---- engine thread ----
 
@@ -182,8 +189,11 @@ class Batcher:
                 for request_id in aborts:
                     if self._in_flight.pop(request_id, None) is not None:
                         self._engine.abort(request_id)
-                room = self._max_batch_size - len(self._in_flight)
-                admitted = [self._waiting.popleft() for _ in range(min(room, len(self._waiting)))]
+                room = self._max_batch_size - sum(t.running for t in self._in_flight.values())
+                admitted = []
+                while self._waiting and _choices(self._waiting[0].request) <= room:
+                    admitted.append(self._waiting.popleft())
+                    room -= _choices(admitted[-1].request)
             rejected = [(t, err) for t in admitted if (err := self._add(t)) is not None]
             self._deliver(rejected)
             if self._engine.has_work():
@@ -213,7 +223,9 @@ class Batcher:
                 if self._observer:
                     self._observer.on_first_token(now - ticket.submitted)
             if event.finish_reason is not None:
-                del self._in_flight[event.request_id]
+                ticket.running -= 1
+                if ticket.running == 0:
+                    del self._in_flight[event.request_id]
             out.append((ticket, event))
         if self._observer:
             self._observer.on_step(batch_size, len(events))
@@ -228,6 +240,10 @@ class Batcher:
         for loop, batch in by_loop.items():
             if not loop.is_closed():
                 loop.call_soon_threadsafe(_put_all, batch)
+
+
+def _choices(request) -> int:
+    return getattr(request, "n", 1)
 
 
 def _put_all(items: list[tuple[_Ticket, object]]) -> None:

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lerpray.serve import errors, live, playground, protocol, steer
+from lerpray.serve import errors, live, playground, protocol, replies, steer
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.live import EngineFactory, LiveSet, load_engine
 from lerpray.serve.live import start_engine as _start_engine  # noqa: F401 -- tests reach it here
@@ -79,11 +79,10 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 async def _chain(first: list, rest: AsyncIterator[list]) -> AsyncIterator[list]:
-    """The batcher's event lists, the first one already awaited."""
+    """The batcher's event lists, the first one already awaited (`rest` ends after the last choice's finish)."""
     yield first
-    if first[-1].finish_reason is None:
-        async for events in rest:
-            yield events
+    async for events in rest:
+        yield events
 
 
 def _sse_line(payload: dict) -> str:
@@ -214,17 +213,18 @@ class LerpServer:
         self.metrics.on_request(route)
         prompt_field = "messages" if route == "chat" else "prompt"
         try:
-            parsed, served, gen = await self._parse(request, route)
+            parsed, served, gens = await self._parse(request, route)
         except Exception as err:  # noqa: BLE001 -- every failure becomes an OpenAI error response
             return self._error(errors.to_api_error(err, prompt_field=prompt_field), route)
         # `served` is this request's anchor-set version to the end, even if reconfigure swaps in another meanwhile
-        events = served.batcher.submit(gen)
+        events = served.batcher.submit(*gens)  # one engine request per prompt, their choices merged in one reply
         streaming = False
         try:
             first = await anext(events)  # queue-full and per-request engine errors surface here, before headers
             model = parsed.model or served.args.model_name
-            reply = protocol.Reply(route, gen.request_id, model, gen.coeffs, served.engine.layout, served.fingerprint)
-            steering = steer.request_steering(parsed, served.args, served.engine.layout, gen.sampling.max_tokens)
+            reply = replies.Reply(route, gens, model, served.engine.layout.anchors, served.fingerprint,
+                                  echo=bool(getattr(parsed, "echo", False)), tokens=served.tokens)
+            steering = steer.request_steering(parsed, served.args, served.engine.layout, gens[0].sampling.max_tokens)
             headers = {**served.headers(), **steer.mix_headers(steering)}  # the resolved mix (issue 18)
             if parsed.stream:
                 streaming = True  # the SSE generator owns `events` from here on
@@ -240,17 +240,18 @@ class LerpServer:
             if not streaming:  # also on cancellation (client gone): frees the request's batch slot
                 await events.aclose()
 
-    async def _parse(self, request: Request, route: str) -> tuple[Any, LiveSet, Any]:
+    async def _parse(self, request: Request, route: str) -> tuple[Any, LiveSet, list]:
         """Authenticate, read and validate the body, pick the set its `model` names, apply the server's policy:
-        (parsed body, the set that answers, engine request)."""
+        (parsed body, the set that answers, engine requests)."""
         self._authorize(request)
         body = await _read_body(request, self.args.max_body_bytes)
         schema = ChatCompletionRequest if route == "chat" else CompletionRequest
         parsed = schema.model_validate_json(body)
         served = live.pick(self.sets, parsed.model)
-        return parsed, served, protocol.generation_request(parsed, served.args, served.engine.layout)
+        gens = protocol.generation_requests(parsed, served.args, served.engine.layout, served.vocab_size)
+        return parsed, served, gens
 
-    async def _sse(self, reply: protocol.Reply, first, events: AsyncIterator, include_usage: bool) -> AsyncIterator[str]:
+    async def _sse(self, reply: replies.Reply, first, events: AsyncIterator, include_usage: bool) -> AsyncIterator[str]:
         try:
             for chunk in reply.opening_chunks():
                 yield _sse_line(chunk)

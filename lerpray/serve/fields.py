@@ -7,10 +7,9 @@ openai/types/chat/completion_create_params.py) is listed under one of five kinds
     SUPPORTED   honoured as OpenAI documents it
     EXTENSION   lerpray's own (`interpolation`, `top_k`)
     IGNORED     accepted and ignored: it does not change what this server generates (metadata, store, ...)
-    NOT_YET     needs the generation engine (n, logprobs, penalties, ...): only its neutral values are accepted
-                for now. When the engine implements one, flip its kind to SUPPORTED (the neutral values then stop
-                mattering) and pass it on in protocol.py; several prompts per request also need schemas.py's
-                `_one_prompt` check lifted
+    NOT_YET     needs work in the generation engine: only its neutral values are accepted for now (no field is
+                listed so since n, logprobs, echo and penalties arrived). When the engine implements one, flip its
+                kind to SUPPORTED (the neutral values then stop mattering) and pass it on in protocol.py
     REFUSED     a 400 naming the field and saying it is not supported (tools, JSON mode, audio, ...), except
                 for its neutral values (tools=[], tool_choice="none", response_format={"type": "text"}, ...)
 
@@ -55,20 +54,24 @@ _SHARED: dict[str, FieldRule] = {
     "stream": FieldRule(S, "server-sent events, as OpenAI's"),
     "stream_options": FieldRule(S, "`include_usage` honoured; `include_obfuscation` ignored"),
     "user": FieldRule(IGN, "end-user id; not used"),
-    "n": FieldRule(NOT_YET, "several choices per request", (None, 1)),
-    "presence_penalty": FieldRule(NOT_YET, "presence penalty", (None, 0, 0.0)),
-    "frequency_penalty": FieldRule(NOT_YET, "frequency penalty", (None, 0, 0.0)),
-    "logit_bias": FieldRule(NOT_YET, "per-token logit bias", (None, {})),
+    "n": FieldRule(S, "choices share the prompt's prefill; choice i samples with seed + i; at most the server's "
+                      "`max_batch_size`"),
+    "presence_penalty": FieldRule(S, "in [-2, 2], over the tokens generated so far"),
+    "frequency_penalty": FieldRule(S, "in [-2, 2], over the tokens generated so far"),
+    "logit_bias": FieldRule(S, "token id (a string) -> bias in [-100, 100]; ids must be below the vocabulary size"),
     "interpolation": FieldRule(X, "the mix (alpha/lambda, raw anchors, extrapolate); overrides the model id's mix"),
     "top_k": FieldRule(X, "keep the k most likely tokens (0 = off)"),
 }
 
 COMPLETIONS: dict[str, FieldRule] = {
-    "prompt": FieldRule(S, "a string, or a list holding one string (several prompts per request: not yet)"),
+    "prompt": FieldRule(S, "a string or a list of strings: n choices per prompt, prompt-major (token-id prompts: "
+                           "400)"),
     **_SHARED,
-    "best_of": FieldRule(NOT_YET, "best of several candidates", (None, 1)),
-    "echo": FieldRule(NOT_YET, "the prompt echoed with its log probabilities", (None, False)),
-    "logprobs": FieldRule(NOT_YET, "token log probabilities", (None, 0)),
+    "best_of": FieldRule(S, "equal to `n` (or omitted); more candidates than choices get a 400"),
+    "echo": FieldRule(S, "the prompt before the completion, with its token log probabilities (the first is null) "
+                         "when `logprobs` is set; `max_tokens: 0` scores the prompt alone"),
+    "logprobs": FieldRule(S, "N in [0, 20]: each token's log probability under the request's mix and the N most "
+                             "likely alternatives"),
     "suffix": FieldRule(REF, "text after the completion (insertion): this server only continues a prompt", (None, "")),
 }
 
@@ -77,8 +80,8 @@ CHAT: dict[str, FieldRule] = {
                              "model's chat template"),
     **_SHARED,
     "max_completion_tokens": FieldRule(S, "OpenAI's newer name for `max_tokens` (give one of the two)"),
-    "logprobs": FieldRule(NOT_YET, "token log probabilities", (None, False)),
-    "top_logprobs": FieldRule(NOT_YET, "most likely alternatives per token", (None, 0)),
+    "logprobs": FieldRule(S, "each token's log probability under the request's mix"),
+    "top_logprobs": FieldRule(S, "0-20 most likely alternatives per token (needs `logprobs: true`)"),
     "metadata": FieldRule(IGN, "stored-completion tags; nothing is stored"),
     "store": FieldRule(IGN, "nothing is stored"),
     "service_tier": FieldRule(IGN, "one tier here"),

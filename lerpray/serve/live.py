@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from lerpray.serve import errors, protocol
 from lerpray.serve.batcher import Batcher, BatchObserver, EngineLike
 from lerpray.serve.config import ServeArgs
+from lerpray.serve.replies import TokenText
 from lerpray.serve.responses import ModelCard
 
 __all__ = ["LiveSet", "load_engine", "pick", "resolve_version", "retire", "set_args", "start_engine", "start_set"]
@@ -34,6 +35,8 @@ class LiveSet:
     engine: EngineLike
     batcher: Batcher
     cards: list[ModelCard]
+    tokens: TokenText  # token id -> text, for logprobs
+    vocab_size: int | None  # token ids at or above it are refused (logit_bias)
 
     @property
     def fingerprint(self) -> str:
@@ -110,7 +113,8 @@ def start_set(args: ServeArgs, factory: EngineFactory, observer: BatchObserver) 
     batcher = Batcher(engine, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
                       retry_after_s=args.retry_after_s, observer=observer)
     batcher.start()
-    return LiveSet(args, engine, batcher, cards)
+    tokenizer = getattr(engine, "tokenizer", None)  # test engines may have none
+    return LiveSet(args, engine, batcher, cards, TokenText(tokenizer), len(tokenizer) if tokenizer else None)
 
 
 def pick(sets: dict[str, LiveSet], model: str | None) -> LiveSet:

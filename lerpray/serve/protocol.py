@@ -1,4 +1,5 @@
-"""OpenAI protocol <-> engine: parsed requests become `GenerationRequest`s, token events become responses/chunks.
+"""OpenAI protocol -> engine: parsed requests become `GenerationRequest`s (token events become replies in
+`lerpray.serve.replies`).
 
 Pure (no Ray, no HTTP): the deployment calls these; the rules that can refuse a request (served model id,
 max_tokens cap, the mix) are checked here and raise the errors `lerpray.serve.errors` maps. A request's mix is its
@@ -8,62 +9,103 @@ centre of the anchors' hull for the served id itself.
 
 from __future__ import annotations
 
-import time
 import uuid
+from dataclasses import replace
 
 from lerpray.mixing import AnchorLayout, MixError, default_mix, resolve_mix
-from lerpray.model.requests import GenerationRequest, TokenEvent
+from lerpray.model.requests import GenerationRequest
 from lerpray.model.sampling import SamplingParams
 from lerpray.serve import errors, model_ids
 from lerpray.serve.config import ServeArgs
-from lerpray.serve.responses import (
-    AssistantMessage,
-    ChatChoice,
-    ChatChunkChoice,
-    ChatCompletionChunk,
-    ChatCompletionResponse,
-    ChatDelta,
-    CompletionChoice,
-    CompletionChunk,
-    CompletionResponse,
-    ModelCard,
-    Usage,
-)
+from lerpray.serve.responses import ModelCard
 from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest
 from lerpray.serve.steer import request_steering, schedule_of
 from lerpray.targets import Calibration
 
-__all__ = ["Reply", "generation_request", "model_cards", "preset_coeffs"]
+__all__ = ["generation_request", "generation_requests", "model_cards", "preset_coeffs", "sampling_params"]
+
+
+def generation_requests(
+    parsed: CompletionRequest | ChatCompletionRequest, args: ServeArgs, layout: AnchorLayout, vocab_size: int | None = None,
+    calibration: Calibration | None = None,  # default: the set's own, loaded when a target needs it
+) -> list[GenerationRequest]:
+    """One engine request per prompt (chat: one), each with the request's n choices, in prompt order."""
+    first = generation_request(parsed, args, layout, vocab_size, calibration)
+    if isinstance(parsed, ChatCompletionRequest):
+        return [first]
+    prompts = parsed.prompt_texts()
+    if len(prompts) > args.max_batch_size + args.max_queue:
+        raise _invalid("prompt", f"{len(prompts)} prompts in one request, more than this server holds at once "
+                                 f"({args.max_batch_size + args.max_queue}); send fewer per request")
+    return [first, *(replace(first, prompt=p, request_id=uuid.uuid4().hex) for p in prompts[1:])]
 
 
 def generation_request(
-    parsed: CompletionRequest | ChatCompletionRequest,
-    args: ServeArgs,
-    layout: AnchorLayout,
-    calibration: Calibration | None = None,  # default: the set's own, loaded when a target needs it
+    parsed: CompletionRequest | ChatCompletionRequest, args: ServeArgs, layout: AnchorLayout, vocab_size: int | None = None,
+    calibration: Calibration | None = None,
 ) -> GenerationRequest:
-    """Check a parsed request against the server's policy and turn it into an engine request."""
+    """Check a parsed request against the server's policy and turn it into an engine request (a completion's
+    first prompt; `generation_requests` gives one per prompt)."""
     coeffs = model_coeffs(parsed.model, args, layout)  # [K]; also checks the model id when `interpolation` is given
     max_tokens = args.default_max_tokens if parsed.max_tokens is None else parsed.max_tokens
     if max_tokens > args.max_tokens_cap:
         raise errors.max_tokens_over_cap(max_tokens, args.max_tokens_cap)
     steering = request_steering(parsed, args, layout, max_tokens, calibration)  # schedules and targets: steer.py
     coeffs, schedule = steering.coeffs, schedule_of(steering)  # the body's mix overrides the model id's
-    sampling = SamplingParams(
+    sampling, n = sampling_params(parsed, max_tokens, vocab_size), parsed.n or 1
+    if n > args.max_batch_size:
+        raise _invalid("n", f"is {n}, more choices than this server runs at once ({args.max_batch_size}); ask for "
+                            f"at most {args.max_batch_size}")
+    request_id = uuid.uuid4().hex
+    if isinstance(parsed, ChatCompletionRequest):
+        messages = [m.as_template_message() for m in parsed.messages]
+        return GenerationRequest(coeffs=coeffs, messages=messages, sampling=sampling, request_id=request_id, n=n,
+                                 schedule=schedule)
+    return GenerationRequest(coeffs=coeffs, prompt=parsed.prompt_texts()[0], sampling=sampling, request_id=request_id,
+                             n=n, schedule=schedule)
+
+
+def sampling_params(
+    parsed: CompletionRequest | ChatCompletionRequest, max_tokens: int, vocab_size: int | None = None
+) -> SamplingParams:
+    """The engine's sampling parameters of a request (n, logprobs and echo in OpenAI's per-endpoint forms); a 400
+    naming the field for a combination OpenAI's API also refuses."""
+    if isinstance(parsed, ChatCompletionRequest):
+        if max_tokens == 0:
+            raise _invalid("max_tokens", "must be at least 1 in chat (/v1/completions with echo: true scores a text)")
+        if parsed.top_logprobs and not parsed.logprobs:
+            raise _invalid("top_logprobs", "needs logprobs: true; set it or remove top_logprobs")
+        logprobs, prompt_logprobs = (parsed.top_logprobs or 0) if parsed.logprobs else None, None
+    else:
+        if max_tokens == 0 and not parsed.echo:
+            raise _invalid("max_tokens", "is 0, which only scores the prompt: set echo: true (and logprobs) too")
+        if parsed.best_of is not None and parsed.best_of != (parsed.n or 1):
+            raise _invalid("best_of", f"is {parsed.best_of} but n is {parsed.n or 1}: this server returns every "
+                                      "candidate it generates, so set best_of equal to n (or remove it)")
+        logprobs = parsed.logprobs
+        scores_prompt = parsed.echo and (logprobs is not None or max_tokens == 0)
+        prompt_logprobs = (logprobs or 0) if scores_prompt else None
+    bias = parsed.logit_bias_pairs()
+    if vocab_size is not None and (over := [t for t, _ in bias if t >= vocab_size]):
+        raise _invalid(f"logit_bias.{over[0]}", f"token id {over[0]} is not in the vocabulary (ids 0 to "
+                                                f"{vocab_size - 1}); use ids of this model's tokenizer")
+    return SamplingParams(
         temperature=1.0 if parsed.temperature is None else parsed.temperature,
         top_p=1.0 if parsed.top_p is None else parsed.top_p,
         top_k=parsed.top_k or 0,
         max_tokens=max_tokens,
         stop=parsed.stop_strings(),
         seed=parsed.seed,
+        presence_penalty=parsed.presence_penalty or 0.0,
+        frequency_penalty=parsed.frequency_penalty or 0.0,
+        logit_bias=bias,
+        logprobs=logprobs,
+        prompt_logprobs=prompt_logprobs,
     )
-    request_id = uuid.uuid4().hex
-    if isinstance(parsed, ChatCompletionRequest):
-        messages = [m.as_template_message() for m in parsed.messages]
-        return GenerationRequest(coeffs=coeffs, messages=messages, sampling=sampling, request_id=request_id,
-                                 schedule=schedule)
-    return GenerationRequest(coeffs=coeffs, prompt=parsed.prompt_text(), sampling=sampling, request_id=request_id,
-                             schedule=schedule)
+
+
+def _invalid(param: str, message: str) -> errors.ApiError:
+    return errors.ApiError(400, f"{param}: {message}", param=param, code="invalid_value")
 
 
 def model_coeffs(model: str | None, args: ServeArgs, layout: AnchorLayout) -> tuple[float, ...]:
@@ -119,67 +161,3 @@ def model_cards(args: ServeArgs, layout: AnchorLayout, context_length: int) -> l
         for name, preset in args.presets.items()
     ]
     return [served, *presets]
-
-
-class Reply:
-    """Accumulates one request's token events into an OpenAI response, or turns each into a stream chunk."""
-
-    def __init__(
-        self,
-        route: str,
-        request_id: str,
-        model: str,
-        coeffs: tuple[float, ...],
-        layout: AnchorLayout,
-        fingerprint: str | None = None,
-    ):
-        self.route = route
-        self.chat = route == "chat"
-        self.id = ("chatcmpl-" if self.chat else "cmpl-") + request_id
-        self.model = model
-        self.fingerprint = fingerprint
-        self.created = int(time.time())
-        self.mix = dict(zip(layout.anchors, coeffs, strict=True))
-        self.parts: list[str] = []
-        self.finish_reason: str | None = None
-        self.usage = Usage.of(0, 0)
-
-    def add(self, event: TokenEvent) -> dict | None:
-        """Record an event; returns its stream chunk, or None when it released no text and finished nothing."""
-        self.parts.append(event.text)
-        self.finish_reason = event.finish_reason
-        self.usage = Usage.of(event.prompt_tokens, event.completion_tokens)
-        if not event.text and event.finish_reason is None:
-            return None
-        return self._chunk(event.text, event.finish_reason)
-
-    def opening_chunks(self) -> list[dict]:
-        """Chat streams open with the assistant's role, as OpenAI's do."""
-        if not self.chat:
-            return []
-        choice = ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))
-        return [ChatCompletionChunk(choices=[choice], **self._common()).model_dump()]
-
-    def usage_chunk(self) -> dict:
-        """The last chunk when stream_options.include_usage is set: no choices, the token counts."""
-        kind = ChatCompletionChunk if self.chat else CompletionChunk
-        return kind(choices=[], usage=self.usage, **self._common()).model_dump()
-
-    def response(self) -> dict:
-        text = "".join(self.parts)
-        common = {**self._common(), "usage": self.usage, "interpolation": self.mix}
-        if self.chat:
-            choice = ChatChoice(message=AssistantMessage(content=text), finish_reason=self.finish_reason)
-            return ChatCompletionResponse(choices=[choice], **common).model_dump()
-        choice = CompletionChoice(text=text, finish_reason=self.finish_reason)
-        return CompletionResponse(choices=[choice], **common).model_dump()
-
-    def _chunk(self, text: str, finish_reason: str | None) -> dict:
-        if self.chat:
-            choices = [ChatChunkChoice(delta=ChatDelta(content=text or None), finish_reason=finish_reason)]
-            return ChatCompletionChunk(choices=choices, **self._common()).model_dump()
-        choices = [CompletionChoice(text=text, finish_reason=finish_reason)]
-        return CompletionChunk(choices=choices, **self._common()).model_dump()
-
-    def _common(self) -> dict:
-        return {"id": self.id, "created": self.created, "model": self.model, "system_fingerprint": self.fingerprint}

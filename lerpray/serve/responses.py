@@ -13,8 +13,8 @@ from pydantic import BaseModel, Field, JsonValue, model_serializer
 
 __all__ = [
     "AssistantMessage", "ChatChoice", "ChatChunkChoice", "ChatCompletionChunk", "ChatCompletionResponse", "ChatDelta",
-    "CompletionChoice", "CompletionChunk", "CompletionResponse", "ErrorBody", "ErrorResponse", "ModelCard",
-    "ModelList", "Usage",
+    "ChatLogprobs", "CompletionChoice", "CompletionChunk", "CompletionLogprobs", "CompletionResponse", "ErrorBody",
+    "ErrorResponse", "ModelCard", "ModelList", "TokenLogprob", "TopLogprob", "Usage",
 ]
 
 
@@ -46,10 +46,34 @@ class _FullResponse(_Response):
     interpolation: dict[str, float] = Field(description="the resolved coefficient of every anchor")
 
 
+class CompletionLogprobs(BaseModel):
+    """Legacy completions' logprobs: parallel lists, one entry per token (an echoed prompt's first has nulls)."""
+
+    tokens: list[str] = Field(default_factory=list)
+    token_logprobs: list[float | None] = Field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] = Field(default_factory=list)
+    text_offset: list[int] = Field(default_factory=list, description="where each token starts in the choice's text")
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = Field(description="the token's UTF-8 bytes; null for part of a character")
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: None = None
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -72,7 +96,7 @@ class AssistantMessage(BaseModel):
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -94,7 +118,7 @@ class ChatDelta(BaseModel):
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChatLogprobs | None = None
     finish_reason: str | None = None
 
 

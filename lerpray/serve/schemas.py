@@ -12,7 +12,7 @@ are validated, e.g.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -23,6 +23,8 @@ from lerpray.serve.fields import FieldRule
 __all__ = ["ChatCompletionRequest", "ChatMessage", "CompletionRequest", "StreamOptions", "TextPart"]
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_CHOICES = 128  # OpenAI's limit on n and best_of
+MAX_LOGPROBS = 20  # most alternatives per token (OpenAI's chat limit; its completions allow 5)
 UNSUPPORTED = "unsupported_value"  # the error type (and OpenAI's error code) of a value this server does not take
 _STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 _NEUTRAL_ONLY = (fields.Kind.NOT_YET, fields.Kind.REFUSED)
@@ -54,7 +56,7 @@ class _GenerationFields(_Checked):
     """What completions and chat share (fields.py's _SHARED): sampling, streaming, the mix."""
 
     model: str | None = Field(None, description="a served model id (GET /v1/models), or one with an inline mix")
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: int | None = Field(None, ge=0, description="0 only with echo (scores the prompt)")
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0, description="extension: keep the k most likely tokens (0 = off)")
@@ -64,10 +66,10 @@ class _GenerationFields(_Checked):
     stream_options: StreamOptions | None = None
     user: str | None = None
     interpolation: JsonValue = Field(None, description="the mix; omitted = the model id's (the hull's centre)")
-    n: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    logit_bias: dict[str, float] | None = None
+    n: int | None = Field(None, ge=1, le=MAX_CHOICES)
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100.0, le=100.0)]] | None = None
 
     @field_validator("stop")
     @classmethod
@@ -76,6 +78,17 @@ class _GenerationFields(_Checked):
         if len(strings) > MAX_STOP_STRINGS or any(not s for s in strings):
             raise ValueError(f"give at most {MAX_STOP_STRINGS} non-empty stop strings")
         return stop
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, bias: dict[str, float] | None) -> dict[str, float] | None:
+        bad = [k for k in bias or {} if not (k.isascii() and k.isdigit())]
+        if bad:
+            raise ValueError(f"keys are token ids written as strings, e.g. {{\"50256\": -100}}; got {bad[0][:32]!r}")
+        return bias
+
+    def logit_bias_pairs(self) -> tuple[tuple[int, float], ...]:
+        return tuple((int(token), bias) for token, bias in (self.logit_bias or {}).items())
 
     def stop_strings(self) -> tuple[str, ...]:
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
@@ -88,20 +101,21 @@ class CompletionRequest(_GenerationFields):
     FIELDS = fields.COMPLETIONS
 
     prompt: str | list[str]
-    best_of: int | None = None
+    best_of: int | None = Field(None, ge=1, le=MAX_CHOICES)
     echo: bool | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     suffix: str | None = None
 
     @field_validator("prompt")
     @classmethod
-    def _one_prompt(cls, prompt: str | list[str]) -> str | list[str]:
-        if isinstance(prompt, list) and len(prompt) != 1:
-            raise ValueError(f"give one prompt per request (got a list of {len(prompt)}); send one request each")
+    def _some_prompt(cls, prompt: str | list[str]) -> str | list[str]:
+        if isinstance(prompt, list) and not prompt:
+            raise ValueError("is an empty list; give a string or a list of strings (one choice per prompt)")
         return prompt
 
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def prompt_texts(self) -> list[str]:
+        """One engine request per prompt; a reply's choices are n per prompt, prompt-major."""
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
 
 class TextPart(BaseModel):
@@ -156,7 +170,7 @@ class ChatCompletionRequest(_GenerationFields):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens")
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     metadata: dict[str, str] | None = None
     store: bool | None = None
     service_tier: str | None = None

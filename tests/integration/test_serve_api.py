@@ -192,7 +192,7 @@ BAD_REQUESTS = [
     ("/v1/completions", {"prompt": 5}, 400, "prompt", "invalid_type"),
     ("/v1/completions", {"max_tokens": 5}, 400, "prompt", "missing_field"),
     ("/v1/completions", {"prompt": "x", "temprature": 0.5}, 400, "temprature", "unknown_field"),
-    ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n", "unsupported_value"),
+    ("/v1/completions", {"prompt": "x", "n": 2, "best_of": 3}, 400, "best_of", "invalid_value"),
     ("/v1/chat/completions", {"messages": MESSAGES, "tools": [{"type": "function"}]}, 400, "tools",
      "unsupported_value"),
     ("/v1/completions", {"prompt": "x", "model": "lerpray:sentiment=2"}, 400, "model", "invalid_interpolation"),

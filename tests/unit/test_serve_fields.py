@@ -25,6 +25,7 @@ LAYOUT = AnchorLayout(anchors=("s.pos", "s.neg"), attributes={"s": ("s.neg", "s.
 SCHEMAS = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatCompletionRequest}
 TABLES = {"/v1/completions": fields.COMPLETIONS, "/v1/chat/completions": fields.CHAT}
 EXTENSIONS = {"interpolation", "top_k"}
+VOCAB = 1000
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
@@ -55,7 +56,7 @@ def outcome(path: str, field: str, value: object) -> tuple[int, dict | None]:
     body = {**openai_fields.BASE_BODIES[path], field: value}
     try:
         parsed = SCHEMAS[path].model_validate_json(json.dumps(body))
-        generation_request(parsed, ServeArgs(anchors="x"), LAYOUT)
+        generation_request(parsed, ServeArgs(anchors="x"), LAYOUT, vocab_size=VOCAB)
     except (ValidationError, ValueError, ApiError) as err:
         api = to_api_error(err)
         return api.status, api.json()["error"]
@@ -95,18 +96,24 @@ def test_every_openai_field_is_accepted_or_refused_by_name(path, field, value):
         ("/v1/chat/completions", "modalities", ["text", "audio"], False),
         ("/v1/chat/completions", "stream_options", {"include_usage": True, "include_obfuscation": False}, True),
         ("/v1/chat/completions", "max_completion_tokens", 5, True),
-        ("/v1/chat/completions", "logprobs", True, False),
-        ("/v1/chat/completions", "top_logprobs", 2, False),
-        ("/v1/completions", "n", 1, True),
-        ("/v1/completions", "n", 2, False),
-        ("/v1/completions", "logprobs", 0, True),
-        ("/v1/completions", "logprobs", 1, False),
-        ("/v1/completions", "echo", True, False),
-        ("/v1/completions", "presence_penalty", 0, True),
-        ("/v1/completions", "frequency_penalty", 0.5, False),
-        ("/v1/completions", "logit_bias", {"50256": -100}, False),
+        ("/v1/chat/completions", "logprobs", True, True),
+        ("/v1/chat/completions", "top_logprobs", 2, False),  # without logprobs: true
+        ("/v1/chat/completions", "top_logprobs", 0, True),
+        ("/v1/chat/completions", "n", 3, True),
+        ("/v1/chat/completions", "n", 33, False),  # more than the server's max_batch_size (32)
+        ("/v1/completions", "n", 2, True),
+        ("/v1/completions", "best_of", 1, True),
+        ("/v1/completions", "best_of", 2, False),  # n is 1
+        ("/v1/completions", "logprobs", 5, True),
+        ("/v1/completions", "echo", True, True),
+        ("/v1/completions", "max_tokens", 0, False),  # without echo
+        ("/v1/chat/completions", "max_tokens", 0, False),
+        ("/v1/completions", "presence_penalty", -2, True),
+        ("/v1/completions", "frequency_penalty", 0.5, True),
+        ("/v1/completions", "logit_bias", {"50": -100}, True),
+        ("/v1/completions", "logit_bias", {"50256": -100}, False),  # past the test vocabulary (1000 tokens)
         ("/v1/completions", "suffix", "end", False),
-        ("/v1/completions", "prompt", ["a", "b"], False),
+        ("/v1/completions", "prompt", ["a", "b"], True),
     ],
 )
 def test_neutral_values_pass_and_others_are_refused(path, field, value, accepted):
@@ -119,8 +126,11 @@ def test_refusals_say_what_is_not_supported_and_what_to_do():
     _, error = outcome("/v1/chat/completions", "response_format", {"type": "json_schema", "json_schema": {}})
     assert error["code"] == "unsupported_value"
     assert "JSON mode" in error["message"] and 'set it to {"type": "text"}' in error["message"]
-    _, error = outcome("/v1/completions", "n", 3)
-    assert "not supported by this server yet" in error["message"] and "set it to 1" in error["message"]
+    _, error = outcome("/v1/completions", "best_of", 3)
+    assert "set best_of equal to n" in error["message"]
+    _, error = outcome("/v1/completions", "logit_bias", {"7": 1, "4000": 2})
+    assert (error["param"], error["code"]) == ("logit_bias.4000", "invalid_value")
+    assert "not in the vocabulary (ids 0 to 999)" in error["message"]
 
 
 def test_max_completion_tokens_is_honoured():

@@ -12,12 +12,13 @@ import yaml
 from pydantic import ValidationError
 
 from lerpray.mixing import AnchorLayout, MixError
-from lerpray.model import EngineError, PromptTooLongError, TokenEvent
+from lerpray.model import EngineError, GenerationRequest, PromptTooLongError, TokenEvent
 from lerpray.serve.batcher import Batcher, QueueFullError
 from lerpray.serve.commands import APP_IMPORT_PATH, serve_config
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.errors import to_api_error
-from lerpray.serve.protocol import Reply, generation_request
+from lerpray.serve.protocol import generation_request
+from lerpray.serve.replies import Reply
 from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest
 
 pytestmark = pytest.mark.unit
@@ -52,11 +53,14 @@ def test_chat_request_normalises_openai_variants():
         ('{"prompt": "x", "max_tokens": "5"}', "max_tokens", "valid integer"),  # strict: no coercion
         ('{"prompt": "x", "max_tokens": 2.0}', "max_tokens", "valid integer"),
         ('{"prompt": "x", "temperature": 1e999}', "temperature", "finite"),
-        ('{"prompt": "x", "n": 3}', "n", "not supported by this server yet"),
-        ('{"prompt": ["a", "b"]}', "prompt", "one prompt per request"),
+        ('{"prompt": "x", "n": 0}', "n", "greater than or equal to 1"),
+        ('{"prompt": []}', "prompt", "empty list"),
+        ('{"prompt": [1, 2]}', "prompt[0]", "valid string"),  # token-id prompts are not taken
         ('{"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}', "stop", "at most 4"),
-        ('{"prompt": "x", "presence_penalty": 0.5}', "presence_penalty", "not supported"),
-        ('{"prompt": "x", "logprobs": 2}', "logprobs", "not supported"),
+        ('{"prompt": "x", "presence_penalty": 2.5}', "presence_penalty", "less than or equal to 2"),
+        ('{"prompt": "x", "logprobs": 21}', "logprobs", "less than or equal to 20"),
+        ('{"prompt": "x", "logit_bias": {"abc": 1}}', "logit_bias", "token ids"),
+        ('{"prompt": "x", "logit_bias": {"5": 101}}', "logit_bias", "less than or equal to 100"),
         ('{"prompt": "x", "stream_options": {"include_usage": "yes"}}', "stream_options.include_usage", "boolean"),
         ('{"prompt": "x", "max_tokenz": 5}', "max_tokenz", "unknown field"),
     ],
@@ -129,7 +133,7 @@ def test_extrapolation_disabled_by_the_operator():
 
 
 def test_reply_builds_chunks_and_response():
-    reply = Reply("chat", "abc", "lerpray", (0.25, 0.75), LAYOUT)
+    reply = Reply("chat", [GenerationRequest((0.25, 0.75), messages=[], request_id="abc")], "lerpray", LAYOUT.anchors)
     assert reply.opening_chunks()[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert reply.add(TokenEvent("abc", 5, "", None, 3, 1)) is None  # text held back: nothing to send
     chunk = reply.add(TokenEvent("abc", 6, "hi", "stop", 3, 2))
