@@ -1,7 +1,8 @@
 """Anchor sets: PEFT LoRA adapters + a manifest, published to and loaded from a local folder or S3.
 
 See format.py for the on-disk contract (manifest), peft_io.py for reading PEFT adapters, store.py / s3.py for
-where sets live, versions.py for versions and aliases, publish.py / load.py for build and load/verify, errors.py for the error hierarchy.
+where sets live, versions.py for versions and aliases, publish.py / load.py for build and load/verify, errors.py
+for the error hierarchy.
 """
 
 from lerpray.anchors.errors import AnchorSetError, ObjectNotFound, StoreError

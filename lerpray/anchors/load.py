@@ -70,7 +70,8 @@ def read_manifest(store: Store) -> Manifest:
     except ObjectNotFound:
         if is_versioned(store):
             raise AnchorSetError(f"{store.uri} holds versions of an anchor set, not one set: name one, e.g. "
-                                 f"{store.uri}@latest or {store.uri}@<n> (`lerpray anchors list {store.uri}`)") from None
+                                 f"{store.uri}@latest or {store.uri}@<n> (`lerpray anchors list {store.uri}`)"
+                                 ) from None
         raise AnchorSetError(f"no anchor set at {store.uri}: manifest missing ({MANIFEST_NAME}) — was the publish "
                              "interrupted? Publish it again (`lerpray anchors build` or the training job), or check "
                              "the URI") from None
