@@ -10,12 +10,9 @@ never asserted.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
-import socket
-import sys
 import threading
 import time
 import uuid
@@ -25,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from serve_app import free_port, load_test_module, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -37,22 +35,7 @@ CLIENTS = 4  # below the limits: at most 4 requests in the system, and each repl
 LIMITS = {"num_replicas": 2, "max_ongoing_requests": 8, "max_queued_requests": 4, "graceful_shutdown_timeout_s": 2}
 
 
-def _load_test_module():
-    """benchmarks/load_test.py (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("lerpray_load_test", ROOT / "benchmarks" / "load_test.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-load_test = _load_test_module()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+load_test = load_test_module()
 
 
 def deployment_options(**overrides) -> dict:
@@ -64,15 +47,6 @@ def deployment_options(**overrides) -> dict:
 
 def report(name: str, figures: dict) -> None:
     print(f"\nFIGURES {name}: {json.dumps(figures)}")
-
-
-def wait_for(condition, timeout_s: float, every_s: float = 0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := condition():
-            return value
-        time.sleep(every_s)
-    return None
 
 
 def replica_states(app: str) -> dict[str, int]:
@@ -275,12 +249,12 @@ def test_replica_start_retry_policy(monkeypatch):
     """The startup path's policy, without Ray: store trouble is retried with doubling delays until store_retry_s,
     then reported with the attempts and delays; a missing object or any other error fails at once."""
     from lerpray.anchors import AnchorSetError, ObjectNotFound, StoreError
-    from lerpray.serve import deployment
+    from lerpray.serve import live
     from lerpray.serve.config import ServeArgs
 
     clock, slept = [0.0], []
-    monkeypatch.setattr(deployment.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(deployment.time, "sleep", lambda s: slept.append(s) or clock.__setitem__(0, clock[0] + s))
+    monkeypatch.setattr(live.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(live.time, "sleep", lambda s: slept.append(s) or clock.__setitem__(0, clock[0] + s))
 
     def failing(errors: list[Exception]):
         def factory(args):
@@ -291,15 +265,15 @@ def test_replica_start_retry_policy(monkeypatch):
         return factory
 
     args = ServeArgs(anchors="s3://b/set", store_retry_s=60)
-    assert deployment._start_engine(failing([StoreError("endpoint down")] * 3), args) == "engine"
+    assert live.start_engine(failing([StoreError("endpoint down")] * 3), args) == "engine"
     assert slept == [1.0, 2.0, 4.0]
 
     slept.clear()
     with pytest.raises(StoreError, match=r"after 5 attempts in \d+ s \(retried after 1, 2, 4, 8 s\): endpoint down"):
-        deployment._start_engine(failing([StoreError("endpoint down")] * 99), ServeArgs(anchors="s3://b/s",
-                                                                                       store_retry_s=40))
+        live.start_engine(failing([StoreError("endpoint down")] * 99), ServeArgs(anchors="s3://b/s",
+                                                                                 store_retry_s=40))
     for error in (ObjectNotFound("gone"), AnchorSetError("corrupt"), RuntimeError("bug")):
         slept.clear()
         with pytest.raises(type(error)):
-            deployment._start_engine(failing([error]), args)
+            live.start_engine(failing([error]), args)
         assert slept == []
