@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from lerpray.serve import errors, protocol
 from lerpray.serve.batcher import Batcher, BatchObserver, EngineLike
@@ -24,6 +25,7 @@ from lerpray.serve.responses import ModelCard
 __all__ = ["LiveSet", "load_engine", "pick", "resolve_version", "retire", "set_args", "start_engine", "start_set"]
 
 EngineFactory = Callable[[ServeArgs], EngineLike]
+T = TypeVar("T")
 VERSION_HEADER = "x-lerpray-anchor-version"  # the answering set's fingerprint: v<version>-<manifest sha256 prefix>
 
 logger = logging.getLogger(__name__)
@@ -63,7 +65,7 @@ def load_engine(args: ServeArgs) -> EngineLike:
     )
 
 
-def start_engine(factory: EngineFactory, args: ServeArgs) -> EngineLike:
+def start_engine(factory: Callable[[ServeArgs], T], args: ServeArgs) -> T:
     """`factory(args)`, retried with exponential backoff (1 s doubling to 30 s) while the anchor store fails (endpoint
     down, throttled, 5xx) for up to `args.store_retry_s`; then a StoreError saying so, which `serve status` shows
     before Serve starts another replica. Anything else (a corrupt set, no set at the URI) fails at once."""
@@ -106,8 +108,7 @@ def set_args(args: ServeArgs) -> dict[str, ServeArgs]:
 
 def start_set(args: ServeArgs, factory: EngineFactory, observer: BatchObserver) -> LiveSet:
     """Resolve, load and check one set (blocking: seconds to minutes), and start its batcher."""
-    args = args.model_copy(update={"anchors": resolve_version(args.anchors)})
-    engine = start_engine(factory, args)
+    args, engine = start_engine(lambda a: _resolve_and_load(a, factory), args)
     protocol.preset_coeffs(args, engine.layout)  # a preset that does not fit the set fails the load
     cards = protocol.model_cards(args, engine.layout, engine.context_length)
     batcher = Batcher(engine, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
@@ -115,6 +116,12 @@ def start_set(args: ServeArgs, factory: EngineFactory, observer: BatchObserver) 
     batcher.start()
     tokenizer = getattr(engine, "tokenizer", None)  # test engines may have none
     return LiveSet(args, engine, batcher, cards, TokenText(tokenizer), len(tokenizer) if tokenizer else None)
+
+
+def _resolve_and_load(args: ServeArgs, factory: EngineFactory) -> tuple[ServeArgs, EngineLike]:
+    """(args naming the resolved version, its engine): both read the store, so both are retried by start_engine."""
+    resolved = args.model_copy(update={"anchors": resolve_version(args.anchors)})
+    return resolved, factory(resolved)
 
 
 def pick(sets: dict[str, LiveSet], model: str | None) -> LiveSet:

@@ -21,7 +21,7 @@ import torch
 
 from lerpray.data.text_io import read_texts
 from lerpray.train.packing import BlockSchedule, pack_blocks, steps_for_epochs
-from lerpray.train.strategies import build_strategy
+from lerpray.train.strategies import TorchStrategy, build_strategy
 from lerpray.train.worker_args import WorkerArgs
 
 ADAPTER_DIR = "adapter"  # PEFT folder inside the final checkpoint
@@ -79,6 +79,8 @@ def run_worker(args: WorkerArgs) -> None:
     final = {  # loss is None when a relaunch found the run already at its last step
         "step": total_steps, "total_steps": total_steps, "loss": losses[-1] if losses else None,
         "loss_mean_last_10": sum(losses[-10:]) / len(losses[-10:]) if losses else None,
+        "loss_first": losses[0] if losses else None,  # this launch's first step: with `loss`, did training help?
+        "rank_weight_spread": _rank_spread(strategy, peft_model, world),
         "resumed_from": start_step, "tokens": total_steps * tokens_per_step, "num_blocks": len(blocks),
         "train_seconds": elapsed, "tokens_per_s": tokens_per_step * (total_steps - start_step) / elapsed,
         "pid": os.getpid(),
@@ -134,6 +136,24 @@ def _mean_across_ranks(value: float, world: int) -> float:
     tensor = torch.tensor([value], dtype=torch.float64)
     dist.all_reduce(tensor)  # gloo/nccl; a 1-element all-reduce per step is negligible next to the gradients
     return float(tensor.item()) / world
+
+
+def _rank_spread(strategy, peft_model, world: int) -> float | None:
+    """How far the ranks' LoRA weights drifted apart: the largest difference between ranks of (sum, sum of squares)
+    over the trainable parameters; 0.0 when DDP kept every rank's copy identical, as it must. None under DeepSpeed,
+    whose ZeRO stages shard the parameters (each rank holds different pieces by design)."""
+    if world == 1:
+        return 0.0
+    if not isinstance(strategy, TorchStrategy):
+        return None
+    import torch.distributed as dist
+
+    params = [p.detach().double() for p in peft_model.parameters() if p.requires_grad]
+    fingerprint = torch.stack([sum(p.sum() for p in params), sum((p * p).sum() for p in params)])  # [2]
+    high, low = fingerprint.clone().to(strategy.device), fingerprint.clone().to(strategy.device)
+    dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    dist.all_reduce(low, op=dist.ReduceOp.MIN)
+    return float((high - low).abs().max())
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
