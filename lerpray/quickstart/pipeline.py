@@ -32,7 +32,7 @@ from lerpray.quickstart.summary import Trend, side_by_side, trend, write_outputs
 
 __all__ = ["STAGES", "QuickstartReport", "run_quickstart"]
 
-MAX_BATCH = 128  # engine rows per decode step: big batches are what makes many samples per alpha cheap on a CPU
+MAX_BATCH = 64  # engine rows per decode step: big batches are what makes many samples per alpha cheap on a CPU
 STAGES = ("ray", "corpora", "base model", "train", "publish", "serve", "requests", "summary", "shutdown")
 
 
@@ -92,7 +92,9 @@ def run_quickstart(plan: Plan, stream=None) -> QuickstartReport:
         n = len(plan.prompts) * plan.samples
         with stages.stage("requests", f"{len(plan.prompts)} prompts x {plan.samples} seeds = {n} generations at each "
                           f"alpha {alphas}, batched together (engine batches of up to {MAX_BATCH})"):  # fmt: skip
-            report.generations = send_requests(report.url, plan.prompts, plan.samples, plan.max_tokens)
+            report.generations = send_requests(
+                report.url, plan.prompts, plan.samples, plan.max_tokens, concurrency=MAX_BATCH
+            )
         with stages.stage("summary", "VADER per generation: the same prompt and seed side by side, then mean ± SE"):
             report.trend = trend(report.generations)
             for line in side_by_side(report.generations):

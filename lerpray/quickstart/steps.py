@@ -238,9 +238,10 @@ class Generation:
 
 
 def send_requests(
-    url: str, prompts: Sequence[str], samples: int, max_tokens: int, *, concurrency: int = 128
+    url: str, prompts: Sequence[str], samples: int, max_tokens: int, *, concurrency: int = 64, timeout_s: float = 3600
 ) -> list[Generation]:
-    """Every (prompt, seed, alpha) over HTTP, `concurrency` in flight, so different mixes share engine batches.
+    """Every (prompt, seed, alpha) over HTTP, `concurrency` in flight (one engine batch, so a request waits for its
+    own rows only), different mixes sharing batches. The timeout is generous: a loaded CPU may take minutes.
 
     Sample s of every prompt uses seed s at every alpha (common random numbers: only the mix differs).
     """
@@ -253,7 +254,14 @@ def send_requests(
     jobs = make_jobs(len(ALPHAS), len(prompts), samples, seed=0)
     sampling = SamplingSettings(temperature=0.7, top_p=0.95, max_tokens=max_tokens)
     results = generate_http(
-        url, mixes, prompts, jobs, sampling, model="lerpray", concurrency=min(concurrency, len(jobs))
+        url,
+        mixes,
+        prompts,
+        jobs,
+        sampling,
+        model="lerpray",
+        concurrency=min(concurrency, len(jobs)),
+        timeout_s=timeout_s,
     )
     scores = get_scorer("vader").score([r.text for r in results])
     rows = [
