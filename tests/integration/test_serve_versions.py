@@ -73,12 +73,15 @@ def app(tmp_path_factory):
         want = {**user_config}
         assert wait_for(lambda: _running(name, want), 180), serve.status().applications.get(name)
 
-    with local_ray(num_cpus=2, log_to_driver=False):
+    metrics_port = free_port()
+    with local_ray(num_cpus=2, log_to_driver=False, _metrics_export_port=metrics_port,
+                   env={"RAY_metrics_report_interval_ms": "1000"}):
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         try:
             deploy({"anchors": f"{root}@prod"})
-            yield {"url": f"http://127.0.0.1:{port}", "root": root, "deploy": deploy, "name": name}
+            yield {"url": f"http://127.0.0.1:{port}", "root": root, "deploy": deploy, "name": name,
+                   "metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
         finally:
             serve.shutdown()
 
@@ -155,3 +158,22 @@ def test_an_alias_to_no_version_is_refused_and_the_old_version_keeps_serving(app
     response = complete(app["url"])
     assert response.status_code == 200 and response.headers[VERSION_HEADER] == before
 
+
+
+def test_prometheus_metrics_are_exported(app):
+    """The replica's metrics (lerpray/serve/metrics.py) reach the node's Prometheus endpoint, with Ray's prefix."""
+    for _ in range(3):
+        assert complete(app["url"]).status_code == 200
+    assert complete(app["url"], "nope").status_code == 404
+    wanted = ("ray_lerpray_requests_total", "ray_lerpray_errors_total", "ray_lerpray_tokens_generated_total",
+              "ray_lerpray_batch_size_bucket", "ray_lerpray_queue_time_s_bucket",
+              "ray_lerpray_time_to_first_token_s_bucket")
+
+    def scraped() -> str | None:
+        text = httpx.get(app["metrics"], timeout=10).text
+        return text if all(name in text for name in wanted) else None
+
+    text = wait_for(scraped, 60, every_s=1.0)
+    assert text, f"missing: {[n for n in wanted if n not in httpx.get(app['metrics'], timeout=10).text]}"
+    errors = [line for line in text.splitlines() if line.startswith("ray_lerpray_errors_total{")]
+    assert any('status="404"' in line and 'endpoint="completions"' in line for line in errors), errors
