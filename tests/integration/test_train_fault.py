@@ -87,7 +87,6 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tiny_job, t
     assert anchor_set.anchors[0].entry.metrics["resumed_from"] == last_checkpoint
 
 
-@pytest.mark.slow
 def test_relaunch_with_the_same_run_id_resumes(ray_cluster, tiny_job, tmp_path):
     """A second launch of run "again" (e.g. after the driver died, or to train longer) starts from step 6."""
     from lerpray.anchors import read_manifest
@@ -104,7 +103,6 @@ def test_relaunch_with_the_same_run_id_resumes(ray_cluster, tiny_job, tmp_path):
     assert read_manifest(open_store(output)).version == 2
 
 
-@pytest.mark.slow
 def test_a_failed_anchor_publishes_nothing(ray_cluster, tiny_job, tmp_path):
     from lerpray.anchors import MANIFEST_NAME
     from lerpray.train import TrainingFailed, parse_train_config, train_anchors
