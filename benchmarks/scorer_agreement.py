@@ -43,6 +43,12 @@ def main() -> None:
     parser.add_argument("--corpora", type=Path, required=True)
     parser.add_argument("--generations", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument(
+        "--classifiers",
+        type=Path,
+        default=None,
+        help="saved classifiers (`lerpray eval classifiers` output) instead of fitting them here",
+    )
     args = parser.parse_args()
 
     manifest = load_manifest(args.corpora)
@@ -50,7 +56,11 @@ def main() -> None:
     result = {"corpora": str(args.corpora), "generations": str(args.generations), "n_generations": len(texts),
               "attributes": {}}  # fmt: skip
     for attribute, pair in manifest.attributes.items():
-        clf, metrics = EmbeddingClassifier.from_corpora(args.corpora, attribute)
+        if args.classifiers is not None:
+            clf = EmbeddingClassifier.load(args.classifiers / f"{attribute}.json")
+            metrics = clf.metrics
+        else:
+            clf, metrics = EmbeddingClassifier.from_corpora(args.corpora, attribute)
         high = read_pole(args.corpora, f"{attribute}.{pair.high}", "heldout")
         low = read_pole(args.corpora, f"{attribute}.{pair.low}", "heldout")
         row = {"classifier_test_accuracy": metrics["heldout_accuracy"], "classifier_n_test": metrics["n_heldout"],
