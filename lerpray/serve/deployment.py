@@ -28,7 +28,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lerpray.serve import errors, live, playground, protocol, replies, steer
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.live import EngineFactory, LiveSet, load_engine
-from lerpray.serve.live import start_engine as _start_engine  # noqa: F401 -- tests reach it here
 from lerpray.serve.metrics import ServeMetrics
 from lerpray.serve.responses import ModelList
 from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest
