@@ -21,7 +21,9 @@ from typing import TextIO
 
 ATTRIBUTE, HIGH, LOW = "sentiment", "positive", "negative"
 ANCHORS = (f"{ATTRIBUTE}.{HIGH}", f"{ATTRIBUTE}.{LOW}")
-ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# Three alphas, 96 generations each: enough to resolve both steps (|step| > 1.96 SE). With five alphas and 96 each
+# the last step (0.75 -> 1, +0.06 +- 0.05) was not resolved (docs/quickstart.md); `lerpray eval sweep` does grids.
+ALPHAS = (0.0, 0.5, 1.0)
 # Review openers: neutral on their own, so the anchors decide which way the continuation leans.
 PROMPTS = (
     "The movie we watched last night was",

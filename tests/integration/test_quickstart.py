@@ -1,5 +1,5 @@
 """`lerpray quickstart --tiny`: the same pipeline as `make demo` (local Ray, corpus, two anchors trained in parallel
-on Ray Train, local store, Ray Serve on 127.0.0.1, requests at five alphas, VADER summary, shutdown) with a tiny
+on Ray Train, local store, Ray Serve on 127.0.0.1, requests at three alphas, VADER summary, shutdown) with a tiny
 random Llama, run twice: the second run must reuse the corpus and the anchor set instead of rebuilding them.
 
 The unit tests below pin the pieces the reuse decision and the summary line rest on.
