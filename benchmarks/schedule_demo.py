@@ -47,9 +47,11 @@ def traces(engine: Engine, requests: list[GenerationRequest], scorer, window: in
     out = np.full((len(requests), width), np.nan)
     for row, r in enumerate(requests):
         ids = tokens[r.request_id]
-        texts = [engine.tokenizer.decode(ids[max(0, i + 1 - window) : i + 1]) for i in range(len(ids))]
+        texts = [engine.tokenizer.decode(ids[max(0, i + 1 - window) : i + 1], skip_special_tokens=True)
+                 for i in range(len(ids))]
         out[row, : len(ids)] = scorer.score(texts)
-    return out, {r.request_id: engine.tokenizer.decode(tokens[r.request_id]) for r in requests}
+    return out, {r.request_id: engine.tokenizer.decode(tokens[r.request_id], skip_special_tokens=True)
+                 for r in requests}
 
 
 def main() -> None:
@@ -78,7 +80,9 @@ def main() -> None:
     for name, (c, sched) in runs.items():
         for i, prompt in enumerate(PROMPTS):
             for seed in range(args.seeds):
-                params = SamplingParams(temperature=0.7, top_p=0.95, max_tokens=args.max_tokens, seed=seed)
+                # ignore_eos: every reply runs max_tokens, so each token index averages every prompt and seed
+                params = SamplingParams(temperature=0.7, top_p=0.95, max_tokens=args.max_tokens, seed=seed,
+                                        ignore_eos=True)
                 rid = f"{name}/{i}/{seed}"
                 requests.append(GenerationRequest(coeffs=c, prompt=prompt, sampling=params, request_id=rid,
                                                   schedule=sched))  # fmt: skip
@@ -104,9 +108,9 @@ def plot(mean: dict[str, np.ndarray], args: argparse.Namespace) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
     x = np.arange(1, len(mean["scheduled"]) + 1)
-    ax.plot(x, mean["start"], color="tab:blue", alpha=0.6, label=f"alpha {args.start:g} throughout")
+    ax.plot(x, mean["start"], color="tab:blue", ls=":", lw=2, label=f"alpha {args.start:g} throughout")
     ax.plot(x, mean["end"], color="tab:orange", alpha=0.6, label=f"alpha {args.end:g} throughout")
-    ax.plot(x, mean["scheduled"], color="black", lw=2, label=f"schedule: {args.start:g} until {args.until}, then "
+    ax.plot(x, mean["scheduled"], color="black", lw=1.5, alpha=0.8, label=f"schedule: {args.start:g} until {args.until}, then "
             f"{args.end:g}")  # fmt: skip
     ax.axvline(args.until + 0.5, color="grey", ls="--")
     ax.set_xlabel("generated token")
