@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import re
 
-from lerpray.eval.scorer_base import Scorer, ScorerError
+from lerpray.eval.scorer_base import Scorer, ScorerError, TextFeatureScorer
 
 __all__ = ["INDEPENDENT", "ColemanLiau", "FormalityMarkers", "WordRarity", "coleman_liau", "informal_markers"]
 
@@ -49,13 +49,9 @@ def coleman_liau(text: str) -> float:
     return 0.0588 * 100 * letters / len(words) - 0.296 * 100 * sentences / len(words) - 15.8
 
 
-class ColemanLiau(Scorer):
-    name = "coleman-liau"
-    attribute = "simplicity"
-    high_pole = "complex"
-
-    def score(self, texts: list[str]) -> list[float]:
-        return [coleman_liau(t) for t in texts]
+class ColemanLiau(TextFeatureScorer):
+    name, attribute, high_pole = "coleman-liau", "simplicity", "complex"
+    feature = staticmethod(coleman_liau)
 
 
 @functools.lru_cache(maxsize=1)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["Scorer", "ScorerError"]
+from collections.abc import Callable
+
+__all__ = ["Scorer", "ScorerError", "TextFeatureScorer"]
 
 
 class ScorerError(ValueError):
@@ -18,3 +20,12 @@ class Scorer:
 
     def score(self, texts: list[str]) -> list[float]:
         raise NotImplementedError
+
+
+class TextFeatureScorer(Scorer):
+    """A scorer that is one pure function of each text: set `feature = staticmethod(fn)` in the subclass."""
+
+    feature: Callable[[str], float]
+
+    def score(self, texts: list[str]) -> list[float]:
+        return [self.feature(t) for t in texts]

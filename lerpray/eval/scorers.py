@@ -24,7 +24,7 @@ import numpy as np
 
 from lerpray.data.features import flesch_kincaid_grade, vader_analyzer, vader_compound
 from lerpray.eval.lexical import INDEPENDENT, ColemanLiau, FormalityMarkers, WordRarity
-from lerpray.eval.scorer_base import Scorer, ScorerError
+from lerpray.eval.scorer_base import Scorer, ScorerError, TextFeatureScorer
 
 __all__ = [
     "ColemanLiau",
@@ -76,15 +76,11 @@ class TextBlobPolarity(Scorer):
         return [float(self._blob(t).sentiment.polarity) for t in texts]
 
 
-class FleschKincaidGrade(Scorer):
+class FleschKincaidGrade(TextFeatureScorer):
     """Readability grade (US school years); higher means more complex. NaN for texts without words."""
 
-    name = "fkgl"
-    attribute = "simplicity"
-    high_pole = "complex"
-
-    def score(self, texts: list[str]) -> list[float]:
-        return [flesch_kincaid_grade(t) for t in texts]
+    name, attribute, high_pole = "fkgl", "simplicity", "complex"
+    feature = staticmethod(flesch_kincaid_grade)
 
 
 @functools.lru_cache(maxsize=2)
