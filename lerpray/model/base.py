@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lerpray.anchors.format import AnchorSetError, BaseModelIdentity, Manifest
-from lerpray.anchors.format import check_compatible
+from lerpray.anchors.format import AnchorSetError, BaseModelIdentity, Manifest, check_compatible
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -67,7 +67,8 @@ class TokenEvent:
     index: int = 0  # which of the request's n choices
     logprob: float | None = None  # log probability of token_id under the row's mix (sampling.logprobs set)
     top_logprobs: list[tuple[int, float]] | None = None  # the most likely tokens and their log probabilities
-    # With sampling.prompt_logprobs, the choice's first event carries one entry per prompt token:
+    # With sampling.prompt_logprobs, the first event of choice 0 carries one entry per prompt token (the choices
+    # share one prompt, so the others carry None):
     # (token id, log probability or None for the first token, [(alternative id, log probability), ...]).
     prompt_logprobs: list[tuple[int, float | None, list[tuple[int, float]]]] | None = None
 
