@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from lerpray.data.errors import DataError
 from lerpray.data.text_io import expand_paths
 from lerpray.train.config import AnchorSpec, TrainJobConfig
+from lerpray.train.preflight import check_cluster_storage, check_extends
 from lerpray.train.worker import ADAPTER_DIR, IDENTITY_FILE, train_loop_per_worker
 from lerpray.train.worker_args import WorkerArgs
 
@@ -83,7 +84,7 @@ def train_anchors(
     store = _output_store(config)
     _refuse_existing(store, overwrite, config.versioned)
     if config.extends is not None:
-        _check_extends(config)
+        check_extends(config)
     for i, anchor in enumerate(config.anchors):
         try:  # a missing local file fails here, not in a worker
             expand_paths(anchor.data.paths, config.s3.options())
@@ -115,27 +116,6 @@ def train_anchors(
                              "every anchor from its latest checkpoint.")
     manifest, metrics = _publish(config, results, store, overwrite, run_id)
     return TrainOutcome(run_id, manifest, metrics, checkpoints, spans)
-
-
-def check_cluster_storage(config: TrainJobConfig, nodes: int) -> None:
-    """Before any work: on a multi-node cluster, checkpoints and training data must live where every node reads."""
-    from lerpray.configs import check_shared
-
-    check_shared("storage_path", config.storage_path or "~/ray_results (Ray's default when storage_path is unset)",
-                 nodes)
-    for i, anchor in enumerate(config.anchors):
-        for j, path in enumerate(anchor.data.paths):
-            check_shared(f"anchors.{i}.data.paths.{j}", path, nodes)
-
-
-def _check_extends(config: TrainJobConfig) -> None:
-    """The set being extended exists, loads, and shares no attribute with this run (before any training)."""
-    from lerpray.anchors import AnchorSetError, open_set, read_manifest
-
-    old = read_manifest(open_set(config.extends))
-    if shared := sorted(set(old.attributes) & set(config.attributes)):
-        raise AnchorSetError(f"extends: {config.extends} already has attributes {shared}; train only new attributes "
-                             "when extending")
 
 
 def concurrency(config: TrainJobConfig) -> int:

@@ -6,7 +6,7 @@ import pytest
 
 from lerpray.configs import check_shared
 from lerpray.train import parse_train_config
-from lerpray.train.driver import check_cluster_storage
+from lerpray.train.preflight import check_cluster_storage
 
 
 def _config(storage: str | None, data: str = "s3://bucket/data/pos.txt") -> dict:
