@@ -150,6 +150,7 @@ def prefill_itl(w, kind: str, long_tokens: int, new: int) -> dict:
     base = median(gaps + during)
     return {
         "long_prompt_tokens": len(ids), "short_rows": 15, "median_itl_ms": round(1e3 * base, 2),
+        "median_itl_outside_prefill_ms": round(1e3 * median(gaps), 2) if gaps else None,
         "p99_itl_during_prefill_ms": round(1e3 * p99, 2) if p99 else None,
         "p99_over_median": round(p99 / base, 2) if p99 else None,
         "long_ttft_s": round(long_done - long_added, 3) if long_done else None,

@@ -4,7 +4,7 @@ Pure Python bookkeeping over `Row`s (no tensors): the engine asks it whom to adm
 prompt tokens of whom to prefill, then runs the forward passes itself.
 
     admit:    a waiting request takes the lowest free slots, all its n choices at once, in arrival order
-    chunks:   at most `prefill_chunk` prompt tokens per step, shortest remaining prompt first (a short request's
+    chunks:   at most `prefill_chunk` prompt tokens per step while rows decode, shortest remaining prompt first (a short request's
               first token never waits for a long prompt), the oldest prefilling row always a quarter (no starvation)
     free:     a finished or aborted row's slot is free at once; nothing is copied or moved
 """
@@ -15,7 +15,9 @@ from collections import deque
 
 from lerpray.model.rows import Row
 
-__all__ = ["SlotScheduler"]
+__all__ = ["IDLE_PREFILL_TOKENS", "SlotScheduler"]
+
+IDLE_PREFILL_TOKENS = 2048  # prompt tokens per step when no row is decoding
 
 
 class SlotScheduler:
@@ -74,11 +76,16 @@ class SlotScheduler:
         return [row for row in self.running() if not row.decoding and row.parent is None]
 
     def chunks(self) -> list[tuple[Row, int]]:
-        """This step's prompt chunks (row, tokens), in slot order (contiguous slots read cache views)."""
+        """This step's prompt chunks (row, tokens), in slot order (contiguous slots read cache views).
+
+        The `prefill_chunk` budget protects decoding rows' streams; with none decoding there is nothing to
+        protect, so up to IDLE_PREFILL_TOKENS are prefilled at once (a burst of arrivals costs one big forward).
+        """
         pending = sorted(self.prefilling(), key=lambda r: r.admitted)
+        chunk = self.prefill_chunk if self.decoding() else max(self.prefill_chunk, IDLE_PREFILL_TOKENS)
         oldest = pending[0]
-        takes = {id(oldest): min(oldest.remaining, max(1, self.prefill_chunk // 4))}
-        budget = self.prefill_chunk - takes[id(oldest)]
+        takes = {id(oldest): min(oldest.remaining, max(1, chunk // 4))}
+        budget = chunk - takes[id(oldest)]
         for row in sorted(pending, key=lambda r: r.remaining):
             extra = min(row.remaining - takes.get(id(row), 0), budget)
             if extra > 0:

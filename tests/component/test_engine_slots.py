@@ -69,25 +69,37 @@ def test_long_prefill_does_not_stall_decoding_rows(imodel):
 
 def test_short_prompt_overtakes_a_long_prefill(imodel):
     engine = Engine(imodel, tiny_tokenizer(), max_batch_size=4, prefill_chunk=16)
-    _, history = run(engine, {0: [req(LONG * 3, ONE, rid="long", max_tokens=2)], 2: [req("hi", TWO, rid="short")]})
+    schedule = {0: [req("x", ONE, rid="bg", max_tokens=60)], 2: [req(LONG * 3, ONE, rid="long", max_tokens=2)],
+                4: [req("hi", TWO, rid="short")]}
+    _, history = run(engine, schedule)
     first = {}
     for i, events in enumerate(history):
         for e in events:
             first.setdefault(e.request_id, i)
-    assert first["short"] == 2 and first["long"] > 10  # the short one's first token came in the step it arrived
+    assert first["short"] == 4 and first["long"] > 12  # the short one's first token came in the step it arrived
+
+
+def test_idle_engine_prefills_a_burst_in_one_step(imodel):
+    """With no row decoding there is no stream to protect: arrivals are prefilled together, whatever the chunk."""
+    engine = Engine(imodel, tiny_tokenizer(), max_batch_size=4, prefill_chunk=8)
+    _, history = run(engine, {0: [req(LONG, ONE, rid="a", max_tokens=2), req(PROMPTS[1], TWO, rid="b", max_tokens=2)]})
+    assert sorted(e.request_id for e in history[0]) == ["a", "b"]
 
 
 def test_abort_mid_prefill_frees_the_slot_and_the_engine_keeps_serving(imodel):
-    engine = Engine(imodel, tiny_tokenizer(), max_batch_size=1, prefill_chunk=8)
+    engine = Engine(imodel, tiny_tokenizer(), max_batch_size=2, prefill_chunk=8)
+    engine.add(req("x", ONE, rid="bg", max_tokens=6))  # decoding, so prompts go 8 tokens a step
+    engine.step()
     engine.add(req(LONG, ONE, rid="doomed"))
     engine.add(req(PROMPTS[0], TWO, rid="next", max_tokens=5))
-    assert engine.step() == [] and engine.step() == []  # prefilling "doomed" 8 tokens a step; "next" waits
+    for _ in range(2):  # prefilling "doomed" 8 tokens a step; "next" waits for a slot
+        assert [e.request_id for e in engine.step()] == ["bg"]
     assert engine.abort("doomed") and not engine.abort("doomed")
     tokens: dict[str, list[int]] = {}
     while engine.has_work():
         for event in engine.step():
             tokens.setdefault(event.request_id, []).append(event.token_id)
-    assert list(tokens) == ["next"]
+    assert set(tokens) == {"bg", "next"}
     assert tokens["next"] == reference_greedy(engine, req(PROMPTS[0], TWO, max_tokens=5))
 
 
