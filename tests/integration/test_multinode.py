@@ -12,7 +12,8 @@ import json
 import multinode
 import pytest
 
-pytestmark = pytest.mark.integration
+# ~6 min of three raylets on a 2-core machine, and load-sensitive: `make test-all` runs them, the default run does not.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ray = pytest.importorskip("ray")
 
