@@ -18,15 +18,19 @@ __all__ = ["free_port", "load_test_module", "node_of_pid", "ray_cluster", "recor
 
 
 @contextmanager
-def ray_cluster(workers: list[dict], env: dict[str, str] | None = None) -> Iterator[tuple]:
+def ray_cluster(workers: list[dict], env: dict[str, str] | None = None,
+                dashboard_port: int | None = None) -> Iterator[tuple]:
     """Head (num_cpus=0) + one worker node per `workers` entry (add_node kwargs, e.g. {"num_cpus": 1, "resources":
-    {"node_a": 1}}); connects the driver and yields (cluster, [worker nodes])."""
+    {"node_a": 1}}); connects the driver and yields (cluster, [worker nodes]). With `dashboard_port` the head runs
+    the dashboard there, and with it the Jobs API (http://127.0.0.1:PORT)."""
     import ray
     from ray.cluster_utils import Cluster
 
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED", *(env or {}))}
     os.environ.update({"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **(env or {})})
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
+                                                            **(dashboard if dashboard_port else {})})
     try:
         nodes = [cluster.add_node(**spec) for spec in workers]
         cluster.wait_for_nodes()

@@ -1,6 +1,7 @@
 """`lerpray eval`: attribute sweeps, weight-space analysis of an anchor set, and pole classifiers.
 
 lerpray eval sweep jobs/configs/eval_sweep.yaml [--out DIR] [--anchors URI] [--server URL] [--replot]
+lerpray eval sweep CONFIG --num-gpus 1 --upload s3://bucket/sweeps/run1      # as a Ray task on a GPU node
 lerpray eval weights s3://bucket/sets/four-attributes --out results/weights
 lerpray eval calibrate runs/quickstart/anchors --scorers vader --out results/calibration [--no-save]
 lerpray eval classifiers data/corpora --out data/classifiers
@@ -25,6 +26,11 @@ def add_parsers(subparsers) -> None:
     sweep.add_argument("--server", metavar="URL", help="generate through a running lerpray server instead")
     sweep.add_argument("--replot", action="store_true",
                        help="redo the tables, plots and report of the finished sweep in `out`; generate nothing")
+    sweep.add_argument("--num-gpus", type=float, default=0.0,
+                       help="run the sweep as a Ray task with these GPUs (on a cluster: a GPU node)")
+    sweep.add_argument("--num-cpus", type=float, default=1.0, help="CPUs of that Ray task (with --num-gpus)")
+    sweep.add_argument("--upload", metavar="URI", help="copy the output folder to s3://bucket/prefix or a folder "
+                       "(on a cluster the task's node is not the machine you submit from)")
     sweep.set_defaults(func=_sweep)
 
     weights = sub.add_parser("weights", help="cosine similarity between the anchors' updates, per layer and overall")
@@ -64,20 +70,59 @@ def add_parsers(subparsers) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from lerpray.eval.config import SweepConfig, load_sweep_config
+    from lerpray.eval.config import load_sweep_config
     from lerpray.eval.report import rewrite_outputs
     from lerpray.eval.sweep import run_sweep
 
-    config = load_sweep_config(args.config)
     overrides = {k: v for k, v in {"out": args.out, "anchors": args.anchors, "server": args.server}.items() if v}
-    if overrides:
-        config = SweepConfig.model_validate({**config.model_dump(), **overrides})  # re-checked as a whole
-    outputs = rewrite_outputs(config.out) if args.replot else run_sweep(config)
+    config = load_sweep_config(args.config, overrides)
+    if args.replot:
+        outputs = rewrite_outputs(config.out)
+    elif args.num_gpus > 0:
+        import ray
+
+        from lerpray.ray_cluster import connect_ray
+
+        if config.device == "cpu":
+            print("note: --num-gpus given but the config says device: cpu; set device: cuda to use the GPU")
+        connect_ray(None)
+        remote = ray.remote(num_gpus=args.num_gpus, num_cpus=args.num_cpus)(sweep_and_upload)
+        print(f"report: {ray.get(remote.remote(config, args.upload))}")
+        return 0
+    else:
+        outputs = run_sweep(config)
     print(f"wrote {outputs.generations}")
     for path in outputs.plots:
         print(f"wrote {path}")
+    if args.upload and not args.replot:
+        upload_folder(outputs.out, args.upload)
+        print(f"uploaded {outputs.out} to {args.upload}")
     print(f"report: {outputs.report}")
     return 0
+
+
+def sweep_and_upload(config, upload_uri: str | None) -> str:
+    """The whole sweep on whatever node runs it (a Ray task with --num-gpus); the report's path, or its URI."""
+    from lerpray.eval.sweep import run_sweep
+
+    outputs = run_sweep(config)
+    if upload_uri is None:
+        return str(outputs.report)
+    upload_folder(outputs.out, upload_uri)
+    return f"{upload_uri.rstrip('/')}/{outputs.report.name}"
+
+
+def upload_folder(folder, uri: str) -> list[str]:
+    """Copy every file under `folder` to the store at `uri` (S3 or a local folder); the keys written."""
+    from lerpray.anchors import open_store
+
+    store = open_store(uri)
+    keys = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        key = path.relative_to(folder).as_posix()
+        store.write_bytes(key, path.read_bytes())
+        keys.append(key)
+    return keys
 
 
 def _calibrate(args: argparse.Namespace) -> int:

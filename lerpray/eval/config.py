@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -136,10 +136,14 @@ class SweepConfig(StrictModel):
         return [ScorerConfig(spec=s) if isinstance(s, str) else s for s in self.scorers]
 
 
-def load_sweep_config(path: str | Path) -> SweepConfig:
-    """Read and validate a sweep YAML/JSON file (every problem listed with its field path)."""
-    raw = read_yaml(path, "sweep config", SweepConfigError)
-    return validate_config(SweepConfig, raw or {}, str(path), SweepConfigError)
+def load_sweep_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SweepConfig:
+    """Read and validate a sweep YAML/JSON file (every problem listed with its field path). `overrides` (the
+    command line's --out, --anchors, --server) replace the file's fields before it is checked, so a file without
+    `anchors` is valid with --server."""
+    raw = read_yaml(path, "sweep config", SweepConfigError) or {}
+    if isinstance(raw, dict):  # anything else is refused below as "must be a mapping"
+        raw = {**raw, **(overrides or {})}
+    return validate_config(SweepConfig, raw, str(path), SweepConfigError)
 
 
 def load_prompts(config: PromptConfig) -> list[str]:

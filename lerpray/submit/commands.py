@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from lerpray.submit.spec import (
-    JOB_ENTRYPOINTS,
+    JOB_COMMANDS,
     SubmitError,
     build_job,
     exit_code,
@@ -36,18 +36,19 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     submit = subparsers.add_parser(
         "submit",
         help="submit a train / batch / eval job to a Ray cluster (Ray Jobs API)",
-        description="Submit jobs/<entrypoint> with CONFIG to a running Ray cluster.",
+        description="Submit `python -m lerpray train|batch|eval sweep CONFIG` to a running Ray cluster, shipping "
+        "this lerpray package and the config.",
         epilog="Arguments after `--` are passed to the entrypoint, e.g. `lerpray submit train CONFIG --address "
         "http://HEAD:8265 -- --overwrite`.",
     )
-    submit.add_argument("kind", choices=sorted(JOB_ENTRYPOINTS), help="which job: " + ", ".join(
-        f"{k} (jobs/{v})" for k, v in JOB_ENTRYPOINTS.items()))
+    submit.add_argument("kind", choices=sorted(JOB_COMMANDS), help="which job: " + ", ".join(
+        f"{k} (lerpray {' '.join(v)})" for k, v in JOB_COMMANDS.items()))
     submit.add_argument("config", type=Path, help="the job's YAML (see jobs/configs/)")
     _add_address(submit)
     submit.add_argument("--follow", action="store_true", help="stream the job's logs and exit with its status")
-    submit.add_argument("--working-dir", type=Path, default=None, help="upload this folder (e.g. the lerpray "
-                        "checkout, with the config inside) as the job's working dir; default: only jobs/*.py and "
-                        "the config, so paths in the config must be absolute cluster paths or s3:// URIs")
+    submit.add_argument("--working-dir", type=Path, default=None, help="upload this folder (with the config and "
+                        "any small data files it names inside) as the job's working dir; default: only the config, "
+                        "so paths in the config must be s3:// URIs or absolute paths every node can reach")
     submit.add_argument("--runtime-env-json", default=None, metavar="JSON", help='extra runtime_env fields, e.g. '
                         '\'{"env_vars": {"HF_TOKEN": "..."}, "pip": ["..."]}\' (env_vars merged, py_modules added)')
     submit.add_argument("--no-ship-lerpray", dest="ship_package", action="store_false", help="do not upload this "

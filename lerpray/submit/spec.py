@@ -3,16 +3,17 @@
 No Ray here: this module stages files and builds plain dicts; lerpray/submit/commands.py hands them to
 `ray.job_submission.JobSubmissionClient`.
 
-Two ways to ship a job (both also ship this lerpray package as a `py_modules` entry unless told not to, so the
-cluster runs the client's lerpray code whether or not the image has lerpray installed; its dependencies - torch,
-transformers, peft, ... - must be in the image):
+Every job runs the lerpray package, not a checkout: the entrypoint is `python -m lerpray <command> CONFIG`, and this
+lerpray package is shipped as a `py_modules` entry unless told not to, so the cluster runs the client's lerpray
+code whether or not the image has lerpray installed (its dependencies - torch, transformers, peft, ... - must be
+in the image). What is uploaded as the job's `working_dir`:
 
-- default: a fresh temporary `working_dir` holding `jobs/*.py` (the entrypoints) and the config as
-  `lerpray-job/<config file name>`. Paths inside the config are read on the cluster, so they must be absolute
-  paths the nodes can reach (shared storage) or s3:// URIs; relative ones would point into the unpacked temp dir.
-- `working_dir=DIR` (e.g. the repository root): DIR is uploaded as is (Ray honours its .gitignore), the config
-  must lie inside DIR and DIR must hold `jobs/<entrypoint>`; relative paths in the config resolve inside the
-  uploaded copy, which suits small local data files. Outputs of remote jobs should still go to s3://.
+- default: a fresh temporary folder holding only the config, as `lerpray-job/<config file name>`. Paths inside the
+  config are read on the cluster, so they must be s3:// URIs or absolute paths every node can reach (shared
+  storage); relative ones would point into the unpacked temp dir.
+- `working_dir=DIR`: DIR is uploaded as is (Ray honours its .gitignore) and the config must lie inside it; relative
+  paths in the config resolve inside the uploaded copy, which suits small local data files. Outputs of remote
+  jobs should still go to s3://.
 """
 
 from __future__ import annotations
@@ -29,23 +30,22 @@ import yaml
 
 __all__ = [
     "CONFIG_DIR",
-    "JOB_ENTRYPOINTS",
+    "JOB_COMMANDS",
     "JobSpec",
     "SubmitError",
     "build_job",
     "exit_code",
-    "find_jobs_dir",
     "validate_config",
     "merge_runtime_env",
     "normalize_address",
     "parse_runtime_env_json",
 ]
 
-# Job kind -> its entrypoint in jobs/ (each reads one config path as its first argument).
-JOB_ENTRYPOINTS: dict[str, str] = {
-    "train": "train_anchors.py",
-    "batch": "batch_generate.py",
-    "eval": "eval_sweep.py",
+# Job kind -> the `lerpray` subcommand it runs (each takes the config path as its first argument).
+JOB_COMMANDS: dict[str, tuple[str, ...]] = {
+    "train": ("train",),
+    "batch": ("batch",),
+    "eval": ("eval", "sweep"),
 }
 # Job kind -> the loader that validates its config (pydantic models, no Ray), run before anything is uploaded.
 CONFIG_LOADERS: dict[str, str] = {
@@ -72,24 +72,11 @@ class JobSpec:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def find_jobs_dir(candidates: tuple[Path, ...] | None = None) -> Path:
-    """The jobs/ folder of the lerpray checkout (next to the package), else ./jobs."""
-    candidates = candidates or (PACKAGE_DIR.parent / "jobs", Path.cwd() / "jobs")
-    for folder in candidates:
-        if folder.is_dir():
-            return folder
-    raise SubmitError(
-        f"no jobs/ folder found (looked in {', '.join(str(c) for c in candidates)}): the job entrypoints ship "
-        "with the lerpray repository; run from a checkout of it"
-    )
-
-
 def build_job(
     kind: str,
     config: str | Path,
     *,
     staging_dir: Path,
-    jobs_dir: Path | None = None,
     working_dir: str | Path | None = None,
     job_args: tuple[str, ...] = (),
     runtime_env: dict[str, Any] | None = None,
@@ -103,25 +90,23 @@ def build_job(
         config: the job's YAML on this machine; it must parse to a mapping.
         staging_dir: an empty folder that lives until the job is submitted (the uploaded working_dir unless
             `working_dir` is given).
-        jobs_dir: where the entrypoints are (default: `find_jobs_dir()`).
-        working_dir: upload this folder instead of a staged one; it must contain `config` and jobs/<entrypoint>.
+        working_dir: upload this folder instead of a staged one; it must contain `config`.
         job_args: extra arguments appended to the entrypoint command (e.g. ("--overwrite",)).
         runtime_env: the user's additions (pip, env_vars, ...), merged by `merge_runtime_env`.
         ship_package: add the lerpray package to py_modules (False: rely on lerpray installed on the cluster).
         validate: check the config with the job's own model first (`validate_config`), so a typo fails here.
     """
-    if kind not in JOB_ENTRYPOINTS:
-        raise SubmitError(f"unknown job kind {kind!r}; use one of {', '.join(JOB_ENTRYPOINTS)}")
+    if kind not in JOB_COMMANDS:
+        raise SubmitError(f"unknown job kind {kind!r}; use one of {', '.join(JOB_COMMANDS)}")
     config = Path(config)
     _check_config(config)
     if validate:
         validate_config(kind, config)
-    script = JOB_ENTRYPOINTS[kind]
     if working_dir is None:
-        root, config_rel = _stage(staging_dir, jobs_dir or find_jobs_dir(), script, config)
+        root, config_rel = _stage(staging_dir, config)
     else:
-        root, config_rel = _inside(Path(working_dir), script, config)
-    entrypoint = shlex.join(["python", f"jobs/{script}", config_rel, *job_args])
+        root, config_rel = _inside(Path(working_dir), config)
+    entrypoint = shlex.join(["python", "-m", "lerpray", *JOB_COMMANDS[kind], config_rel, *job_args])
     base: dict[str, Any] = {
         "working_dir": str(root),
         "excludes": list(DEFAULT_EXCLUDES),
@@ -151,30 +136,20 @@ def validate_config(kind: str, config: Path) -> None:
     getattr(importlib.import_module(module_name), attr)(config)
 
 
-def _stage(staging_dir: Path, jobs_dir: Path, script: str, config: Path) -> tuple[Path, str]:
-    """Copy jobs/*.py (the entrypoint and any helpers it imports) and the config into `staging_dir`."""
-    if not (jobs_dir / script).is_file():
-        raise SubmitError(f"{jobs_dir / script} does not exist: this lerpray checkout has no such job entrypoint")
+def _stage(staging_dir: Path, config: Path) -> tuple[Path, str]:
+    """Copy the config into `staging_dir`, the job's whole working_dir."""
     if any(staging_dir.iterdir()):
         raise SubmitError(f"staging folder {staging_dir} must be empty")
-    (staging_dir / "jobs").mkdir()
-    for source in jobs_dir.glob("*.py"):
-        shutil.copy2(source, staging_dir / "jobs" / source.name)
     (staging_dir / CONFIG_DIR).mkdir()
     shutil.copy2(config, staging_dir / CONFIG_DIR / config.name)
     return staging_dir, f"{CONFIG_DIR}/{config.name}"
 
 
-def _inside(working_dir: Path, script: str, config: Path) -> tuple[Path, str]:
-    """Check that an uploaded `working_dir` holds the entrypoint and the config; the config's path inside it."""
+def _inside(working_dir: Path, config: Path) -> tuple[Path, str]:
+    """Check that an uploaded `working_dir` holds the config; the config's path inside it."""
     root = working_dir.resolve()
     if not root.is_dir():
         raise SubmitError(f"--working-dir {working_dir} is not a folder")
-    if not (root / "jobs" / script).is_file():
-        raise SubmitError(
-            f"--working-dir {working_dir} has no jobs/{script}: pass the lerpray checkout (the folder holding "
-            "jobs/), or leave --working-dir out to upload only the entrypoint and the config"
-        )
     try:
         config_rel = config.resolve().relative_to(root)
     except ValueError:

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import multinode
 import pytest
@@ -67,6 +71,47 @@ def test_batch_actors_on_two_nodes_write_a_complete_output_to_s3(cluster, s3_cli
     files = [k for k in keys if not k.endswith("/")]  # "out/": pyarrow's folder marker
     assert files and all(k.endswith(".parquet") for k in files), keys
 
+
+
+def test_submit_with_a_working_dir_runs_the_package_on_a_multinode_cluster(s3_env, s3_client, s3_bucket, tmp_path):
+    """`lerpray submit batch` to the head's Jobs API with a working dir that holds only the config: the job runs
+    `python -m lerpray batch` from the shipped package (no checkout, no jobs/ folder on the cluster), its actors run
+    on the worker nodes (the head has no CPUs), and the output lands complete in s3://."""
+    import yaml
+
+    from lerpray.batch.config import parse_batch_config
+    from lerpray.testing import tiny_anchor_set
+
+    anchors = multinode.upload_folder(s3_client, tiny_anchor_set(tmp_path / "set"), s3_bucket, "sets/tiny")
+    s3_client.put_object(Bucket=s3_bucket, Key="in/prompts.jsonl",
+                         Body="\n".join(json.dumps({"prompt": p}) for p in PROMPTS).encode())
+    config = {"anchors": anchors, "input": {"paths": [f"s3://{s3_bucket}/in/prompts.jsonl"]},
+              "mixes": [{"alpha": {"sentiment": 0.0}}, {"alpha": {"sentiment": 1.0}}],
+              "sampling": {"temperature": 0.0, "max_tokens": 4, "seed": 1},
+              "resources": {"num_actors": 2, "batch_size": 2, "num_cpus_per_actor": 1},
+              "output": {"path": f"s3://{s3_bucket}/submitted", "format": "jsonl"}, "progress": False}
+    parse_batch_config(config)
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    (job_dir / "batch.yaml").write_text(yaml.safe_dump(config))
+    port = multinode.free_port()
+    # Job drivers run `python` from the head's PATH: this venv's.
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    with multinode.ray_cluster(WORKERS, env=env, dashboard_port=port):
+        result = subprocess.run(
+            [sys.executable, "-m", "lerpray", "submit", "batch", str(job_dir / "batch.yaml"), "--address",
+             f"http://127.0.0.1:{port}", "--working-dir", str(job_dir), "--follow"],
+            env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+
+    assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    assert "SUCCEEDED" in result.stderr
+    assert "python -m lerpray batch batch.yaml" in result.stdout  # Ray logs the entrypoint it runs
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="submitted/")["Contents"]]
+    rows = [json.loads(line) for key in keys if not key.endswith("/")
+            for line in s3_client.get_object(Bucket=s3_bucket, Key=key)["Body"].read().decode().splitlines()
+            if line.strip()]
+    assert sorted((r["row_id"], r["mix_index"]) for r in rows) == [(i, m) for i in range(len(PROMPTS))
+                                                                    for m in range(2)]
 
 
 def test_serving_from_s3_survives_losing_a_node_under_load(cluster, s3_client, s3_bucket, tmp_path):

@@ -159,7 +159,7 @@ def test_submit_train_follow_publishes_a_verified_anchor_set(ray_head, tmp_path,
     assert main(["jobs", "status", job_id, "--address", ray_head.address]) == 0
     assert capsys.readouterr().out.startswith(f"{job_id}: SUCCEEDED")
     assert main(["jobs", "logs", job_id, "--address", ray_head.address]) == 0
-    assert "python jobs/train_anchors.py" in capsys.readouterr().out  # Ray logs the entrypoint it runs
+    assert "python -m lerpray train" in capsys.readouterr().out  # Ray logs the entrypoint it runs
     assert main(["jobs", "stop", job_id, "--address", ray_head.address]) == 0
     assert "not running (SUCCEEDED)" in capsys.readouterr().out
 

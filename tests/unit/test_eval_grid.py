@@ -96,6 +96,17 @@ def test_config_validation_says_what_to_change():
         SweepConfig(out="x", anchors="a", grid=[])  # typo of `grids`
 
 
+def test_command_line_overrides_apply_before_the_file_is_checked(tmp_path):
+    from lerpray.eval.config import SweepConfigError, load_sweep_config
+
+    path = tmp_path / "sweep.yaml"
+    path.write_text("out: results/x\n")  # neither anchors nor server: only the command line completes it
+    with pytest.raises(SweepConfigError, match="give `anchors`"):
+        load_sweep_config(path)
+    config = load_sweep_config(path, {"server": "http://127.0.0.1:8000", "out": "elsewhere"})
+    assert (config.server, str(config.out), config.anchors) == ("http://127.0.0.1:8000", "elsewhere", None)
+
+
 def test_prompts_builtin_and_from_file(tmp_path):
     assert len(set(BUILTIN_PROMPTS)) == len(BUILTIN_PROMPTS) >= 64
     assert load_prompts(PromptConfig(limit=3)) == list(BUILTIN_PROMPTS[:3])

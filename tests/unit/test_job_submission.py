@@ -23,14 +23,12 @@ pytestmark = pytest.mark.unit
 
 @pytest.fixture
 def project(tmp_path) -> Path:
-    """A fake checkout: jobs/ with two entrypoints and a helper module, and a config."""
-    jobs = tmp_path / "proj" / "jobs"
-    jobs.mkdir(parents=True)
-    for name in ("train_anchors.py", "batch_generate.py", "helpers.py"):
-        (jobs / name).write_text(f"# {name}\n")
-    (jobs / "configs").mkdir()
-    (jobs / "configs" / "train.yaml").write_text("run_id: x\noutput: s3://bucket/out\n")
-    return tmp_path / "proj"
+    """A user's folder: a config and a data file it names; no lerpray checkout, no jobs/ folder."""
+    folder = tmp_path / "proj"
+    (folder / "configs").mkdir(parents=True)
+    (folder / "configs" / "train.yaml").write_text("run_id: x\noutput: s3://bucket/out\n")
+    (folder / "data.txt").write_text("some text\n")
+    return folder
 
 
 def staging(tmp_path: Path) -> Path:
@@ -39,63 +37,68 @@ def staging(tmp_path: Path) -> Path:
     return folder
 
 
-def test_default_job_stages_the_entrypoints_and_the_config(project, tmp_path):
-    spec = build_job("train", project / "jobs/configs/train.yaml", staging_dir=staging(tmp_path),
-                     jobs_dir=project / "jobs", job_args=("--overwrite", "--run-id", "a b"), validate=False)
+def test_default_job_runs_the_package_and_uploads_only_the_config(project, tmp_path):
+    spec = build_job("train", project / "configs/train.yaml", staging_dir=staging(tmp_path),
+                     job_args=("--overwrite", "--run-id", "a b"), validate=False)
     root = Path(spec.runtime_env["working_dir"])
-    assert shlex.split(spec.entrypoint) == ["python", "jobs/train_anchors.py", f"{CONFIG_DIR}/train.yaml",
+    assert shlex.split(spec.entrypoint) == ["python", "-m", "lerpray", "train", f"{CONFIG_DIR}/train.yaml",
                                             "--overwrite", "--run-id", "a b"]
-    assert (root / "jobs/train_anchors.py").is_file() and (root / "jobs/helpers.py").is_file()
-    assert (root / CONFIG_DIR / "train.yaml").read_text() == (project / "jobs/configs/train.yaml").read_text()
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [CONFIG_DIR, f"{CONFIG_DIR}/train.yaml"]
+    assert (root / CONFIG_DIR / "train.yaml").read_text() == (project / "configs/train.yaml").read_text()
     assert spec.runtime_env["py_modules"] == [str(PACKAGE_DIR)]
     assert spec.runtime_env["env_vars"]["PYTHONUNBUFFERED"] == "1"
     assert spec.metadata == {"lerpray_kind": "train", "lerpray_config": "train.yaml"}
 
 
+@pytest.mark.parametrize(("kind", "command"), [("train", ["train"]), ("batch", ["batch"]), ("eval", ["eval", "sweep"])])
+def test_each_kind_runs_its_lerpray_subcommand(project, tmp_path, kind, command):
+    from lerpray.cli import build_parser
+
+    spec = build_job(kind, project / "configs/train.yaml", staging_dir=staging(tmp_path), validate=False)
+    argv = shlex.split(spec.entrypoint)
+    assert argv[:3] == ["python", "-m", "lerpray"] and argv[3:-1] == command
+    assert build_parser().parse_args(argv[3:]).config == f"{CONFIG_DIR}/train.yaml"  # a real subcommand
+
+
 def test_working_dir_mode_uploads_the_folder_and_points_inside_it(project, tmp_path):
-    spec = build_job("train", project / "jobs/configs/train.yaml", staging_dir=staging(tmp_path),
+    spec = build_job("train", project / "configs/train.yaml", staging_dir=staging(tmp_path),
                      working_dir=project, ship_package=False, validate=False)
     assert spec.runtime_env["working_dir"] == str(project.resolve())
-    assert spec.entrypoint == "python jobs/train_anchors.py jobs/configs/train.yaml"
+    assert spec.entrypoint == "python -m lerpray train configs/train.yaml"
     assert "py_modules" not in spec.runtime_env
     assert not any((tmp_path / "staging").iterdir()), "nothing staged when the user's folder is uploaded"
 
 
-def test_working_dir_mode_refuses_a_config_outside_it_or_a_folder_without_the_job(project, tmp_path):
+def test_working_dir_mode_refuses_a_config_outside_it_or_a_missing_folder(project, tmp_path):
     outside = tmp_path / "elsewhere.yaml"
     outside.write_text("a: 1\n")
     with pytest.raises(SubmitError, match="outside --working-dir"):
         build_job("train", outside, staging_dir=staging(tmp_path), working_dir=project, validate=False)
-    with pytest.raises(SubmitError, match="has no jobs/eval_sweep.py"):
-        build_job("eval", project / "jobs/configs/train.yaml", staging_dir=tmp_path, working_dir=project,
-                  validate=False)
+    with pytest.raises(SubmitError, match="is not a folder"):
+        build_job("train", outside, staging_dir=tmp_path / "staging", working_dir=tmp_path / "nope", validate=False)
 
 
 @pytest.mark.parametrize(("text", "message"), [
     (None, "does not exist"), ("- a\n- b\n", "must be a mapping"), ("a: [1,\n", "not valid YAML")])
-def test_bad_configs_fail_before_anything_is_uploaded(project, tmp_path, text, message):
+def test_bad_configs_fail_before_anything_is_uploaded(tmp_path, text, message):
     config = tmp_path / "c.yaml"
     if text is not None:
         config.write_text(text)
     with pytest.raises(SubmitError, match=message):
-        build_job("train", config, staging_dir=staging(tmp_path), jobs_dir=project / "jobs")
+        build_job("train", config, staging_dir=staging(tmp_path))
 
 
 def test_the_job_config_is_validated_with_the_jobs_own_model_before_upload(project, tmp_path):
     from lerpray.train.config import ConfigError
 
     with pytest.raises(ConfigError, match="attributes"):  # the fake config lacks the required fields
-        build_job("train", project / "jobs/configs/train.yaml", staging_dir=staging(tmp_path),
-                  jobs_dir=project / "jobs")
+        build_job("train", project / "configs/train.yaml", staging_dir=staging(tmp_path))
     assert not any((tmp_path / "staging").iterdir())
 
 
-def test_unknown_kind_and_missing_entrypoint_are_named(project, tmp_path):
-    config = project / "jobs/configs/train.yaml"
+def test_unknown_kind_is_named(project, tmp_path):
     with pytest.raises(SubmitError, match="unknown job kind 'serve'"):
-        build_job("serve", config, staging_dir=staging(tmp_path), jobs_dir=project / "jobs")
-    with pytest.raises(SubmitError, match="eval_sweep.py does not exist"):
-        build_job("eval", config, staging_dir=tmp_path / "staging", jobs_dir=project / "jobs", validate=False)
+        build_job("serve", project / "configs/train.yaml", staging_dir=staging(tmp_path))
 
 
 def test_user_runtime_env_merges_into_ours():
