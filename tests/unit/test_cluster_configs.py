@@ -156,15 +156,16 @@ def test_every_pod_installs_the_same_lerpray():
 
 
 @pytest.mark.parametrize("name", ["rayjob-train.yaml"])
-def test_rayjob_entrypoint_runs_an_existing_job_with_an_existing_config(name):
+def test_rayjob_entrypoint_runs_a_lerpray_command_with_an_existing_config(name):
+    from lerpray.cli import build_parser
+
     manifest = manifests()[name]
     argv = shlex.split(manifest["spec"]["entrypoint"])
-    assert argv[0] == "python"
-    script = ROOT / argv[1]
-    assert script.parent == ROOT / "jobs" and script.is_file(), f"{argv[1]} is not a file in jobs/"
-    configs = [ROOT / a for a in argv[2:] if a.endswith(".yaml")]
+    assert argv[:3] == ["python", "-m", "lerpray"], "jobs run the package installed in the image"
+    args = build_parser().parse_args(argv[3:])  # a real subcommand with valid options
+    configs = [ROOT / a for a in argv[3:] if a.endswith(".yaml")]
     assert configs and all(c.is_file() for c in configs), f"missing config in {argv}"
-    if script.name == "train_anchors.py":
+    if args.command == "train":
         from lerpray.train.config import load_train_config
 
         config = load_train_config(configs[0])
