@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lerpray.batch.plan import OUTPUT_SCHEMA, PLAN_SCHEMA, BatchInputError, plan_rows
+from lerpray.batch.plan import OUTPUT_SCHEMA, PLAN_SCHEMA, BatchInputError, plan_rows, schedule_of_row
 
 __all__ = ["BatchSummary", "GenerateBatch", "load_engine", "run_batch"]
 
@@ -94,13 +94,15 @@ class GenerateBatch:
         return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
 
     def _request(self, row: dict):
-        from lerpray.model.requests import GenerationRequest
+        from lerpray.model.requests import GenerationRequest, MixSchedule
         from lerpray.model.sampling import SamplingParams
 
         sampling = SamplingParams(**self.sampling, seed=row["seed"])
         text = {"messages": [{"role": "user", "content": row["prompt"]}]} if self.chat else {"prompt": row["prompt"]}
+        schedule = schedule_of_row(row["schedule"])
         return GenerationRequest(coeffs=tuple(row["coefficients"]), sampling=sampling,
-                                 request_id=f"{row['row_id']}:{row['mix_index']}", **text)
+                                 request_id=f"{row['row_id']}:{row['mix_index']}", **text,
+                                 schedule=None if schedule is None else MixSchedule(*schedule))
 
     def _generate(self, requests: list, rows: list[dict]) -> list:
         from lerpray.model.requests import EngineError
@@ -143,11 +145,13 @@ def run_batch(config, *, engine_factory: Callable = load_engine) -> BatchSummary
     import ray.data
 
     from lerpray.anchors import open_set, open_store, read_manifest
+    from lerpray.anchors.calibration import read_calibration
 
     check_cluster_storage(config, len([n for n in ray.nodes() if n.get("Alive")]))
     start = time.perf_counter()
     s3 = config.s3.options()  # endpoint_url / region where set (the config refuses a profile)
-    layout = read_manifest(open_set(open_store(config.anchors, **s3))).layout()
+    anchor_set = open_set(open_store(config.anchors, **s3))
+    layout = read_manifest(anchor_set).layout()
     in_fs, in_paths = _filesystem([_absolute(p) for p in config.input.paths], **s3)
     out_fs, (out_path,) = _filesystem([_absolute(config.output.path)], **s3)
     _prepare_output(out_fs, out_path, config.output.overwrite)
@@ -156,6 +160,7 @@ def run_batch(config, *, engine_factory: Callable = load_engine) -> BatchSummary
         plan = plan_rows(_read_rows(in_paths, fields.resolved_format(), in_fs), layout, grid=config.mixes,
                          base_seed=config.sampling.seed,
                          bounds=None if config.extrapolation is None else config.extrapolation.to_bounds(),
+                         calibration=lambda: read_calibration(anchor_set), max_tokens=config.sampling.max_tokens,
                          prompt_field=fields.prompt_field, mix_field=fields.mix_field, seed_field=fields.seed_field)
         table = pa.Table.from_pylist(plan, schema=PLAN_SCHEMA)
         size = config.resources.batch_size

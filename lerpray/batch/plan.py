@@ -1,6 +1,8 @@
 """Pure planning of a batch job: input rows x mixes -> plan rows with resolved coefficients and seeds (no Ray).
 
-A bad mix or prompt stops the job here, before any model loads, with each row and field named.
+A mix is anything the server's `interpolation` takes (lerpray.steering): plain mixes, calibrated targets (the set's
+calibration is loaded on the first one), per-token schedules and ramps. A bad mix or prompt stops the job here,
+before any model loads, with each row and field named.
 """
 
 from __future__ import annotations
@@ -12,16 +14,20 @@ from collections.abc import Iterable, Mapping
 import pyarrow as pa
 
 from lerpray.mixing import FIELD as MIX_FIELD
-from lerpray.mixing import AnchorLayout, ExtrapolationBounds, MixError, resolve_mix
+from lerpray.mixing import AnchorLayout, ExtrapolationBounds, MixError
+from lerpray.steering import CalibrationSource, Steering, resolve_steering
 
-__all__ = ["MAX_REPORTED_PROBLEMS", "OUTPUT_SCHEMA", "PLAN_SCHEMA", "BatchInputError", "plan_rows", "row_seed"]
+__all__ = ["MAX_REPORTED_PROBLEMS", "OUTPUT_SCHEMA", "PLAN_SCHEMA", "BatchInputError", "plan_rows", "row_seed",
+           "schedule_of_row"]
 
 PLAN_SCHEMA = pa.schema([
     ("row_id", pa.int64()),  # the prompt's position in the input, from 0
     ("mix_index", pa.int64()),  # index into the config's mix grid; 0 for a row's own mix
     ("prompt", pa.string()),
     ("mix", pa.string()),  # the mix as JSON (keys sorted)
-    ("coefficients", pa.list_(pa.float64())),  # [K] in the anchor set's order
+    ("coefficients", pa.list_(pa.float64())),  # [K] in the anchor set's order; token 0's under a schedule
+    ("schedule", pa.string()),  # {"pieces": [[until, [K]], ...], "ramp": [[K], [K], over]} as JSON; null: one mix
+    ("resolved_mix", pa.string()),  # what the mix resolved to (targets -> alphas), as the server's replies say
     ("seed", pa.int64()),
 ])
 OUTPUT_SCHEMA = pa.schema([*PLAN_SCHEMA, ("text", pa.string()), ("prompt_tokens", pa.int64()),
@@ -47,22 +53,27 @@ def plan_rows(
     grid: list[Mapping] | None = None,
     base_seed: int = 0,
     bounds: ExtrapolationBounds | None = _DEFAULT_BOUNDS,
+    calibration: CalibrationSource = None,
+    max_tokens: int | None = None,
     prompt_field: str = "prompt",
     mix_field: str = MIX_FIELD,
     seed_field: str = "seed",
 ) -> list[dict]:
-    """One plan row (see PLAN_SCHEMA) per input row x mix, in (row_id, mix_index) order.
+    """One plan row (see PLAN_SCHEMA) per input row x mix, in (row_id, mix_index) order. `calibration` serves
+    target mixes; `max_tokens` bounds schedule indices (an `until` beyond it is refused).
 
     Raises:
         BatchInputError: listing the first problems, each as "input row N: field: what to change" (or "mixes.I: ...").
     """
-    grid_mixes = _resolve_grid(grid, layout, bounds) if grid is not None else None
+    def steer(mix: object) -> Steering:
+        return resolve_steering(mix, layout, bounds, calibration=calibration, max_tokens=max_tokens)
+
+    grid_mixes = _resolve_grid(grid, steer) if grid is not None else None
     plan: list[dict] = []
     problems: list[str] = []
     for row_id, row in enumerate(rows):
         try:
-            plan.extend(_plan_row(row_id, row, layout, grid_mixes, base_seed, bounds, prompt_field, mix_field,
-                                  seed_field))
+            plan.extend(_plan_row(row_id, row, steer, grid_mixes, base_seed, prompt_field, mix_field, seed_field))
         except (MixError, BatchInputError) as err:
             problems.append(f"  input row {row_id}: {err}")
             if len(problems) == MAX_REPORTED_PROBLEMS:
@@ -76,17 +87,34 @@ def plan_rows(
     return plan
 
 
-def _resolve_grid(grid, layout, bounds) -> list[tuple[str, tuple[float, ...]]]:
+def schedule_of_row(text: str | None) -> tuple[tuple, tuple | None] | None:
+    """A plan row's `schedule` column -> (pieces, ramp) as lerpray.model.MixSchedule takes them; None: one mix."""
+    if text is None:
+        return None
+    value = json.loads(text)
+    pieces = tuple((until, tuple(coeffs)) for until, coeffs in value["pieces"])
+    ramp = value["ramp"]
+    return pieces, None if ramp is None else (tuple(ramp[0]), tuple(ramp[1]), int(ramp[2]))
+
+
+def _columns(mix: object, steering: Steering) -> dict:
+    """The plan columns of one resolved mix."""
+    schedule = json.dumps({"pieces": steering.pieces, "ramp": steering.ramp}) if steering.scheduled else None
+    return {"mix": json.dumps(mix, sort_keys=True), "coefficients": list(steering.coeffs), "schedule": schedule,
+            "resolved_mix": json.dumps(steering.resolved, sort_keys=True)}
+
+
+def _resolve_grid(grid, steer) -> list[dict]:
     resolved = []
     for i, mix in enumerate(grid):
         try:
-            resolved.append((json.dumps(mix, sort_keys=True), resolve_mix(mix, layout, bounds)))
+            resolved.append(_columns(mix, steer(mix)))
         except MixError as err:
             raise BatchInputError(f"mixes.{i}: {err}") from None
     return resolved
 
 
-def _plan_row(row_id, row, layout, grid_mixes, base_seed, bounds, prompt_field, mix_field, seed_field) -> list[dict]:
+def _plan_row(row_id, row, steer, grid_mixes, base_seed, prompt_field, mix_field, seed_field) -> list[dict]:
     prompt = row.get(prompt_field)
     if not isinstance(prompt, str) or not prompt:
         raise BatchInputError(f"{prompt_field}: missing or not a non-empty string; every row needs a prompt")
@@ -101,22 +129,22 @@ def _plan_row(row_id, row, layout, grid_mixes, base_seed, bounds, prompt_field, 
     elif own is None:
         raise BatchInputError(f"{mix_field}: missing; give every row a mix, or set `mixes` in the config")
     else:
-        mixes = [_own_mix(own, layout, bounds, mix_field)]
-    return [{"row_id": row_id, "mix_index": i, "prompt": prompt, "mix": text, "coefficients": list(coeffs),
-             "seed": seed} for i, (text, coeffs) in enumerate(mixes)]
+        mixes = [_own_mix(own, steer, mix_field)]
+    return [{"row_id": row_id, "mix_index": i, "prompt": prompt, **columns, "seed": seed}
+            for i, columns in enumerate(mixes)]
 
 
-def _own_mix(value, layout, bounds, mix_field) -> tuple[str, tuple[float, ...]]:
+def _own_mix(value, steer, mix_field) -> dict:
     if isinstance(value, str):  # Parquet users often store the mix as a JSON string
         try:
             value = json.loads(value)
         except json.JSONDecodeError as err:
             raise BatchInputError(f"{mix_field}: not valid JSON ({err.msg} at char {err.pos})") from None
     try:
-        coeffs = resolve_mix(value, layout, bounds)
+        steering = steer(value)
     except MixError as err:  # name the input's own column, not the HTTP field
         raise BatchInputError(f"{mix_field}{err.field.removeprefix(MIX_FIELD)}: {err.message}") from None
-    return json.dumps(value, sort_keys=True), coeffs
+    return _columns(value, steering)
 
 
 def _given_seed(value, field: str) -> int | None:

@@ -54,6 +54,7 @@ class GenerationRequest:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     n: int = 1  # choices: one prefill, then n rows; choice i samples with seed + i (SamplingParams.for_choice)
     schedule: MixSchedule | None = None  # mixes that change while the reply is written; overrides coeffs
+    resolved_mix: dict | None = None  # what the caller's mix resolved to, for its reply; the engine ignores it
 
 
 @dataclass

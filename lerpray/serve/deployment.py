@@ -223,8 +223,8 @@ class LerpServer:
             model = parsed.model or served.args.model_name
             reply = replies.Reply(route, gens, model, served.engine.layout.anchors, served.fingerprint,
                                   echo=bool(getattr(parsed, "echo", False)), tokens=served.tokens)
-            steering = steer.request_steering(parsed, served.args, served.engine.layout, gens[0].sampling.max_tokens)
-            headers = {**served.headers(), **steer.mix_headers(steering)}  # the resolved mix (issue 18)
+            resolved = gens[0].resolved_mix  # the mix as protocol.generation_request resolved it (targets -> alphas)
+            headers = {**served.headers(), **steer.mix_headers(resolved)}
             if parsed.stream:
                 streaming = True  # the SSE generator owns `events` from here on
                 sse = self._sse(reply, first, events, parsed.include_usage())
@@ -232,7 +232,7 @@ class LerpServer:
             async for batch in _chain(first, events):
                 for event in batch:
                     reply.add(event)
-            return JSONResponse({**reply.response(), "resolved_mix": steering.resolved}, headers=headers)
+            return JSONResponse({**reply.response(), "resolved_mix": resolved}, headers=headers)
         except Exception as err:  # noqa: BLE001
             return self._error(errors.to_api_error(err, prompt_field=prompt_field), route, served.headers())
         finally:

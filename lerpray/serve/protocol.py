@@ -60,9 +60,9 @@ def generation_request(
     if isinstance(parsed, ChatCompletionRequest):
         messages = [m.as_template_message() for m in parsed.messages]
         return GenerationRequest(coeffs=coeffs, messages=messages, sampling=sampling, request_id=request_id, n=n,
-                                 schedule=schedule)
+                                 schedule=schedule, resolved_mix=steering.resolved)
     return GenerationRequest(coeffs=coeffs, prompt=parsed.prompt_texts()[0], sampling=sampling, request_id=request_id,
-                             n=n, schedule=schedule)
+                             n=n, schedule=schedule, resolved_mix=steering.resolved)
 
 
 def sampling_params(

@@ -80,6 +80,6 @@ def schedule_of(steering: Steering) -> MixSchedule | None:
     return MixSchedule(pieces=steering.pieces, ramp=steering.ramp) if steering.scheduled else None
 
 
-def mix_headers(steering: Steering) -> dict[str, str]:
-    """The resolved mix as a response header (compact JSON, ASCII)."""
-    return {MIX_HEADER: json.dumps(steering.resolved, separators=(",", ":"), ensure_ascii=True)}
+def mix_headers(resolved: dict | None) -> dict[str, str]:
+    """The resolved mix (Steering.resolved) as a response header (compact JSON, ASCII)."""
+    return {MIX_HEADER: json.dumps(resolved, separators=(",", ":"), ensure_ascii=True)}

@@ -152,3 +152,32 @@ def test_a_grid_and_per_row_mixes_together_are_refused_and_a_bad_grid_names_its_
 def test_an_empty_input_is_refused():
     with pytest.raises(BatchInputError, match="no rows"):
         plan_rows([], LAYOUT, grid=[{"alpha": {"sentiment": 0.5}}])
+
+
+def test_schedules_and_targets_plan_like_the_servers_interpolation():
+    from lerpray.batch.pipeline import GenerateBatch
+    from lerpray.batch.plan import schedule_of_row
+    from lerpray.model.requests import MixSchedule
+    from lerpray.targets import Calibration, Curve
+
+    calibration = Calibration({"sentiment": Curve("vader", (0.0, 1.0), (-0.5, 0.5))})  # score = alpha - 0.5
+    schedule = {"schedule": [{"until": 3, "mix": {"alpha": {"sentiment": 1.0}}}, {"mix": {"alpha": {"sentiment": 0.0}}}]}
+    rows = [{"prompt": "a", "interpolation": schedule},
+            {"prompt": "b", "interpolation": {"target": {"sentiment": 0.25}}},
+            {"prompt": "c", "interpolation": {"alpha": {"sentiment": 0.5}}}]
+    plan = plan_rows(rows, LAYOUT, calibration=calibration, max_tokens=8)
+
+    assert plan[0]["coefficients"] == [1.0, 0.0, 0.0, 0.0]  # token 0's mix
+    pieces, ramp = schedule_of_row(plan[0]["schedule"])
+    assert pieces == ((3, (1.0, 0.0, 0.0, 0.0)), (None, (0.0, 1.0, 0.0, 0.0))) and ramp is None
+    assert plan[1]["coefficients"] == pytest.approx([0.75, 0.25, 0.0, 0.0])  # target 0.25 -> alpha 0.75
+    assert json.loads(plan[1]["resolved_mix"])["alpha"] == {"sentiment": pytest.approx(0.75)}
+    assert plan[1]["schedule"] is None and plan[2]["schedule"] is None
+
+    udf = GenerateBatch(lambda: None, {}, {"temperature": 0.0, "max_tokens": 8}, chat=False)
+    assert udf._request(plan[0]).schedule == MixSchedule(pieces=pieces)  # what the engine runs
+    assert udf._request(plan[2]).schedule is None
+    with pytest.raises(BatchInputError, match=r"input row 0: interpolation\.schedule\[0\]\.until: 3 is beyond max_tokens 2"):
+        plan_rows(rows[:1], LAYOUT, max_tokens=2)
+    with pytest.raises(BatchInputError, match=r"input row 0: interpolation\.target: .*no calibration"):
+        plan_rows(rows[1:2], LAYOUT)
