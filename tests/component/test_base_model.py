@@ -69,6 +69,21 @@ def test_bundled_package_missing_is_a_clear_error(monkeypatch):
         base_module._bundled_gguf()
 
 
+def test_bundled_smollm2_loads_from_the_shared_cache_and_answers():
+    """The default run's short version of the test below: the bundled model from the machine's cache (converted
+    there on first use, ~30 s once; later loads ~2 s), a Llama of SmolLM2-135M's sizes that knows a fact."""
+    pytest.importorskip("gguf")
+    model, tokenizer = load_base_model(None)
+    ident = model_identity(model, BUNDLED_MODEL)
+    assert (ident.architecture, ident.hidden_size, ident.num_layers, ident.vocab_size) == (
+        "LlamaForCausalLM", 576, 30, 49152)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                           add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
 @pytest.mark.slow
 def test_bundled_smollm2_converts_once_then_reloads_from_cache_and_generates(tmp_path, monkeypatch):
     pytest.importorskip("gguf")
