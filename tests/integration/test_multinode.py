@@ -39,19 +39,25 @@ def cluster(s3_env):
         ray.cloudpickle.unregister_pickle_by_value(multinode)
 
 
-def test_batch_actors_on_two_nodes_write_a_complete_output_to_s3(cluster, s3_client, s3_bucket, tmp_path):
-    from lerpray.batch.config import parse_batch_config
-    from lerpray.batch.pipeline import run_batch
+def batch_job_on_s3(s3_client, s3_bucket: str, tmp_path, output: dict) -> dict:
+    """A batch config whose anchor set and prompts are on S3: 8 prompts x 2 mixes on 2 one-CPU actors."""
     from lerpray.testing import tiny_anchor_set
 
     anchors = multinode.upload_folder(s3_client, tiny_anchor_set(tmp_path / "set"), s3_bucket, "sets/tiny")
     s3_client.put_object(Bucket=s3_bucket, Key="in/prompts.jsonl",
                          Body="\n".join(json.dumps({"prompt": p}) for p in PROMPTS).encode())
-    config = {"anchors": anchors, "input": {"paths": [f"s3://{s3_bucket}/in/prompts.jsonl"]},
-              "mixes": [{"alpha": {"sentiment": 0.0}}, {"alpha": {"sentiment": 1.0}}],
-              "sampling": {"temperature": 0.0, "max_tokens": 4, "seed": 1},
-              "resources": {"num_actors": 2, "batch_size": 2, "num_cpus_per_actor": 1},
-              "output": {"path": f"s3://{s3_bucket}/out"}, "progress": False}
+    return {"anchors": anchors, "input": {"paths": [f"s3://{s3_bucket}/in/prompts.jsonl"]},
+            "mixes": [{"alpha": {"sentiment": 0.0}}, {"alpha": {"sentiment": 1.0}}],
+            "sampling": {"temperature": 0.0, "max_tokens": 4, "seed": 1},
+            "resources": {"num_actors": 2, "batch_size": 2, "num_cpus_per_actor": 1}, "output": output,
+            "progress": False}
+
+
+def test_batch_actors_on_two_nodes_write_a_complete_output_to_s3(cluster, s3_client, s3_bucket, tmp_path):
+    from lerpray.batch.config import parse_batch_config
+    from lerpray.batch.pipeline import run_batch
+
+    config = batch_job_on_s3(s3_client, s3_bucket, tmp_path, {"path": f"s3://{s3_bucket}/out"})
     markers = tmp_path / "nodes"
     markers.mkdir()
 
@@ -80,16 +86,9 @@ def test_submit_with_a_working_dir_runs_the_package_on_a_multinode_cluster(s3_en
     import yaml
 
     from lerpray.batch.config import parse_batch_config
-    from lerpray.testing import tiny_anchor_set
 
-    anchors = multinode.upload_folder(s3_client, tiny_anchor_set(tmp_path / "set"), s3_bucket, "sets/tiny")
-    s3_client.put_object(Bucket=s3_bucket, Key="in/prompts.jsonl",
-                         Body="\n".join(json.dumps({"prompt": p}) for p in PROMPTS).encode())
-    config = {"anchors": anchors, "input": {"paths": [f"s3://{s3_bucket}/in/prompts.jsonl"]},
-              "mixes": [{"alpha": {"sentiment": 0.0}}, {"alpha": {"sentiment": 1.0}}],
-              "sampling": {"temperature": 0.0, "max_tokens": 4, "seed": 1},
-              "resources": {"num_actors": 2, "batch_size": 2, "num_cpus_per_actor": 1},
-              "output": {"path": f"s3://{s3_bucket}/submitted", "format": "jsonl"}, "progress": False}
+    output = {"path": f"s3://{s3_bucket}/submitted", "format": "jsonl"}
+    config = batch_job_on_s3(s3_client, s3_bucket, tmp_path, output)
     parse_batch_config(config)
     job_dir = tmp_path / "job"
     job_dir.mkdir()

@@ -145,3 +145,32 @@ def test_playground_generates_and_compares_in_a_browser(browser, base_url, tmp_p
     assert not browser.find_element(By.CSS_SELECTOR, '.attr[data-attribute="sentiment"] .lambda-row').is_displayed()
     assert json.loads(browser.find_element(By.ID, "mix-json").get_attribute("textContent")) == {
         "alpha": {"sentiment": 1}}
+
+    # Over the reply: switch the mix at token 2 (sentiment to alpha 0); the page sends a schedule and shows what
+    # the server resolved, and the text is the API's for the same schedule.
+    from selenium.webdriver.support.select import Select
+
+    browser.find_element(By.CSS_SELECTOR, "input[name=route][value=completions]").click()
+    Select(browser.find_element(By.ID, "schedule-mode")).select_by_value("switch")
+    tokens = browser.find_element(By.ID, "schedule-tokens")
+    tokens.clear()
+    tokens.send_keys("2")
+    Select(browser.find_element(By.ID, "schedule-attribute")).select_by_value("sentiment")
+    scheduled = json.loads(browser.find_element(By.ID, "mix-json").get_attribute("textContent"))
+    assert scheduled == {"schedule": [{"until": 2, "mix": {"alpha": {"sentiment": 1}}},
+                                      {"mix": {"alpha": {"sentiment": 0}}}]}
+    assert generate(browser) == api_text(base_url, page_body(browser, scheduled))
+    resolved = json.loads(browser.find_element(By.ID, "single").get_attribute("data-resolved"))
+    assert [piece.get("until") for piece in resolved["schedule"]] == [2, None]
+
+    # Targets: this set has no calibration, so the server's 400 reaches the page, saying how to make one.
+    Select(browser.find_element(By.ID, "schedule-mode")).select_by_value("")
+    browser.find_element(By.ID, "tab-targets").click()
+    browser.find_element(By.CSS_SELECTOR, 'input[data-target="sentiment"]').send_keys("0.3")
+    assert json.loads(browser.find_element(By.ID, "mix-json").get_attribute("textContent")) == {
+        "target": {"sentiment": 0.3}}
+    browser.find_element(By.ID, "generate").click()
+    single = browser.find_element(By.ID, "single")
+    wait_for(browser, lambda d: single.get_attribute("data-state") in ("done", "failed"), "the refused reply")
+    assert single.get_attribute("data-state") == "failed"
+    assert "lerpray eval calibrate" in browser.find_element(By.ID, "error").text

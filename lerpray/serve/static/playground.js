@@ -51,7 +51,8 @@ async function stream(route, body, onText, signal) {
   if (!response.ok) throw new Error(await errorMessage(response));
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
-  const result = { finish: null, usage: null };
+  const resolved = response.headers.get("x-lerpray-mix"); // the mix the server resolved (targets -> alphas)
+  const result = { finish: null, usage: null, resolved: resolved ? JSON.parse(resolved) : null };
   let buffer = "";
   for (;;) {
     const { value, done } = await reader.read();
@@ -111,6 +112,14 @@ function buildControls() {
     row.dataset.attribute = name;
     form.append(row);
   }
+  const targetsForm = $("targets-form");
+  targetsForm.querySelectorAll(".target-row").forEach((row) => row.remove());
+  for (const [name, poles] of Object.entries(attributes)) {
+    const input = el("input", { type: "number", step: 0.05, placeholder: "not set" });
+    input.dataset.target = name;
+    targetsForm.append(el("label", { className: "target-row", title: `${poles.low} … ${poles.high}` },
+      [el("span", { textContent: name }), input]));
+  }
   const anchorsForm = $("anchors-form");
   anchorsForm.querySelectorAll(".anchor-row").forEach((row) => row.remove());
   for (const name of anchors) {
@@ -126,6 +135,7 @@ function buildControls() {
   }
   fillSelect($("preset"), ["", ...Object.keys(state.presets)], (id) => id || `${state.card.id} (centre of the hull)`);
   fillSelect($("compare-attribute"), Object.keys(attributes), (name) => name);
+  fillSelect($("schedule-attribute"), Object.keys(attributes), (name) => name);
   $("max-tokens").max = state.card.max_tokens_cap;
   if (!$("max-tokens").value) $("max-tokens").value = Math.min(48, state.card.max_tokens_cap);
   setRanges();
@@ -153,11 +163,35 @@ function activeAttributes() {
   return [...document.querySelectorAll("input.use")].filter((box) => box.checked).map((box) => box.dataset.use);
 }
 
-// The request's `interpolation` from the controls; throws an Error saying what to change.
+// The request's `interpolation` from the controls, over the whole reply (schedule or ramp when one is chosen).
+function currentInterpolation() {
+  const mix = currentMix();
+  const mode = $("schedule-mode").value;
+  if (!mode) return mix;
+  const tokens = Number($("schedule-tokens").value);
+  if (!(Number.isInteger(tokens) && tokens >= 1)) throw new Error("give the schedule's token count as a whole number >= 1");
+  const attribute = $("schedule-attribute").value;
+  const value = Number($("schedule-alpha").value);
+  // The later mix: this one with the chosen attribute's alpha changed (alone when this mix has no alphas).
+  const then = mix.alpha ? { ...mix, alpha: { ...mix.alpha, [attribute]: value } } : { alpha: { [attribute]: value } };
+  if (then.lambda && !(attribute in then.lambda)) delete then.lambda; // an attribute outside the weights: alphas only
+  if (mix.extrapolate) then.extrapolate = true;
+  return mode === "switch" ? { schedule: [{ until: tokens, mix }, { mix: then }] }
+    : { ramp: { from: mix, to: then, over: tokens } };
+}
+
+// The mix of the Mix box (token 0's under a schedule); throws an Error saying what to change.
 function currentMix() {
   const extrapolate = $("extrapolate").checked;
   let mix;
-  if (state.tab === "anchors") {
+  if (state.tab === "targets") {
+    const targets = {};
+    for (const input of document.querySelectorAll("input[data-target]")) {
+      if (input.value.trim() !== "") targets[input.dataset.target] = Number(input.value);
+    }
+    if (!Object.keys(targets).length) throw new Error("give at least one attribute a target score");
+    mix = { target: targets };
+  } else if (state.tab === "anchors") {
     const weights = {};
     for (const input of document.querySelectorAll("input[data-weight]")) weights[input.dataset.weight] = Number(input.value);
     if (!extrapolate) {
@@ -207,6 +241,8 @@ function refresh() {
     row.querySelector(".lambda-row").hidden = !on || active.length < 2;
     row.querySelector(".alpha-value").textContent = Number(row.querySelector("input.alpha").value).toFixed(2);
   }
+  $("schedule-tokens").hidden = !$("schedule-mode").value;
+  $("schedule-then").hidden = !$("schedule-mode").value;
   try {
     const mix = currentMix();
     if (mix.lambda) {
@@ -215,8 +251,10 @@ function refresh() {
           value.toFixed(2);
       }
     }
-    $("mix-json").textContent = JSON.stringify(mix);
-    $("mix-model-id").textContent = inlineModelId(mix);
+    const interpolation = currentInterpolation();
+    $("mix-json").textContent = JSON.stringify(interpolation);
+    $("mix-model-id").textContent = interpolation === mix && !mix.target ? inlineModelId(mix)
+      : "(targets and schedules have no model-id form)";
   } catch (err) {
     $("mix-json").textContent = err.message;
     $("mix-model-id").textContent = "";
@@ -246,10 +284,10 @@ function applyPreset(id) {
 
 function showTab(tab) {
   state.tab = tab;
-  $("tab-attributes").classList.toggle("active", tab === "attributes");
-  $("tab-anchors").classList.toggle("active", tab === "anchors");
-  $("attributes-form").hidden = tab !== "attributes";
-  $("anchors-form").hidden = tab !== "anchors";
+  for (const name of ["attributes", "targets", "anchors"]) {
+    $(`tab-${name}`).classList.toggle("active", tab === name);
+    $(`${name}-form`).hidden = tab !== name;
+  }
   refresh();
 }
 
@@ -284,8 +322,10 @@ async function run(column, body, signal) {
   text.textContent = "";
   column.dataset.state = "streaming";
   try {
-    const { finish, usage } = await stream(route(), body, (piece) => text.append(piece), signal);
-    meta.textContent = `${finish}` + (usage ? ` · ${usage.completion_tokens} tokens` : "");
+    const { finish, usage, resolved } = await stream(route(), body, (piece) => text.append(piece), signal);
+    meta.textContent = `${finish}` + (usage ? ` · ${usage.completion_tokens} tokens` : "") +
+      (resolved ? ` · resolved ${JSON.stringify(resolved)}` : "");
+    column.dataset.resolved = resolved ? JSON.stringify(resolved) : "";
     column.dataset.state = "done";
   } catch (err) {
     meta.textContent = err.name === "AbortError" ? "stopped" : `error: ${err.message}`;
@@ -310,7 +350,7 @@ async function runAll(jobs) {
 }
 
 function generate() {
-  const mix = guarded(currentMix);
+  const mix = guarded(currentInterpolation);
   if (!mix) return;
   $("compare-columns").replaceChildren();
   const single = $("single");
@@ -380,11 +420,13 @@ function start() {
     sessionStorage.setItem(KEY_STORAGE, $("api-key").value.trim());
     loadModels().catch((err) => setStatus(`error: ${err.message}`));
   });
-  $("attributes-form").addEventListener("input", refresh);
-  $("anchors-form").addEventListener("input", refresh);
+  for (const id of ["attributes-form", "targets-form", "anchors-form", "schedule-box"]) {
+    $(id).addEventListener("input", refresh);
+  }
   $("extrapolate").addEventListener("change", () => { setRanges(); refresh(); });
   $("preset").addEventListener("change", (event) => applyPreset(event.target.value));
   $("tab-attributes").addEventListener("click", () => showTab("attributes"));
+  $("tab-targets").addEventListener("click", () => showTab("targets"));
   $("tab-anchors").addEventListener("click", () => showTab("anchors"));
   for (const radio of document.querySelectorAll("input[name=route]")) {
     radio.addEventListener("change", () => { $("system").hidden = route() !== "chat"; });
