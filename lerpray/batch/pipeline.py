@@ -20,6 +20,7 @@ The prompts (not the generations) pass through the driver; that is fine for mill
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -160,7 +161,8 @@ def run_batch(config, *, engine_factory: Callable = load_engine) -> BatchSummary
         plan = plan_rows(_read_rows(in_paths, fields.resolved_format(), in_fs), layout, grid=config.mixes,
                          base_seed=config.sampling.seed,
                          bounds=None if config.extrapolation is None else config.extrapolation.to_bounds(),
-                         calibration=lambda: read_calibration(anchor_set), max_tokens=config.sampling.max_tokens,
+                         calibration=functools.cache(lambda: read_calibration(anchor_set)),  # read once, on a target
+                         max_tokens=config.sampling.max_tokens,
                          prompt_field=fields.prompt_field, mix_field=fields.mix_field, seed_field=fields.seed_field)
         table = pa.Table.from_pylist(plan, schema=PLAN_SCHEMA)
         size = config.resources.batch_size
