@@ -18,3 +18,13 @@ cp runs/repro/sweep/{report.md,summary.csv,effects.csv,perplexity.csv,sweep.json
 gzip -9 -c runs/repro/sweep/generations.csv > benchmarks/results/repro/generations.csv.gz   # every table's source
 cp runs/repro/classifiers/metrics.json benchmarks/results/repro/classifiers.json
 cp runs/repro/classifiers/pole_scores.json benchmarks/results/repro/pole_scores.json
+mkdir -p benchmarks/results/repro/mix
+cp runs/repro/mix/{report.md,summary.csv} benchmarks/results/repro/mix/
+gzip -9 -c runs/repro/mix/generations.csv > benchmarks/results/repro/mix/generations.csv.gz
+cp runs/repro/weights/weights.json benchmarks/results/repro/weights.json
+for name in scores_vs_alpha entanglement perplexity_vs_alpha; do
+    cp "runs/repro/sweep/$name.png" "docs/figures/repro_$name.png"
+done
+cp runs/repro/mix/ternary_sentiment_humor_formality.png docs/figures/repro_ternary.png
+cp runs/repro/mix/scores_vs_lambda_sentiment_simplicity.png docs/figures/repro_lambda_sentiment_simplicity.png
+cp runs/repro/weights/weights_cosine.png docs/figures/repro_weights_cosine.png
