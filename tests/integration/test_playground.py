@@ -153,6 +153,7 @@ def test_playground_generates_and_compares_in_a_browser(browser, base_url, tmp_p
     browser.find_element(By.CSS_SELECTOR, "input[name=route][value=completions]").click()
     Select(browser.find_element(By.ID, "schedule-mode")).select_by_value("switch")
     tokens = browser.find_element(By.ID, "schedule-tokens")
+    wait_for(browser, lambda d: tokens.is_displayed(), "the schedule's token count")
     tokens.clear()
     tokens.send_keys("2")
     Select(browser.find_element(By.ID, "schedule-attribute")).select_by_value("sentiment")

@@ -422,6 +422,7 @@ function start() {
   });
   for (const id of ["attributes-form", "targets-form", "anchors-form", "schedule-box"]) {
     $(id).addEventListener("input", refresh);
+    $(id).addEventListener("change", refresh); // selects: some browsers send only change
   }
   $("extrapolate").addEventListener("change", () => { setRanges(); refresh(); });
   $("preset").addEventListener("change", (event) => applyPreset(event.target.value));
