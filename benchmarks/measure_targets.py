@@ -64,6 +64,7 @@ def main() -> None:
     p.add_argument("--prompts", type=Path, default=None)
     p.add_argument("--split", default="odd")
     p.add_argument("--samples", type=int, default=2)
+    p.add_argument("--pair-samples", type=int, default=None, help="seeds per prompt for the pairs (default: --samples)")
     p.add_argument("--levels", default="0.1,0.3,0.5,0.7,0.9")
     p.add_argument("--seed-offset", type=int, default=1000, help="seeds differ from the calibration's")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/target_accuracy.json"))
@@ -81,7 +82,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     report: dict = {"anchors": args.anchors, "calibration": {k: doc[k] for k in ("anchor_set", "prompts", "sampling")},
                     "held_out": {"prompts": f"{args.prompts or 'builtin'}, {args.split} indices", "count": len(prompts),
-                                 "samples": args.samples}, "single": {}, "pairs": {}}  # fmt: skip
+                                 "samples": args.samples, "pair_samples": args.pair_samples or args.samples},
+              "single": {}, "pairs": {}}  # fmt: skip
     samples = args.samples
     for attr, curve in cal.curves.items():
         scorer = get_scorer(doc["scorers"][attr]["spec"])
@@ -110,7 +112,8 @@ def main() -> None:
             print(f"  target {r['target']:+.3f}  alpha {r['alpha']:.3f}  achieved {r['achieved']:+.3f}  "
                   f"90% [{r['interval90'][0]:+.3f}, {r['interval90'][1]:+.3f}]")
     for a, b in itertools.combinations(cal.curves, 2):
-        report["pairs"][f"{a}+{b}"] = measure_pair(engine, cal, doc, (a, b), prompts, samples, sampling, args)
+        report["pairs"][f"{a}+{b}"] = measure_pair(engine, cal, doc, (a, b), prompts, args.pair_samples or samples,
+                                                   sampling, args)
         print(f"{a}+{b}: {report['pairs'][f'{a}+{b}']['mae_fraction_of_range']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))

@@ -28,7 +28,9 @@ def ray_cluster(workers: list[dict], env: dict[str, str] | None = None,
 
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED", *(env or {}))}
     os.environ.update({"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **(env or {})})
-    dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port}
+    # The agent that runs submitted jobs gets a free port too: its default (52365) may be another cluster's.
+    dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port,
+                 "dashboard_agent_listen_port": free_port()}
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False,
                                                             **(dashboard if dashboard_port else {})})
     try:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import multinode
@@ -96,11 +97,19 @@ def test_submit_with_a_working_dir_runs_the_package_on_a_multinode_cluster(s3_en
     port = multinode.free_port()
     # Job drivers run `python` from the head's PATH: this venv's.
     env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "HF_HUB_OFFLINE": "1"}
+    submit = [sys.executable, "-m", "lerpray", "submit", "batch", str(job_dir / "batch.yaml"), "--address",
+              f"http://127.0.0.1:{port}", "--working-dir", str(job_dir), "--follow"]
     with multinode.ray_cluster(WORKERS, env=env, dashboard_port=port):
-        result = subprocess.run(
-            [sys.executable, "-m", "lerpray", "submit", "batch", str(job_dir / "batch.yaml"), "--address",
-             f"http://127.0.0.1:{port}", "--working-dir", str(job_dir), "--follow"],
-            env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+        deadline = time.monotonic() + 60
+        while True:  # a fresh head takes a few seconds to start the agent that runs jobs; Ray says "try again later"
+            try:
+                result = subprocess.run(submit, env={**os.environ, **env}, capture_output=True, text=True,
+                                        timeout=600)
+            except subprocess.TimeoutExpired as err:
+                pytest.fail(f"the job did not finish in 600 s:\n{err.stdout}\n{err.stderr}")
+            if "No available agent" not in result.stderr or time.monotonic() > deadline:
+                break
+            time.sleep(2)
 
     assert result.returncode == 0, f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
     assert "SUCCEEDED" in result.stderr
