@@ -76,9 +76,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in {"out": args.out, "anchors": args.anchors, "server": args.server}.items() if v}
     config = load_sweep_config(args.config, overrides)
-    if args.replot:
-        outputs = rewrite_outputs(config.out)
-    elif args.num_gpus > 0:
+    if args.num_gpus > 0 and not args.replot:  # the whole sweep as one Ray task on a GPU node
         import ray
 
         from lerpray.ray_cluster import connect_ray
@@ -89,12 +87,11 @@ def _sweep(args: argparse.Namespace) -> int:
         remote = ray.remote(num_gpus=args.num_gpus, num_cpus=args.num_cpus)(sweep_and_upload)
         print(f"report: {ray.get(remote.remote(config, args.upload))}")
         return 0
-    else:
-        outputs = run_sweep(config)
+    outputs = rewrite_outputs(config.out) if args.replot else run_sweep(config)
     print(f"wrote {outputs.generations}")
     for path in outputs.plots:
         print(f"wrote {path}")
-    if args.upload and not args.replot:
+    if args.upload:
         upload_folder(outputs.out, args.upload)
         print(f"uploaded {outputs.out} to {args.upload}")
     print(f"report: {outputs.report}")
