@@ -153,3 +153,15 @@ def test_perplexity_ratio_uses_the_worse_anchor():
     assert row["ratio"] == pytest.approx(15.0 / 12.0) and row["max_all"] == 90.0 and row["argmax_all"] == -1.0
     (row,) = perplexity_summary(ppl[ppl["x"] != 0.0]).to_dict("records")  # no alpha-0 point: the other anchor
     assert row["ratio"] == pytest.approx(15.0 / 12.0)
+
+
+def test_upload_copies_every_output_file_to_the_store(tmp_path):
+    from lerpray.eval.commands import upload_folder
+
+    out = tmp_path / "sweep"
+    (out / "plots").mkdir(parents=True)
+    (out / "report.md").write_text("# report\n")
+    (out / "plots" / "a.png").write_bytes(b"\x89PNG")
+    keys = upload_folder(out, str(tmp_path / "store"))
+    assert keys == ["plots/a.png", "report.md"]
+    assert (tmp_path / "store" / "plots" / "a.png").read_bytes() == b"\x89PNG"
