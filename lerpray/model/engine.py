@@ -129,12 +129,12 @@ class Engine:
         return self._scheduler.abort(request_id)
 
     @torch.inference_mode()
-    def step(self) -> list[TokenEvent]:
-        """Admit waiting requests, decode one token for every decoding row, prefill the next prompt chunk."""
+    def step(self, protect_streams: bool = True) -> list[TokenEvent]:
+        """Admit waiting requests, decode a token for each decoding row, prefill prompt chunks (SlotScheduler.chunks)."""
         self._write_mixes(self._scheduler.admit())
         events = self._decode() if self._scheduler.decoding() else []
         if self._scheduler.prefilling():
-            events += self._prefill()
+            events += self._prefill(protect_streams)
         return events
 
     # ---- offline loops over the step API --------------------------------------------------------------------
@@ -157,7 +157,7 @@ class Engine:
     def _drain(self) -> Iterator[TokenEvent]:
         try:
             while self.has_work():
-                yield from self.step()
+                yield from self.step(protect_streams=False)  # nobody watches these streams token by token
         finally:  # the consumer stopped early: do not leave its requests in the engine
             for row in [*self._scheduler.running(), *self._scheduler.queued()]:
                 self.abort(row.request.request_id)
@@ -210,8 +210,8 @@ class Engine:
         logits = logits[:, -1].index_select(0, torch.tensor([r.slot for r in rows], device=self.device))
         return self._advance(rows, logits)
 
-    def _prefill(self) -> list[TokenEvent]:
-        chunks = self._scheduler.chunks()
+    def _prefill(self, protect_streams: bool) -> list[TokenEvent]:
+        chunks = self._scheduler.chunks(protect_streams)
         rows = [row for row, _ in chunks]
         self._write_mixes(rows, scheduled_only=True)
         ids, positions = chunk_inputs(

@@ -75,14 +75,17 @@ class SlotScheduler:
         """Rows with prompt left to prefill (a request's other choices wait for its first choice's prompt)."""
         return [row for row in self.running() if not row.decoding and row.parent is None]
 
-    def chunks(self) -> list[tuple[Row, int]]:
+    def chunks(self, protect_streams: bool = True) -> list[tuple[Row, int]]:
         """This step's prompt chunks (row, tokens), in slot order (contiguous slots read cache views).
 
-        The `prefill_chunk` budget protects decoding rows' streams; with none decoding there is nothing to
-        protect, so up to IDLE_PREFILL_TOKENS are prefilled at once (a burst of arrivals costs one big forward).
+        The `prefill_chunk` budget protects decoding rows' streams; with none decoding, or no stream to protect
+        (`protect_streams` False: an offline loop that only wants throughput), up to IDLE_PREFILL_TOKENS are
+        prefilled at once. Without that, a full batch whose rows finish one by one would refill its slots at
+        `prefill_chunk` prompt tokens per step and decode mostly empty slots.
         """
         pending = sorted(self.prefilling(), key=lambda r: r.admitted)
-        chunk = self.prefill_chunk if self.decoding() else max(self.prefill_chunk, IDLE_PREFILL_TOKENS)
+        small = protect_streams and self.decoding()
+        chunk = self.prefill_chunk if small else max(self.prefill_chunk, IDLE_PREFILL_TOKENS)
         oldest = pending[0]
         takes = {id(oldest): min(oldest.remaining, max(1, chunk // 4))}
         budget = chunk - takes[id(oldest)]
