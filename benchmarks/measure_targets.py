@@ -42,9 +42,12 @@ def generate(engine: Engine, coeffs: list[tuple], prompts: list[str], samples: i
 
 
 def bootstrap_mean(values: np.ndarray, prompts: int, samples: int, rng, resamples: int = 1000) -> tuple[float, float]:
-    """90 % interval of the mean of `values` [prompts * samples], resampling prompts."""
-    per_prompt = values.reshape(prompts, samples).mean(axis=1)
-    draws = [per_prompt[rng.integers(0, prompts, prompts)].mean() for _ in range(resamples)]
+    """90 % interval of the mean of `values` [prompts * samples], resampling prompts (unscorable replies, NaN, left
+    out: e.g. FKGL of a reply with no words)."""
+    with np.errstate(all="ignore"):
+        per_prompt = np.nanmean(values.reshape(prompts, samples), axis=1)
+    per_prompt = per_prompt[np.isfinite(per_prompt)]
+    draws = [per_prompt[rng.integers(0, len(per_prompt), len(per_prompt))].mean() for _ in range(resamples)]
     return float(np.percentile(draws, 5)), float(np.percentile(draws, 95))
 
 
@@ -54,7 +57,7 @@ def mae_interval(errors: np.ndarray, rng, resamples: int = 1000) -> tuple[float,
     draws = []
     for _ in range(resamples):
         pick = rng.integers(0, n, n)
-        draws.append(np.abs(errors[:, pick].mean(axis=(1, 2))).mean())
+        draws.append(np.abs(np.nanmean(errors[:, pick], axis=(1, 2))).mean())
     return float(np.percentile(draws, 5)), float(np.percentile(draws, 95))
 
 
@@ -96,10 +99,12 @@ def main() -> None:
             scores = np.array(scorer.score(group), dtype=float)
             errors.append((scores - t).reshape(len(prompts), samples))
             ci = bootstrap_mean(scores, len(prompts), samples, rng)
-            rows.append({"target": round(t, 4), "alpha": s.resolved["alpha"][attr], "achieved": round(float(scores.mean()), 4),
-                         "interval90": [round(v, 4) for v in ci], "abs_error": round(abs(float(scores.mean()) - t), 4)})  # fmt: skip
+            achieved = float(np.nanmean(scores))
+            rows.append({"target": round(t, 4), "alpha": s.resolved["alpha"][attr], "achieved": round(achieved, 4),
+                         "interval90": [round(v, 4) for v in ci], "abs_error": round(abs(achieved - t), 4),
+                         "scored": int(np.isfinite(scores).sum()), "generated": len(scores)})  # fmt: skip
         err = np.array(errors)
-        mae = float(np.abs(err.mean(axis=(1, 2))).mean())
+        mae = float(np.abs(np.nanmean(err, axis=(1, 2))).mean())
         span = hi - lo
         ci = mae_interval(err, rng)
         report["single"][attr] = {"scorer": curve.scorer, "reachable": [round(lo, 4), round(hi, 4)], "targets": rows,
@@ -136,7 +141,7 @@ def measure_pair(engine, cal, doc, pair, prompts, samples, sampling, args) -> di
         for t, group in zip(combos, texts, strict=True):
             for a in pair:
                 scores = get_scorer(doc["scorers"][a]["spec"]).score(group)
-                errs[a].append(abs(float(np.mean(scores)) - t[a]) / max(spans[a][1] - spans[a][0], 1e-9))
+                errs[a].append(abs(float(np.nanmean(scores)) - t[a]) / max(spans[a][1] - spans[a][0], 1e-9))
         out[mode] = {a: round(float(np.mean(e)), 4) for a, e in errs.items()}
     return {"targets": combos, "mae_fraction_of_range": out}
 
