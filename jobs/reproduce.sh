@@ -18,9 +18,9 @@ cp runs/repro/sweep/{report.md,summary.csv,effects.csv,perplexity.csv,sweep.json
 gzip -9 -c runs/repro/sweep/generations.csv > benchmarks/results/repro/generations.csv.gz   # every table's source
 cp runs/repro/classifiers/metrics.json benchmarks/results/repro/classifiers.json
 cp runs/repro/classifiers/pole_scores.json benchmarks/results/repro/pole_scores.json
-mkdir -p benchmarks/results/repro/mix
-cp runs/repro/mix/{report.md,summary.csv} benchmarks/results/repro/mix/
-gzip -9 -c runs/repro/mix/generations.csv > benchmarks/results/repro/mix/generations.csv.gz
+cp runs/repro/mix/report.md benchmarks/results/repro/mix_report.md
+cp runs/repro/mix/summary.csv benchmarks/results/repro/mix_summary.csv
+gzip -9 -c runs/repro/mix/generations.csv > benchmarks/results/repro/mix_generations.csv.gz
 cp runs/repro/weights/weights.json benchmarks/results/repro/weights.json
 for name in scores_vs_alpha entanglement perplexity_vs_alpha; do
     cp "runs/repro/sweep/$name.png" "docs/figures/repro_$name.png"
