@@ -86,6 +86,16 @@ def test_idle_engine_prefills_a_burst_in_one_step(imodel):
     assert sorted(e.request_id for e in history[0]) == ["a", "b"]
 
 
+def test_offline_steps_prefill_a_new_prompt_at_once_while_rows_decode(imodel):
+    """generate()/stream() protect no stream: a prompt that arrives while a row decodes is prefilled in one step
+    (step() would take it 8 tokens a step), so a batch whose rows finish one by one refills its slots at once."""
+    engine = Engine(imodel, tiny_tokenizer(), max_batch_size=2, prefill_chunk=8)
+    engine.add(req("x", ONE, rid="bg", max_tokens=6))
+    engine.step()  # "bg" decodes from here on
+    engine.add(req(LONG, ONE, rid="long", max_tokens=2))
+    assert sorted(e.request_id for e in engine.step(protect_streams=False)) == ["bg", "long"]  # prefilled + token
+
+
 def test_abort_mid_prefill_frees_the_slot_and_the_engine_keeps_serving(imodel):
     engine = Engine(imodel, tiny_tokenizer(), max_batch_size=2, prefill_chunk=8)
     engine.add(req("x", ONE, rid="bg", max_tokens=6))  # decoding, so prompts go 8 tokens a step
