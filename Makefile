@@ -22,7 +22,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/lerpray quickstart
 
-# The playground's browser test (tests/integration/test_playground.py) drives Debian's chromium + chromedriver:
+# The playground's browser test (tests/integration/http_api/test_playground.py) drives Debian's chromium + chromedriver:
 # installed here where missing when we are root with apt-get; otherwise the test fails and says how to install them.
 browser:
 	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
@@ -36,7 +36,7 @@ browser:
 	fi
 
 test: $(STAMP) browser
-	$(PY) -m pytest -m "not slow and not gpu" -q
+	$(PY) -m pytest -m "not slow and not gpu" -q --durations=25
 
 test-all: $(STAMP) browser
 	$(PY) -m pytest -q

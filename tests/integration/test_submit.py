@@ -1,6 +1,6 @@
 """`lerpray submit` and `lerpray jobs` against a real Ray head started for this file on loopback (its own temp dir
-and ports; stopped by PID at the end), with tiny models saved to disk: a training job and a batch job run to
-SUCCEEDED through the CLI and their outputs are checked; a failing job makes `--follow` exit 1."""
+and ports; stopped by PID at the end), with tiny models saved to disk: a batch job (and, marked slow, a training
+job) runs to SUCCEEDED through the CLI and its output is checked; a failing job makes `--follow` exit 1."""
 
 from __future__ import annotations
 
@@ -122,9 +122,11 @@ def submit_and_follow(head: RayHead, kind: str, config: Path) -> tuple[str, subp
     return job_id, result
 
 
-def test_submit_train_follow_publishes_a_verified_anchor_set(ray_head, tmp_path, capsys):
+@pytest.mark.slow
+def test_submit_train_follow_publishes_a_verified_anchor_set(ray_head, tmp_path):
+    """Slow (~70 s here, one Ray Train run inside a job): the default run submits a batch job through the same
+    `lerpray submit` path, and tests/integration/test_train.py trains."""
     from lerpray.anchors import load_anchor_set, verify_anchor_set
-    from lerpray.cli import main
     from lerpray.testing import save_tiny_base_model
     from lerpray.train.config import parse_train_config
 
@@ -155,17 +157,10 @@ def test_submit_train_follow_publishes_a_verified_anchor_set(ray_head, tmp_path,
     manifest = load_anchor_set(str(tmp_path / "anchors")).manifest
     assert [a.name for a in manifest.anchors] == ["sentiment.positive", "sentiment.negative"]
 
-    capsys.readouterr()
-    assert main(["jobs", "status", job_id, "--address", ray_head.address]) == 0
-    assert capsys.readouterr().out.startswith(f"{job_id}: SUCCEEDED")
-    assert main(["jobs", "logs", job_id, "--address", ray_head.address]) == 0
-    assert "python -m lerpray train" in capsys.readouterr().out  # Ray logs the entrypoint it runs
-    assert main(["jobs", "stop", job_id, "--address", ray_head.address]) == 0
-    assert "not running (SUCCEEDED)" in capsys.readouterr().out
 
-
-def test_submit_batch_follow_writes_one_row_per_prompt_and_mix(ray_head, tmp_path):
+def test_submit_batch_follow_writes_one_row_per_prompt_and_mix(ray_head, tmp_path, capsys):
     from lerpray.batch.config import parse_batch_config
+    from lerpray.cli import main
     from lerpray.testing import tiny_anchor_set
 
     anchors = tiny_anchor_set(tmp_path / "set")
@@ -192,6 +187,14 @@ def test_submit_batch_follow_writes_one_row_per_prompt_and_mix(ray_head, tmp_pat
     for row in rows:
         assert row["prompt"] == prompts[row["row_id"]] and json.loads(row["mix"]) == mixes[row["mix_index"]]
         assert isinstance(row["text"], str) and row["completion_tokens"] >= 1
+
+    capsys.readouterr()
+    assert main(["jobs", "status", job_id, "--address", ray_head.address]) == 0
+    assert capsys.readouterr().out.startswith(f"{job_id}: SUCCEEDED")
+    assert main(["jobs", "logs", job_id, "--address", ray_head.address]) == 0
+    assert "python -m lerpray batch" in capsys.readouterr().out  # Ray logs the entrypoint it runs
+    assert main(["jobs", "stop", job_id, "--address", ray_head.address]) == 0
+    assert "not running (SUCCEEDED)" in capsys.readouterr().out
 
 
 def test_failed_and_stopped_jobs_exit_1_and_unknown_ids_are_one_line_errors(ray_head, tmp_path, capsys):

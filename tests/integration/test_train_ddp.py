@@ -22,7 +22,8 @@ def test_two_ddp_workers_keep_identical_weights_and_lower_the_loss(tmp_path):
         "training": {"block_size": 32, "batch_size": 2, "max_steps": 20, "learning_rate": 2e-2},
         "anchors": [{"attribute": "sentiment", "pole": p, "data": {"paths": [str(tmp_path / f"{p}.txt")]}}
                     for p in ("positive", "negative")],
-        "resources": {"workers_per_anchor": 2, "cpus_per_worker": 1},
+        # Half a CPU per worker: both anchors' two ranks fit the 2-CPU cluster at once (one run, not two in a row).
+        "resources": {"workers_per_anchor": 2, "cpus_per_worker": 0.5},
         "checkpoint_every": 20, "max_failures": 0, "output": str(tmp_path / "set"),
         "storage_path": str(tmp_path / "ray"),
     })

@@ -87,8 +87,12 @@ def test_killed_worker_resumes_from_its_last_checkpoint(ray_cluster, tiny_job, t
     assert anchor_set.anchors[0].entry.metrics["resumed_from"] == last_checkpoint
 
 
+@pytest.mark.slow
 def test_relaunch_with_the_same_run_id_resumes(ray_cluster, tiny_job, tmp_path):
-    """A second launch of run "again" (e.g. after the driver died, or to train longer) starts from step 6."""
+    """A second launch of run "again" (e.g. after the driver died, or to train longer) starts from step 6.
+
+    Slow (95 s here): the default run covers a relaunch with test_zero3_offload_checkpoints_resumes_and_publishes
+    (ZeRO-3, resumes from step 2); this is the plain-DDP checkpoint path of the same promise."""
     from lerpray.anchors import read_manifest
     from lerpray.anchors.store import open_store
     from lerpray.train import parse_train_config, train_anchors

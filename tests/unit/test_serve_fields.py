@@ -1,7 +1,7 @@
 """OpenAI field coverage: every field the installed openai client defines is in lerpray/serve/fields.py's list for its
 endpoint, and a request carrying it (every example value built from the client's types) is either accepted or
 refused with a 400 that names it: never "unknown field", never a 500. The HTTP twin is in
-tests/integration/test_serve_api.py."""
+tests/integration/http_api/test_serve_api.py."""
 
 from __future__ import annotations
 

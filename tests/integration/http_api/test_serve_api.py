@@ -1,7 +1,7 @@
 """The OpenAI-compatible API on a real Ray Serve (127.0.0.1, a free port) with a tiny Llama and a real anchor set.
 
-One module-scoped app serves every test. Outputs are compared with an in-process `Engine` loaded from the same anchor
-set: same prompt, mix and seed -> same text and token counts.
+The package's one app (app.py) serves every test. Outputs are compared with an in-process `Engine` loaded from the
+same anchor set: same prompt, mix and seed -> same text and token counts.
 """
 
 from __future__ import annotations
@@ -11,52 +11,19 @@ import json
 import httpx
 import openai_fields
 import pytest
-from serve_app import running_app
 
 from lerpray.anchors import open_store, read_manifest
 from lerpray.mixing import resolve_mix
 from lerpray.model import Engine, GenerationRequest, SamplingParams
-from lerpray.testing import tiny_anchor_set
+
+from .app import BODY_LIMIT, CAP, KEY, MIX, PRESETS
 
 pytestmark = pytest.mark.integration
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
-KEY_ENV, KEY = "LERPRAY_TEST_API_KEY", "test-key-123"
-AUTH = {"Authorization": f"Bearer {KEY}"}
-CAP, BODY_LIMIT = 48, 16 * 1024
-MIX = {"alpha": {"sentiment": 0.8, "formality": 0.3}, "lambda": {"sentiment": 0.6, "formality": 0.4}}
 MESSAGES = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Tell me about cats."}]
-PRESETS = {"lerpray-upbeat": {"alpha": {"sentiment": 0.9}}, "lerpray-mix": MIX}
-
-
-@pytest.fixture(scope="module")
-def anchors(tmp_path_factory) -> str:
-    return str(tiny_anchor_set(tmp_path_factory.mktemp("serve-api")))
-
-
-@pytest.fixture(scope="module")
-def base_url(anchors: str):
-    from lerpray.serve import ServeArgs
-
-    args = ServeArgs(
-        anchors=anchors, api_key_env=KEY_ENV, max_tokens_cap=CAP, default_max_tokens=8,
-        max_body_bytes=BODY_LIMIT, num_cpus=0.5, presets=PRESETS,
-    )
-    with running_app(args, {KEY_ENV: KEY}) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def engine(anchors: str) -> Engine:
-    return Engine.from_uri(anchors)
-
-
-@pytest.fixture(scope="module")
-def http(base_url: str):
-    with httpx.Client(base_url=base_url, headers=AUTH, timeout=60) as client:
-        yield client
 
 
 def local(engine: Engine, *, prompt=None, messages=None, mix=MIX, seed=7, max_tokens=16, temperature=1.0):

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_app import running_app
 
-from lerpray.testing import TINY_ANCHORS, tiny_anchor_set
+from lerpray.testing import TINY_ANCHORS
+
+from .app import KEY, PRESETS
 
 pytestmark = pytest.mark.integration
 
@@ -25,21 +26,8 @@ ray = pytest.importorskip("ray")
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,900")
-KEY_ENV, KEY = "LERPRAY_PLAYGROUND_KEY", "playground-key"
-PRESETS = {"lerpray-upbeat": {"alpha": {"sentiment": 0.9}}}
 POSITIONS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the page's default compare positions
 WAIT_S = 30
-
-
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory):
-    from lerpray.serve import ServeArgs
-
-    anchors = tiny_anchor_set(tmp_path_factory.mktemp("playground"))
-    args = ServeArgs(anchors=str(anchors), api_key_env=KEY_ENV, default_max_tokens=8, max_tokens_cap=64,
-                     num_cpus=0.5, presets=PRESETS)
-    with running_app(args, {KEY_ENV: KEY}) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
@@ -164,12 +152,21 @@ def test_playground_generates_and_compares_in_a_browser(browser, base_url, tmp_p
     resolved = json.loads(browser.find_element(By.ID, "single").get_attribute("data-resolved"))
     assert [piece.get("until") for piece in resolved["schedule"]] == [2, None]
 
-    # Targets: this set has no calibration, so the server's 400 reaches the page, saying how to make one.
+    # Targets: sentiment is calibrated (app.py), so the page shows the mix the server resolved and the text is the
+    # API's; formality is not, so the server's 400 reaches the page, saying how to make a calibration.
     Select(browser.find_element(By.ID, "schedule-mode")).select_by_value("")
     browser.find_element(By.ID, "tab-targets").click()
     browser.find_element(By.CSS_SELECTOR, 'input[data-target="sentiment"]').send_keys("0.3")
+    target = json.loads(browser.find_element(By.ID, "mix-json").get_attribute("textContent"))
+    assert target == {"target": {"sentiment": 0.3}}
+    assert generate(browser) == api_text(base_url, page_body(browser, target))
+    resolved = json.loads(browser.find_element(By.ID, "single").get_attribute("data-resolved"))
+    assert resolved["alpha"] == {"sentiment": pytest.approx(0.8)}  # the synthetic curve: score = alpha - 0.5
+
+    browser.find_element(By.CSS_SELECTOR, 'input[data-target="sentiment"]').send_keys(Keys.CONTROL, "a", Keys.DELETE)
+    browser.find_element(By.CSS_SELECTOR, 'input[data-target="formality"]').send_keys("0.3")
     assert json.loads(browser.find_element(By.ID, "mix-json").get_attribute("textContent")) == {
-        "target": {"sentiment": 0.3}}
+        "target": {"formality": 0.3}}
     browser.find_element(By.ID, "generate").click()
     single = browser.find_element(By.ID, "single")
     wait_for(browser, lambda d: single.get_attribute("data-state") in ("done", "failed"), "the refused reply")

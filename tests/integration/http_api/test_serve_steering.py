@@ -1,5 +1,5 @@
-"""Targets and schedules over HTTP on a real Ray Serve with a tiny anchor set: a synthetic calibration file beside
-one set, none beside the other; the 400s name the field and say what to change; replies report the resolved mix."""
+"""Targets and schedules over HTTP on the package's app (app.py): a synthetic calibration of sentiment beside the
+tiny set, none for formality; the 400s name the field and say what to change; replies report the resolved mix."""
 
 from __future__ import annotations
 
@@ -7,39 +7,17 @@ import json
 
 import httpx
 import pytest
-from serve_app import running_app
 
-from lerpray.anchors import open_store
-from lerpray.anchors.calibration import save_calibration
 from lerpray.mixing import resolve_mix
-from lerpray.model import Engine, GenerationRequest, MixSchedule, SamplingParams
-from lerpray.testing import tiny_anchor_set
+from lerpray.model import GenerationRequest, MixSchedule, SamplingParams
+
+from .app import S
 
 pytestmark = pytest.mark.integration
 
 ray = pytest.importorskip("ray")
 
-S = "sentiment"
-# Synthetic: sentiment's mean score = alpha - 0.5, known on alpha in [-1, 2] (reachable [-0.5, 0.5] in the hull)
-CURVES = {"curves": {S: {"scorer": "vader", "alphas": [-1, 0, 1, 2], "fit": [-1.5, -0.5, 0.5, 1.5]}},
-          "scorers": {S: {"spec": "vader"}}}  # fmt: skip
 SCHEDULE = {"schedule": [{"until": 3, "mix": {"alpha": {S: 1}}}, {"mix": {"target": {S: -0.25}}}]}
-
-
-@pytest.fixture(scope="module")
-def anchors(tmp_path_factory) -> str:
-    path = str(tiny_anchor_set(tmp_path_factory.mktemp("serve-steering")))
-    save_calibration(open_store(path), CURVES)
-    return path
-
-
-@pytest.fixture(scope="module")
-def http(anchors: str):
-    from lerpray.serve import ServeArgs
-
-    args = ServeArgs(anchors=anchors, max_tokens_cap=32, default_max_tokens=8, num_cpus=0.5)
-    with running_app(args) as url, httpx.Client(base_url=url, timeout=60) as client:
-        yield client
 
 
 def post(http, **body) -> httpx.Response:
@@ -56,7 +34,7 @@ def test_target_resolves_and_the_reply_reports_the_mix(http):
     assert json.loads(response.headers["x-lerpray-mix"]) == body["resolved_mix"]
 
 
-def test_scheduled_stream_equals_the_engine_schedule_and_names_its_mix_in_a_header(http, anchors):
+def test_scheduled_stream_equals_the_engine_schedule_and_names_its_mix_in_a_header(http, engine):
     with http.stream("POST", "/v1/completions", json={"prompt": "Hello", "max_tokens": 8, "temperature": 0,
                                                      "stream": True, "interpolation": SCHEDULE}) as response:
         assert response.status_code == 200
@@ -65,7 +43,6 @@ def test_scheduled_stream_equals_the_engine_schedule_and_names_its_mix_in_a_head
     text = "".join(json.loads(c)["choices"][0]["text"] for c in chunks[:-1])
     assert [p.get("until") for p in header["schedule"]] == [3, None]
     assert header["schedule"][1]["mix"]["alpha"] == {S: pytest.approx(0.25)}
-    engine = Engine.from_uri(anchors)
     first, second = (resolve_mix({"alpha": {S: a}}, engine.layout) for a in (1.0, 0.25))
     request = GenerationRequest(coeffs=first, prompt="Hello", schedule=MixSchedule(pieces=((3, first), (None, second))),
                                 sampling=SamplingParams(temperature=0, max_tokens=8))  # fmt: skip

@@ -10,43 +10,18 @@ import httpx
 import openai
 import pytest
 from openai._models import construct_type
-from serve_app import running_app
 
 from lerpray.mixing import resolve_mix
 from lerpray.model import Engine, GenerationRequest, SamplingParams
-from lerpray.testing import tiny_anchor_set
+
+from .app import KEY, MIX
 
 pytestmark = pytest.mark.integration
 
 ray = pytest.importorskip("ray")
 
-MIX = {"alpha": {"sentiment": 0.8, "formality": 0.3}, "lambda": {"sentiment": 0.6, "formality": 0.4}}
 PROMPT = "Once upon a time"
 TOL = 1e-4  # logprobs: the server's batch shapes differ from the in-process run's (float rounding only)
-
-
-@pytest.fixture(scope="module")
-def anchors(tmp_path_factory) -> str:
-    return str(tiny_anchor_set(tmp_path_factory.mktemp("serve-choices")))
-
-
-@pytest.fixture(scope="module")
-def base_url(anchors: str):
-    from lerpray.serve import ServeArgs
-
-    with running_app(ServeArgs(anchors=anchors, max_tokens_cap=48, default_max_tokens=8, num_cpus=0.5)) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def engine(anchors: str) -> Engine:
-    return Engine.from_uri(anchors)
-
-
-@pytest.fixture(scope="module")
-def http(base_url: str):
-    with httpx.Client(base_url=base_url, timeout=120) as client:
-        yield client
 
 
 def run_local(engine: Engine, *, prompt=PROMPT, messages=None, n=1, **sampling) -> dict[int, dict]:
@@ -161,7 +136,7 @@ def test_streamed_choices_and_logprobs_equal_the_whole_reply(http):
 
 
 def test_openai_client_calls_from_the_issue(base_url, engine):
-    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0)
+    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
     mix = {"extra_body": {"interpolation": MIX}}
     two = client.completions.create(model="lerpray", prompt=PROMPT, n=2, max_tokens=8, seed=7, **mix)
     assert [c.index for c in two.choices] == [0, 1]
@@ -189,5 +164,5 @@ def test_perplexity_over_http_equals_in_process(base_url, engine):
     texts = ["The film was wonderful and warm.", "Dear sir, I write to complain.", "ok"]
     mixes = {"mix": resolve_mix(MIX, engine.layout)}
     local = perplexities(engine.imodel, engine.tokenizer, texts, mixes, max_length=16)
-    served = http_perplexities(base_url, texts, {"mix": MIX}, max_length=16)
+    served = http_perplexities(base_url, texts, {"mix": MIX}, max_length=16, api_key=KEY)
     assert served["mix"] == pytest.approx(local["mix"], rel=1e-4)
