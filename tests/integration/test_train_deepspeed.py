@@ -15,14 +15,18 @@ MAX_STEPS = 4
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
+def torch_extensions(tmp_path_factory) -> Path:
+    """The workers' TORCH_EXTENSIONS_DIR, empty: training must not JIT-build any DeepSpeed op (~50 s each on a new
+    node), so it stays empty."""
+    return tmp_path_factory.mktemp("torch-extensions")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(torch_extensions):
     from lerpray.ray_cluster import local_ray
 
-    # A fresh, empty extensions folder (yielded): training must not JIT-build any DeepSpeed op (~50 s each on a new
-    # node), so it stays empty.
-    extensions = tmp_path_factory.mktemp("torch-extensions")
-    with local_ray(num_cpus=2, env={"TORCH_EXTENSIONS_DIR": str(extensions)}, log_to_driver=False):
-        yield extensions
+    with local_ray(num_cpus=2, env={"TORCH_EXTENSIONS_DIR": str(torch_extensions)}, log_to_driver=False):
+        yield
 
 
 def job(tmp_path: Path, stage: int, run_id: str) -> dict:
@@ -64,7 +68,7 @@ def assert_published(output: str) -> None:
         assert any(B.abs().max() > 0 for _, B, _ in anchor.modules.values()), anchor.entry.name
 
 
-def test_zero3_offload_checkpoints_and_publishes(ray_cluster, tmp_path):
+def test_zero3_offload_checkpoints_and_publishes(ray_cluster, torch_extensions, tmp_path):
     """ZeRO-3 with optimizer offload: both ranks' shards land in one merged checkpoint, and ZeRO-3 gathers the
     partitioned LoRA factors to publish them as plain PEFT adapters."""
     from lerpray.train import parse_train_config, train_anchors
@@ -76,7 +80,7 @@ def test_zero3_offload_checkpoints_and_publishes(ray_cluster, tmp_path):
     assert all(m["resumed_from"] == 0 and m["step"] == 2 for m in outcome.metrics.values())
     assert_merged_shards(tmp_path, "zero3", "sentiment.positive")
     assert_published(raw["output"])
-    assert not any(ray_cluster.iterdir()), "a DeepSpeed op was JIT-built"
+    assert not any(torch_extensions.iterdir()), "a DeepSpeed op was JIT-built"
 
 
 @pytest.mark.slow
