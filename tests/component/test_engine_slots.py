@@ -157,15 +157,23 @@ def test_batch_buckets_cover_every_size_with_little_padding():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_graph_decode_matches_eager_and_never_recaptures_for_a_new_mix(imodel):
+def test_cuda_graph_decode_matches_eager_and_never_recaptures_for_a_new_mix(imodel, monkeypatch):
+    """Rows of different mixes decode through captured graphs (not the eager path) exactly like the eager engine;
+    a batch of new mixes replays the same graphs with the new coefficients and captures nothing."""
     import copy
 
     cuda = copy.deepcopy(imodel)
     cuda.model.to("cuda")
     graphs = Engine(cuda, tiny_tokenizer(), max_batch_size=4, cuda_graphs=True)
     eager = Engine(cuda, tiny_tokenizer(), max_batch_size=4, cuda_graphs=False)
+    replays = []
+    replay = graphs._graphs.run
+    monkeypatch.setattr(graphs._graphs, "run", lambda *args: replays.append(len(args[0])) or replay(*args))
     first = [req(p, m, max_tokens=8) for p, m in zip(PROMPTS, [ONE, TWO, WILD], strict=True)]
     assert [r.text for r in graphs.generate(first)] == [r.text for r in eager.generate(first)]
     captures = graphs._graphs.captures
-    graphs.generate([req(p, m, max_tokens=8) for p, m in zip(PROMPTS, [MIXED, WILD, (0.3, 0.3, 0.3, 0.1)], strict=True)])
-    assert graphs._graphs.captures == captures
+    assert captures >= 1 and replays, f"no CUDA graph captured or replayed ({captures} captures): it decoded eagerly"
+    replays.clear()
+    second = [req(p, m, max_tokens=8) for p, m in zip(PROMPTS, [MIXED, WILD, (0.3, 0.3, 0.3, 0.1)], strict=True)]
+    assert [r.text for r in graphs.generate(second)] == [r.text for r in eager.generate(second)]
+    assert replays and graphs._graphs.captures == captures  # the new mixes went through the same graphs
