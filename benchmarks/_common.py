@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,8 +21,10 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "git_commit",
     "machine_description",
     "median",
+    "result_meta",
     "rss_bytes",
     "sync",
     "timed",
@@ -53,7 +56,7 @@ def machine_description(device: str | torch.device = "cpu") -> dict:
     """What a reader needs to compare numbers: CPU, cores, load, library versions, and the GPU if one is used."""
     device = torch.device(device)
     info = {
-        "timestamp_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "timestamp_utc": _now(),
         "hostname": platform.node(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
@@ -136,9 +139,51 @@ def word_tokenizer(vocab_size: int):
     return tokenizer
 
 
-def write_json(path: str | Path, payload: dict) -> Path:
-    """Write `payload` as indented JSON (atomically: temp file, then rename), creating folders."""
+REPO = Path(__file__).resolve().parents[1]
+COMMIT_ENV = "LERPRAY_GIT_COMMIT"
+
+
+def git_commit(repo: str | Path = REPO) -> str:
+    """The commit the benchmark ran from: $LERPRAY_GIT_COMMIT if set (a copy without .git, e.g. on a GPU machine),
+    else `git rev-parse HEAD` with "-dirty" when tracked files differ from it, else "unknown"."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
+    try:
+        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)  # fmt: skip
+        if head.returncode != 0:
+            return "unknown"
+        dirty = subprocess.run(["git", "-C", str(repo), "diff", "--quiet", "HEAD", "--"], capture_output=True,
+                               timeout=30).returncode != 0  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def result_meta(machine: dict | None = None, device: str | torch.device = "cpu") -> dict:
+    """What every result file records: the machine (GPU name if one was used, else the CPU model and its cores),
+    the UTC date and time, and the git commit. `machine` is a machine_description() already taken."""
+    machine = machine or machine_description(device)
+    if machine.get("gpu_name"):
+        name = f"{machine['gpu_name']} (host CPU {machine.get('cpu_model')})"
+    else:
+        name = f"{machine.get('logical_cores')}-core {machine.get('cpu_model')}"
+    return {"machine": name, "date": machine.get("timestamp_utc") or _now(), "commit": git_commit(),
+            "recorded": "by the benchmark"}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json(path: str | Path, payload: dict, device: str | torch.device = "cpu") -> Path:
+    """Write `payload` as indented JSON (atomically: temp file, then rename), creating folders. A payload without
+    a "meta" block gets one first (result_meta: machine, date, commit), from its "machine" description if it has
+    one."""
     path = Path(path)
+    if "meta" not in payload:
+        described = payload.get("machine") if isinstance(payload.get("machine"), dict) else None
+        payload = {"meta": result_meta(described, device), **payload}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")

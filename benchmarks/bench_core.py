@@ -2,7 +2,7 @@
 
     python benchmarks/bench_core.py                 # full CPU run (SmolLM2-135M fp32; minutes) -> results/core.json
     python benchmarks/bench_core.py --quick         # smoke run on a tiny random Llama (< 30 s)
-    PYTHONPATH=. python3 benchmarks/gpu_core.py     # GPU: ~1B random Llama in bf16 -> $OUT/core_gpu.json
+    PYTHONPATH=. python3 benchmarks/gpu_core.py     # GPU: ~1B random Llama in bf16 -> results/gpu/core_gpu.json
 
 Workload (issue 2): K=10 anchors, r=32, lora_alpha=16 on q,k,v,o; N requests each with its own mix; 32 prompt
 tokens, 32 new tokens, greedy. Methods and the shared decode loop: see core_methods.py. Repeats are interleaved

@@ -173,7 +173,7 @@ def main() -> None:
     opts = parser.parse_args()
 
     import torch
-    from _common import machine_description  # benchmarks/_common.py (this script's folder is on sys.path)
+    from _common import machine_description, result_meta  # benchmarks/_common.py (the script's folder is on sys.path)
 
     from lerpray.model.engine import Engine
 
@@ -198,7 +198,8 @@ def main() -> None:
             rows.append({"concurrency": c, **median, "ratios_all_rounds": [r["http_vs_engine_throughput"]
                                                                            for r in rounds]})
         stop_server()
-    result = {"machine": machine_description(), "torch_threads": torch.get_num_threads(), "max_tokens": opts.max_tokens,
+    machine = machine_description()
+    result = {"meta": result_meta(machine), "machine": machine, "torch_threads": torch.get_num_threads(), "max_tokens": opts.max_tokens,
               "replica_num_cpus": opts.threads, "rounds": opts.rounds, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
               "levels": rows}
     existing = json.loads(opts.output.read_text()) if opts.output.is_file() else {}

@@ -1,8 +1,9 @@
 """GPU benchmarks in one command: the engine targets (bench_engine.py --gpu), then the per-mix methods (bench_core).
 
-    PYTHONPATH=. python3 benchmarks/gpu_core.py                  # on the GPU machine: $OUT/engine_gpu.json (~6 min
+    PYTHONPATH=. python3 benchmarks/gpu_core.py                  # on a GPU: results/gpu/engine_gpu.json (~6 min
                                                                  # on an H100: ~1B and 8B Llama shapes, bf16)
-    PYTHONPATH=. python3 benchmarks/gpu_core.py --methods        # also bench_core's methods: $OUT/core_gpu.json
+    PYTHONPATH=. python3 benchmarks/gpu_core.py --methods        # also bench_core's methods: results/gpu/core_gpu.json
+    ... --out-dir DIR                                            # write there instead
     PYTHONPATH=. python3 benchmarks/gpu_core.py --tiny           # CPU rehearsal of bench_core: tiny Llama in bf16
 
 Engine targets (issue 13; random weights: throughput does not depend on their values): lerpray's engine against the
@@ -18,7 +19,6 @@ repeats once the timed runs have taken that long. Any bench_core.py flag can be 
 
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -42,8 +42,10 @@ TINY_DEFAULTS = [
 def main(argv: list[str]) -> int:
     tiny, methods = "--tiny" in argv, "--methods" in argv
     argv = [a for a in argv if a not in ("--tiny", "--methods")]
-    default = Path(tempfile.gettempdir()) / "lerpray-bench" if tiny else Path(bench_core.HERE) / "results"
-    out_dir = Path(os.environ.get("OUT") or default)
+    out_dir = Path(tempfile.gettempdir()) / "lerpray-bench" if tiny else Path(bench_core.HERE) / "results" / "gpu"
+    if "--out-dir" in argv:
+        i = argv.index("--out-dir")
+        out_dir, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2:]
     name = "core_gpu_tiny_cpu" if tiny else "core_gpu"
     outputs = ["--out", str(out_dir / f"{name}.json"), "--plot", str(out_dir / f"{name}_throughput.png")]
     if not tiny:

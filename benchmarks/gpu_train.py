@@ -1,6 +1,6 @@
 """One anchor's LoRA training step on a GPU: tokens/s and model FLOPs utilisation (MFU), with the card named.
 
-    PYTHONPATH=. python3 benchmarks/gpu_train.py           # on the GPU machine: writes $OUT/train_gpu.json (~2 min)
+    PYTHONPATH=. python3 benchmarks/gpu_train.py           # on a GPU: benchmarks/results/gpu/train_gpu.json (~2 min)
     PYTHONPATH=. python3 benchmarks/gpu_train.py --tiny    # CPU rehearsal on a tiny Llama (to $TMPDIR)
 
 The step is lerpray's worker step without Ray around it (what lerpray.train.strategies.TorchStrategy does on one
@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from _common import write_json  # benchmarks/_common.py (the script's folder is on sys.path)
 
+RESULTS_GPU = Path(__file__).resolve().parent / "results" / "gpu"
 CONFIGS = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  intermediate_size=128, vocab_size=512),
@@ -128,12 +129,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="CPU rehearsal on a tiny Llama")
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per point")
     p.add_argument("--budget-s", type=float, default=150.0, help="start no further point after this many seconds")
+    p.add_argument("--out-dir", type=Path, default=None,
+                   help="default: benchmarks/results/gpu (GPU), the temp folder's lerpray-bench (--tiny)")
     args = p.parse_args(argv)
     device = "cpu" if args.tiny else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: run with --tiny for the CPU rehearsal", file=sys.stderr)
         return 2
-    out_dir = Path(os.environ.get("OUT") or (Path(tempfile.gettempdir()) / "lerpray-bench"))
+    out_dir = args.out_dir or (Path(tempfile.gettempdir()) / "lerpray-bench" if args.tiny else RESULTS_GPU)
     started, points = time.perf_counter(), []
     for name, block, batch in TINY_POINTS if args.tiny else GPU_POINTS:
         if time.perf_counter() - started > args.budget_s:
@@ -147,9 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(points[-1]), flush=True)
     result = {"benchmark": "train_gpu", "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
               "torch": torch.__version__, "points": points}
-    out = out_dir / ("train_gpu_tiny_cpu.json" if args.tiny else "train_gpu.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = write_json(out_dir / ("train_gpu_tiny_cpu.json" if args.tiny else "train_gpu.json"), result, device)
     print(f"wrote {out}")
     return 0
 

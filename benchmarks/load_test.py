@@ -303,8 +303,9 @@ def run_and_report(opts: argparse.Namespace, url: str, app: str | None) -> None:
     run.start().join()  # the clients stop by themselves after --seconds or --max-requests
     summary = run.summary()
     config = {k: getattr(opts, k) for k in ("clients", "seconds", "max_requests", "max_tokens", "replicas")}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"config": config, **summary}, indent=1) + "\n")
+    from _common import write_json  # script mode only: tests load this module by path, without benchmarks/ on sys.path
+
+    write_json(RESULTS, {"config": config, **summary})
     if summary["rss_series"]:
         plot_memory(summary, FIGURE, f"replica RSS under load: {opts.clients} clients, {summary['requests']} requests")
     print(json.dumps({k: v for k, v in summary.items() if k != "rss_series"}, indent=1))

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
 import numpy as np
+from _common import write_json  # benchmarks/_common.py (the script's folder is on sys.path)
 
 from lerpray.anchors import open_set
 from lerpray.anchors.calibration import calibration_of, read_calibration_doc
@@ -120,8 +120,7 @@ def main() -> None:
         report["pairs"][f"{a}+{b}"] = measure_pair(engine, cal, doc, (a, b), prompts, args.pair_samples or samples,
                                                    sampling, args)
         print(f"{a}+{b}: {report['pairs'][f'{a}+{b}']['mae_fraction_of_range']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
+    write_json(args.out, report)
     plot(report, args.plot)
     print(f"wrote {args.out} and {args.plot}")
 

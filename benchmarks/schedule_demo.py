@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from _common import write_json  # benchmarks/_common.py (the script's folder is on sys.path)
 
 from lerpray.eval.scorers import get_scorer
 from lerpray.mixing import AnchorLayout
@@ -93,8 +94,7 @@ def main() -> None:
               "interpolation": mix, "prompts": len(PROMPTS), "seeds": args.seeds,
               "trace": {k: [None if np.isnan(v) else round(float(v), 4) for v in m] for k, m in mean.items()},
               "examples": {k: texts[f"{k}/0/0"] for k in runs}}  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     plot(mean, args)
     print(json.dumps(result["examples"], indent=1))
     print(f"wrote {args.out} and {args.plot}")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from _common import write_json  # benchmarks/_common.py (the script's folder is on sys.path)
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
@@ -82,7 +83,7 @@ def main() -> None:
             }
         result["attributes"][attribute] = row
         print(attribute, json.dumps(row, indent=None))
-    args.out.write_text(json.dumps(result, indent=1))
+    write_json(args.out, result)
     print(f"-> {args.out}")
 
 
