@@ -29,7 +29,7 @@ def summarise(args: argparse.Namespace, machine: dict, runs: dict, ttft: dict | 
         r["agreement_with_lerpray"] = _agreement(tokens[(r["method"], r["requests"])], reference)
     config = {k: v for k, v in vars(args).items() if k not in ("rss_child",)}
     return {
-        "benchmark": "core interpolation (issue 2)",
+        "benchmark": "core interpolation",
         "machine": machine,
         "config": config,
         "results": rows,
