@@ -46,6 +46,7 @@ class TrainOutcome:
     metrics: dict[str, dict] = field(default_factory=dict)  # anchor -> final metrics
     checkpoints: dict[str, list[dict]] = field(default_factory=dict)  # anchor -> checkpoint events seen
     spans: dict[str, tuple[float, float]] = field(default_factory=dict)  # anchor -> fit() (start, end), monotonic s
+    progress_lost: str | None = None  # why the progress board died mid-run (training went on), else None
 
 
 def new_run_id() -> str:
@@ -63,6 +64,7 @@ def train_anchors(
     run_id: str | None = None,
     on_progress: Callable[[dict[str, dict]], None] | None = None,
     show_progress: bool = True,
+    progress_board: dict | None = None,
 ) -> TrainOutcome:
     """Train every anchor of `config` on the connected Ray cluster and publish the set to `config.output`.
 
@@ -71,13 +73,16 @@ def train_anchors(
         run_id: names the Ray runs; defaults to config.run_id, else a new one. Reuse it to resume.
         on_progress: called with {anchor: latest metrics} about twice a second (tests, custom dashboards).
         show_progress: draw per-anchor progress on stderr.
+        progress_board: Ray actor options for the progress board, over its defaults (no CPU, pinned to this
+            driver's node); tests name it or place it elsewhere. If the board dies, the run goes on without
+            progress (one warning; `TrainOutcome.progress_lost` says why).
 
     Raises:
         TrainingFailed: an anchor's run failed after its retries (nothing is published).
     """
     import ray
 
-    from lerpray.train.progress import ProgressBoard, ProgressView
+    from lerpray.train.progress import BoardReader, ProgressView, start_board
 
     run_id = run_id or config.run_id or new_run_id()
     check_cluster_storage(config, len([n for n in ray.nodes() if n.get("Alive")]))
@@ -90,24 +95,27 @@ def train_anchors(
             expand_paths(anchor.data.paths, config.s3.options())
         except DataError as err:
             raise DataError(f"anchors.{i}.data.paths: {err}") from None
-    board = ray.remote(num_cpus=0)(ProgressBoard).remote()
+    board = start_board(progress_board)
+    reader = BoardReader(board)
     trainers = {a.name: _trainer(a, config, run_id, board) for a in config.anchors}
     view = ProgressView(list(trainers), enabled=show_progress)
     spans: dict[str, tuple[float, float]] = {}
 
     def poll() -> None:
-        snapshot = ray.get(board.snapshot.remote())
-        view.update(snapshot)
-        if on_progress is not None:
-            on_progress(snapshot)
+        snapshot = reader.poll()
+        if snapshot is not None:
+            view.update(snapshot)
+            if on_progress is not None:
+                on_progress(snapshot)
 
     try:
         fits = {name: trainer.fit for name, trainer in trainers.items()}
         results = run_concurrently(fits, concurrency(config), poll, spans)
-        checkpoints = ray.get(board.checkpoints.remote())
+        snapshot, checkpoints = reader.final()
+        view.update(snapshot)
     finally:
         view.close()
-        ray.kill(board)
+        reader.close()
     failed = {name: err for name, err in results.items() if isinstance(err, BaseException)}
     if failed:
         lines = "\n".join(f"  {name}: {type(err).__name__}: {err}" for name, err in failed.items())
@@ -115,7 +123,7 @@ def train_anchors(
                              f"Fix the cause and rerun with run id {run_id!r} (`--run-id {run_id}`) to resume "
                              "every anchor from its latest checkpoint.")
     manifest, metrics = _publish(config, results, store, overwrite, run_id)
-    return TrainOutcome(run_id, manifest, metrics, checkpoints, spans)
+    return TrainOutcome(run_id, manifest, metrics, checkpoints, spans, reader.lost)
 
 
 def concurrency(config: TrainJobConfig) -> int:

@@ -1,14 +1,19 @@
 """Per-anchor training progress: workers post to a board (a Ray actor in the driver's job), the driver draws it.
 
-`ProgressBoard` is plain Python; the driver runs it as `ray.remote(num_cpus=0)(ProgressBoard)`. Rank 0 of each
-anchor posts {step, total_steps, loss, tokens_per_s, resumed_from, pid} after every optimizer step, and
-`CheckpointRegistered` (a Ray Train callback in the anchor's controller) posts each checkpoint once Ray Train has
-registered it, i.e. once a restarted worker would resume from it. `ProgressView` draws one tqdm bar per anchor on a
-terminal, or a plain line per anchor every few seconds in logs (`ray job logs`, CI), where bars would be noise.
+`ProgressBoard` is plain Python; `start_board` runs it as a Ray actor pinned to the driver's node, so losing a
+worker node never takes it along (losing the driver's node ends the driver anyway). Rank 0 of each anchor posts
+{step, total_steps, loss, tokens_per_s, resumed_from, pid} after every optimizer step, and `CheckpointRegistered`
+(a Ray Train callback in the anchor's controller) posts each checkpoint once Ray Train has registered it, i.e. once
+a restarted worker would resume from it. Both post fire and forget: a call on a dead actor's handle returns at once
+and never raises in the caller (its error sits in an object nobody reads), so they never fail because the board
+is gone. The driver reads the board through `BoardReader`, which never blocks on it and treats its loss as a lost
+progress display, not a failed run. `ProgressView` draws one tqdm bar per anchor on a terminal, or a plain line per
+anchor every few seconds in logs (`ray job logs`, CI), where bars would be noise.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from typing import TextIO
@@ -39,6 +44,73 @@ class ProgressBoard:
 
     def checkpoints(self) -> dict[str, list[dict]]:
         return {name: list(events) for name, events in self._checkpoints.items()}
+
+
+def start_board(options: dict | None = None):
+    """Start a ProgressBoard actor: no CPU, on the driver's node (hard affinity), unless `options` (Ray actor
+    options, merged over those) say otherwise, e.g. {"name": ...} or another scheduling_strategy."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(ProgressBoard).options(**{"num_cpus": 0, "scheduling_strategy": here, **(options or {})}).remote()
+
+
+class BoardReader:
+    """The driver's side of the board. `poll()` never blocks: it returns a snapshot that arrived since the last call
+    (else None) and asks for the next. If the board dies, one warning is logged, `lost` says why, and from then on
+    there is no progress (poll: None; final: empty), while training goes on."""
+
+    def __init__(self, board, timeout_s: float = 60.0):
+        self.board = board
+        self.timeout_s = timeout_s  # for the final, blocking read (a loaded 2-core machine answers in seconds)
+        self.lost: str | None = None
+        self._pending = None
+
+    def poll(self) -> dict[str, dict] | None:
+        import ray
+
+        if self.lost is not None:
+            return None
+        if self._pending is None:
+            self._pending = self.board.snapshot.remote()
+        ready, _ = ray.wait([self._pending], timeout=0)
+        if not ready:
+            return None
+        ref, self._pending = self._pending, None
+        snapshot = self._get(ref)
+        if self.lost is None:
+            self._pending = self.board.snapshot.remote()
+        return snapshot
+
+    def final(self) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+        """(the latest snapshot, every registered checkpoint), waiting up to timeout_s; ({}, {}) once lost."""
+        snapshot = checkpoints = None
+        if self.lost is None:
+            snapshot = self._get(self.board.snapshot.remote(), self.timeout_s)
+        if self.lost is None:
+            checkpoints = self._get(self.board.checkpoints.remote(), self.timeout_s)
+        return snapshot or {}, checkpoints or {}
+
+    def close(self) -> None:
+        import ray
+
+        ray.kill(self.board)  # a dead actor's kill is a no-op
+
+    def _get(self, ref, timeout_s: float | None = None):
+        import ray
+        from ray.exceptions import ActorUnavailableError, ActorUnschedulableError, GetTimeoutError, RayActorError
+
+        try:
+            return ray.get(ref, timeout=timeout_s)
+        except ActorUnavailableError:
+            return None  # unreachable for a moment (Ray says so): ask again next time
+        except (RayActorError, ActorUnschedulableError, GetTimeoutError) as err:
+            first_line = (str(err).strip().splitlines() or [""])[0]
+            self.lost = f"{type(err).__name__}: {first_line}"
+            logging.getLogger(__name__).warning("the training progress board is gone (%s); training goes on "
+                                                "without progress reports", self.lost)
+            return None
 
 
 class CheckpointRegistered(UserCallback):

@@ -123,7 +123,8 @@ def _checkpoint(strategy, metrics: dict, rank: int, *, peft_model=None, identity
 
 
 def _show(args: WorkerArgs, rank: int, metrics: dict) -> None:
-    """Send rank 0's progress to the driver's board (fire and forget)."""
+    """Send rank 0's progress to the driver's board (fire and forget: on a dead board's handle `.remote()` returns
+    at once and never raises here, so a lost board never fails training)."""
     if rank == 0 and args.progress is not None:
         args.progress.update.remote(args.anchor, metrics)
 
