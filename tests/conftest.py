@@ -6,12 +6,14 @@ Session-scoped objects are shared by every test: do not mutate them (copy a mode
 from __future__ import annotations
 
 import logging
-import os
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
+
+# Ends the process with the session's final status once pytest is done, skipping the interpreter's teardown, which
+# can segfault after a green run (see tests/exit_status.py).
+pytest_plugins = ["exit_status"]
 
 # Anchors of the shared tiny set, in coefficient order: name -> random_adapter kwargs. Two attributes with
 # different ranks, so stacking code sees unequal r_k.
@@ -104,30 +106,3 @@ def s3_bucket(s3_client) -> str:
     name = f"test-{uuid.uuid4().hex[:16]}"
     s3_client.create_bucket(Bucket=name)
     return name
-
-
-# ---- process exit -------------------------------------------------------------------------------------------------
-
-_session_status: int | None = None
-
-
-def pytest_sessionfinish(session, exitstatus) -> None:
-    global _session_status
-    _session_status = int(exitstatus)
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config) -> None:
-    """End the test process with pytest's own status once pytest is done, skipping the interpreter's teardown.
-
-    That teardown runs native destructors of the libraries the suite loaded (the AWS SDK inside pyarrow, which Ray
-    Train and Ray Data open for s3:// storage; Ray's core worker; torch) in no fixed order, and can segfault after a
-    green run: CI saw "1045 passed" followed by "Segmentation fault" and exit 139 on 2026-12-02 (the known class of
-    apache/arrow#38352). The verdict is pytest's; what follows it must not change it.
-    """
-    if _session_status is None:
-        return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os._exit(_session_status)
