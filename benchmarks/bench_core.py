@@ -4,7 +4,7 @@
     python benchmarks/bench_core.py --quick         # smoke run on a tiny random Llama (< 30 s)
     PYTHONPATH=. python3 benchmarks/gpu_core.py     # GPU: ~1B random Llama in bf16 -> results/gpu/core_gpu.json
 
-Workload (issue 2): K=10 anchors, r=32, lora_alpha=16 on q,k,v,o; N requests each with its own mix; 32 prompt
+Workload: K=10 anchors, r=32, lora_alpha=16 on q,k,v,o; N requests each with its own mix; 32 prompt
 tokens, 32 new tokens, greedy. Methods and the shared decode loop: see core_methods.py. Repeats are interleaved
 across methods (so load drifts hit them alike) after a full-length warm-up of each; medians are reported. RSS
 growth over 1,000 distinct mixes runs in a fresh subprocess (CPU) so the denominator is a serving process, not this

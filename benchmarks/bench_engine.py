@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_engine.py --quick          # CPU smoke on a tiny random Llama (seconds)
     PYTHONPATH=. python3 benchmarks/bench_engine.py --gpu        # CUDA: ~1B and 8B Llama shapes, bf16 -> --out FILE
 
-Workload (issue 13): K = 10 random non-zero LoRA anchors, r = 32, lora_alpha = 16 on q, k, v, o (core_workload.py),
+Workload: K = 10 random non-zero LoRA anchors, r = 32, lora_alpha = 16 on q, k, v, o (core_workload.py),
 every request its own mix (the paper's parametrisation), greedy, EOS ignored so every row runs to the end.
 
     throughput   tokens/s of N requests x `new` tokens through `Engine.generate`, for

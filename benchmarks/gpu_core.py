@@ -6,7 +6,7 @@
     ... --out-dir DIR                                            # write there instead
     PYTHONPATH=. python3 benchmarks/gpu_core.py --tiny           # CPU rehearsal of bench_core: tiny Llama in bf16
 
-Engine targets (issue 13; random weights: throughput does not depend on their values): lerpray's engine against the
+Engine targets (random weights: throughput does not depend on their values): lerpray's engine against the
 same engine without anchors at batch 16/32/64 (128 prompt + 128 new tokens, 10 anchors r=32 on q,k,v,o, a mix per
 row), HF `generate` at batch 64, the decode step at batch 64 against one read of the weights at the measured copy
 bandwidth, and CUDA-graph captures before/after never-seen mixes. Needs torch (CUDA), transformers, peft,

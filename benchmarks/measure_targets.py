@@ -1,4 +1,4 @@
-"""How well `target` requests hit their targets (issue 18): achieved mean score vs target on held-out prompts.
+"""How well `target` requests hit their targets: achieved mean score vs target on held-out prompts.
 
     lerpray eval calibrate SET --scorers vader --out results/calibration \\
         --prompts jobs/configs/calibration_prompts.txt --split even          # calibrate on the even prompts

@@ -1,4 +1,4 @@
-"""A reply that changes register mid-way: a per-token mix schedule, and the score trace it leaves (issue 18).
+"""A reply that changes register mid-way: a per-token mix schedule, and the score trace it leaves.
 
     python benchmarks/schedule_demo.py --anchors /tmp/lerp18/anchors --attribute sentiment --scorer vader \\
         --start 0 --end 1 --until 16 --out benchmarks/results/schedule_demo.json --plot docs/figures/schedule_trace.png

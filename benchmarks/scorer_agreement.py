@@ -1,4 +1,4 @@
-"""Corpus classifiers against independent scorers, on corpus text and on generated text (issue 15).
+"""Corpus classifiers against independent scorers, on corpus text and on generated text.
 
 Fits one embedding classifier per attribute on a built corpus's held-out split (as `lerpray eval classifiers`
 does), then, for every attribute with an independent scorer (lerpray.eval.lexical.INDEPENDENT):
