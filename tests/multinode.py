@@ -13,8 +13,8 @@ from contextlib import contextmanager
 
 from serve_app import free_port, load_test_module, wait_for
 
-__all__ = ["free_port", "load_test_module", "node_of_pid", "ray_cluster", "recording_engine", "replica_nodes",
-           "upload_folder", "wait_for"]
+__all__ = ["actor_node", "free_port", "load_test_module", "node_of_pid", "ray_cluster", "recording_engine",
+           "replica_nodes", "upload_folder", "wait_for"]
 
 
 @contextmanager
@@ -26,8 +26,14 @@ def ray_cluster(workers: list[dict], env: dict[str, str] | None = None,
     import ray
     from ray.cluster_utils import Cluster
 
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_USAGE_STATS_ENABLED", *(env or {}))}
-    os.environ.update({"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **(env or {})})
+    settings = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", **(env or {})}
+    if dashboard_port is None:
+        # As lerpray.ray_cluster.local_ray: without a dashboard of its own, Ray Train's placement-group cleaner
+        # could ask another cluster's dashboard on this machine whether our run's controller lives, hear "no", and
+        # remove a live run's placement group. A closed port makes it keep waiting instead.
+        settings["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{free_port()}"
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     # The agent that runs submitted jobs gets a free port too: its default (52365) may be another cluster's.
     dashboard = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port,
                  "dashboard_agent_listen_port": free_port()}
@@ -85,6 +91,14 @@ def replica_nodes(app: str, deployment: str = "LerpServer") -> list[str]:
     details = _get_global_client().get_serve_details()
     replicas = details["applications"][app]["deployments"][deployment]["replicas"]
     return [r["node_id"] for r in replicas if r["state"] == "RUNNING"]
+
+
+def actor_node(handle) -> str:
+    """The node id an actor was placed on, from the GCS actor table (no dashboard needed)."""
+    import ray
+
+    ray.get(handle.__ray_ready__.remote())  # placed and started
+    return ray._private.state.actors(handle._actor_id.hex())["Address"]["NodeID"]  # noqa: SLF001 - test helper
 
 
 def node_of_pid(nodes: list, pid: int):

@@ -106,8 +106,8 @@ class BoardReader:
         except ActorUnavailableError:
             return None  # unreachable for a moment (Ray says so): ask again next time
         except (RayActorError, ActorUnschedulableError, GetTimeoutError) as err:
-            first_line = (str(err).strip().splitlines() or [""])[0]
-            self.lost = f"{type(err).__name__}: {first_line}"
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [""]
+            self.lost = f"{type(err).__name__}: {next((x for x in lines if 'because' in x), lines[0])}"
             logging.getLogger(__name__).warning("the training progress board is gone (%s); training goes on "
                                                 "without progress reports", self.lost)
             return None
