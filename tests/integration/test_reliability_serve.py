@@ -136,7 +136,9 @@ def test_killed_replica_recovers_by_itself_under_load(base_url):
         recovered_at = time.monotonic()
         assert replaced, f"the killed replica was not replaced: {load_test.replica_pids(APP)} {replica_states(APP)}"
         n = len(run.records)
-        wait_for(lambda: sum(r.status == 200 for r in run.records[n:]) >= 8, 60)
+        served = wait_for(lambda: sum(r.status == 200 for r in run.records[n:]) >= 8, 60)
+        assert served, ("fewer than 8 requests answered 200 within 60 s of the replacement: "
+                        f"{sorted({f'{r.status}:{r.error}' for r in run.records[n:]})}")
     finally:
         run.stop()
         run.join()
