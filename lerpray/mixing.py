@@ -36,7 +36,10 @@ import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["AnchorLayout", "ExtrapolationBounds", "MixError", "default_mix", "mix_key", "resolve_mix"]
+__all__ = [
+    "AnchorLayout", "ExtrapolationBounds", "MixError", "default_mix", "finite_float", "json_type", "mix_key", "named_numbers",
+    "report_mix", "resolve_mix",
+]
 
 FIELD = "interpolation"
 SUM_TOLERANCE = 1e-6
@@ -90,7 +93,7 @@ def resolve_mix(
     """
     if not isinstance(mix, Mapping):
         example = '{"alpha": {...}} or {"anchors": {...}}'
-        raise MixError(FIELD, f"must be an object such as {example} (got {_kind(mix)})")
+        raise MixError(FIELD, f"must be an object such as {example} (got {json_type(mix)})")
     unknown = [k for k in mix if k not in _TOP_KEYS]
     if unknown:
         raise MixError(_path(FIELD, unknown[0]), f"unknown key; allowed keys: {', '.join(_TOP_KEYS)}")
@@ -115,6 +118,18 @@ def default_mix(layout: AnchorLayout) -> dict[str, dict[str, float]]:
     return {"alpha": {a: 0.5 for a in layout.attributes}, "lambda": {a: 1.0 / n for a in layout.attributes}}
 
 
+def report_mix(mix: Mapping) -> dict:
+    """A mix `resolve_mix` accepted, as replies report it: alphas with their normalised lambdas, or raw weights."""
+    if "anchors" in mix:
+        out: dict = {"anchors": {k: float(v) for k, v in mix["anchors"].items()}}
+    else:
+        alpha = {k: float(v) for k, v in mix["alpha"].items()}
+        lam = {k: float(v) for k, v in mix["lambda"].items()} if "lambda" in mix else {a: 1.0 for a in alpha}
+        total = math.fsum(lam.values())
+        out = {"alpha": alpha, "lambda": {a: round(w / total, 12) for a, w in lam.items()}}
+    return {**out, "extrapolate": True} if mix.get("extrapolate") is True else out
+
+
 def mix_key(coeffs: Sequence[float], decimals: int = 6) -> tuple[float, ...]:
     """Quantised, hashable cache key: mixes that agree to ``decimals`` places share merged weights."""
     return tuple(round(float(c), decimals) + 0.0 for c in coeffs)
@@ -123,7 +138,7 @@ def mix_key(coeffs: Sequence[float], decimals: int = 6) -> tuple[float, ...]:
 def _extrapolate_flag(mix: Mapping, bounds: ExtrapolationBounds | None) -> bool:
     flag = mix.get("extrapolate", False)
     if not isinstance(flag, bool):
-        raise MixError(f"{FIELD}.extrapolate", f"must be true or false (got {_kind(flag)})")
+        raise MixError(f"{FIELD}.extrapolate", f"must be true or false (got {json_type(flag)})")
     if flag and bounds is None:
         raise MixError(f"{FIELD}.extrapolate", "this server does not allow extrapolation; remove it")
     return flag
@@ -134,7 +149,7 @@ def _attribute_coeffs(
 ) -> list[float]:
     if "alpha" not in mix:
         raise MixError(f"{FIELD}.alpha", 'is required with "lambda": give an alpha for every attribute in lambda')
-    alpha = _numbers(mix["alpha"], f"{FIELD}.alpha", list(layout.attributes), "attribute")
+    alpha = named_numbers(mix["alpha"], f"{FIELD}.alpha", list(layout.attributes), "attribute")
     wide = None if bounds is None else (bounds.alpha_min, bounds.alpha_max)
     for attr, a in alpha.items():
         _check_range(a, f"{FIELD}.alpha.{attr}", wide, extrapolate)
@@ -150,7 +165,7 @@ def _attribute_coeffs(
 def _lambdas(mix: Mapping, alpha: dict[str, float], names: list[str]) -> dict[str, float]:
     if "lambda" not in mix:
         return {attr: 1.0 / len(alpha) for attr in alpha}
-    lam = _numbers(mix["lambda"], f"{FIELD}.lambda", names, "attribute")
+    lam = named_numbers(mix["lambda"], f"{FIELD}.lambda", names, "attribute")
     for attr, value in lam.items():
         field = f"{FIELD}.lambda.{attr}"
         if attr not in alpha:
@@ -163,7 +178,7 @@ def _lambdas(mix: Mapping, alpha: dict[str, float], names: list[str]) -> dict[st
 def _raw_coeffs(
     value: object, layout: AnchorLayout, bounds: ExtrapolationBounds | None, extrapolate: bool
 ) -> list[float]:
-    weights = _numbers(value, f"{FIELD}.anchors", list(layout.anchors), "anchor")
+    weights = named_numbers(value, f"{FIELD}.anchors", list(layout.anchors), "anchor")
     wide = None if bounds is None else (bounds.weight_min, bounds.weight_max)
     for name, w in weights.items():
         _check_range(w, f"{FIELD}.anchors.{name}", wide, extrapolate)
@@ -186,24 +201,24 @@ def _check_range(value: float, field: str, wide: tuple[float, float] | None, ext
         raise MixError(field, f"must be in [{lo:g}, {hi:g}] (got {value:.10g}); {rule}")
 
 
-def _numbers(value: object, field: str, allowed: list[str], what: str) -> dict[str, float]:
+def named_numbers(value: object, field: str, allowed: list[str], what: str) -> dict[str, float]:
     """A non-empty JSON object of finite numbers keyed by allowed names -> {name: float}."""
     if not isinstance(value, Mapping) or not value:
         example = f'{{"{allowed[0]}": 0.5}}' if allowed else "{}"
-        got = "an empty object" if isinstance(value, Mapping) else _kind(value)
+        got = "an empty object" if isinstance(value, Mapping) else json_type(value)
         raise MixError(field, f"must be a non-empty object of {what} -> number, e.g. {example} (got {got})")
     out: dict[str, float] = {}
     for key, v in value.items():
         if not isinstance(key, str) or key not in allowed:
             raise MixError(_path(field, key), f"unknown {what}; this anchor set has: {', '.join(allowed) or '(none)'}")
-        number = _as_float(v)
+        number = finite_float(v)
         if number is None:
-            raise MixError(_path(field, key), f"must be a finite number (got {_kind(v)})")
+            raise MixError(_path(field, key), f"must be a finite number (got {json_type(v)})")
         out[key] = number
     return out
 
 
-def _as_float(v: object) -> float | None:
+def finite_float(v: object) -> float | None:
     """A finite float, or None for bools (JSON true is not 1), non-numbers, NaN, inf and ints too big for a float."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real):
         return None
@@ -222,14 +237,14 @@ def _normalised(weights: dict[str, float], field: str, fix: str) -> dict[str, fl
     return {k: w / total for k, w in weights.items()}
 
 
-def _kind(value: object) -> str:
+def json_type(value: object) -> str:
     """The JSON name of a value's type, for messages (never its repr: it may be huge or deeply nested)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, numbers.Real):
-        return "number" if _as_float(value) is not None else "NaN, infinity or a number too large for a float"
+        return "number" if finite_float(value) is not None else "NaN, infinity or a number too large for a float"
     names = {str: "string", Mapping: "object", list: "array", tuple: "array"}
     return next((n for t, n in names.items() if isinstance(value, t)), type(value).__name__)
 
@@ -237,5 +252,5 @@ def _kind(value: object) -> str:
 def _path(field: str, key: object) -> str:
     """``field.key`` with a long key shortened, for a key the caller sent (it may be anything)."""
     if not isinstance(key, str):
-        return f"{field}.<{_kind(key)} key>"
+        return f"{field}.<{json_type(key)} key>"
     return f"{field}.{key if len(key) <= 64 else key[:61] + '...'}"

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lerpray.mixing import ExtrapolationBounds, MixError
+from lerpray.mixing import FIELD as MIX_FIELD
+from lerpray.mixing import AnchorLayout, ExtrapolationBounds, MixError, named_numbers
 
-__all__ = ["Calibration", "Curve", "TargetSolution", "solve_targets"]
+__all__ = ["Calibration", "Curve", "TargetSolution", "solve_targets", "target_mix"]
 
 FIELD = "interpolation.target"
 CALIBRATE_HINT = "make one with `lerpray eval calibrate SET --scorers SCORER` (it is saved beside the set)"
@@ -143,6 +144,27 @@ def solve_targets(
     predicted = {j: _predict(j, alpha, calibration) for j in goals}
     return TargetSolution({a: _clean(v) for a, v in alpha.items()}, {a: _clean(v) for a, v in predicted.items()},
                           clamped, use_joint)  # fmt: skip
+
+
+def target_mix(mix: Mapping, layout: AnchorLayout, bounds: ExtrapolationBounds | None, calibration: Calibration | None,
+               problem: str | None = None) -> tuple[dict, dict]:  # fmt: skip
+    """{"target": ..., "lambda"?, "extrapolate"?} -> (the alpha mix it stands for, what the reply adds about it).
+
+    `problem`: why the set's calibration file cannot be used (read when the set loaded), refused as a MixError."""
+    allowed = ("target", "lambda", "extrapolate")
+    unknown = [k for k in mix if k not in allowed]
+    if unknown:
+        why = "give targets or alphas, not both" if unknown[0] == "alpha" else f"allowed keys: {', '.join(allowed)}"
+        raise MixError(f"{MIX_FIELD}.{unknown[0]}", f"cannot go with target; {why}")
+    targets = named_numbers(mix["target"], FIELD, list(layout.attributes), "attribute")
+    if problem is not None:
+        raise MixError(FIELD, f"this anchor set's calibration cannot be used: {problem}")
+    extrapolate = mix.get("extrapolate", False) is True  # its type and the server's policy: checked by resolve_mix
+    solution = solve_targets(targets, calibration, bounds, extrapolate and bounds is not None)
+    alpha_mix = {k: v for k, v in mix.items() if k != "target"} | {"alpha": solution.alpha}
+    if solution.alpha and any(not 0.0 <= a <= 1.0 for a in solution.alpha.values()):
+        alpha_mix["extrapolate"] = True  # only reachable with extrapolate on (solve_targets kept it in [0, 1] else)
+    return alpha_mix, {"target": dict(targets), **{k: v for k, v in solution.report().items() if k != "alpha"}}
 
 
 def _predict(j: str, alpha: Mapping[str, float], calibration: Calibration) -> float:

@@ -26,8 +26,8 @@ from lerpray.anchors.store import Store
 from lerpray.targets import Calibration, Curve
 
 __all__ = [
-    "CALIBRATION_NAME", "CalibrationError", "calibration_of", "format_calibration", "read_calibration",
-    "read_calibration_doc", "save_calibration",
+    "CALIBRATION_NAME", "CalibrationError", "calibration_of", "format_calibration", "load_calibration",
+    "read_calibration", "read_calibration_doc", "save_calibration",
 ]
 
 CALIBRATION_NAME = "lerpray-calibration.json"
@@ -82,6 +82,16 @@ def read_calibration(store: Store) -> Calibration | None:
     """The set's calibration as lerpray.targets uses it, or None when the set has none."""
     doc = read_calibration_doc(store)
     return None if doc is None else calibration_of(doc)
+
+
+def load_calibration(store: Store) -> tuple[Calibration | None, str | None]:
+    """(the set's calibration or None, why it cannot be used or None), read once when a set loads for serving or
+    a batch job: an unusable file does not stop the set, it refuses each target with the reason. StoreError (an
+    unreachable store) propagates, so the load is retried."""
+    try:
+        return read_calibration(store), None
+    except CalibrationError as err:
+        return None, str(err)
 
 
 def calibration_of(doc: dict) -> Calibration:

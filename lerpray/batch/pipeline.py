@@ -20,7 +20,7 @@ The prompts (not the generations) pass through the driver; that is fine for mill
 
 from __future__ import annotations
 
-import functools
+import json
 import os
 import re
 import time
@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lerpray.batch.plan import OUTPUT_SCHEMA, PLAN_SCHEMA, BatchInputError, plan_rows, schedule_of_row
+from lerpray.batch.plan import OUTPUT_SCHEMA, PLAN_SCHEMA, BatchInputError, plan_rows
 
 __all__ = ["BatchSummary", "GenerateBatch", "load_engine", "run_batch"]
 
@@ -95,15 +95,14 @@ class GenerateBatch:
         return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
 
     def _request(self, row: dict):
-        from lerpray.model.requests import GenerationRequest, MixSchedule
+        from lerpray.model.requests import GenerationRequest
         from lerpray.model.sampling import SamplingParams
+        from lerpray.steering import ResolvedMix
 
         sampling = SamplingParams(**self.sampling, seed=row["seed"])
         text = {"messages": [{"role": "user", "content": row["prompt"]}]} if self.chat else {"prompt": row["prompt"]}
-        schedule = schedule_of_row(row["schedule"])
-        return GenerationRequest(coeffs=tuple(row["coefficients"]), sampling=sampling,
-                                 request_id=f"{row['row_id']}:{row['mix_index']}", **text,
-                                 schedule=None if schedule is None else MixSchedule(*schedule))
+        mix = ResolvedMix.from_json(json.loads(row["resolved_mix"]))
+        return GenerationRequest(mix=mix, sampling=sampling, request_id=f"{row['row_id']}:{row['mix_index']}", **text)
 
     def _generate(self, requests: list, rows: list[dict]) -> list:
         from lerpray.model.requests import EngineError
@@ -146,23 +145,22 @@ def run_batch(config, *, engine_factory: Callable = load_engine) -> BatchSummary
     import ray.data
 
     from lerpray.anchors import open_set, open_store, read_manifest
-    from lerpray.anchors.calibration import read_calibration
+    from lerpray.anchors.calibration import load_calibration
+    from lerpray.steering import MixContext
 
     check_cluster_storage(config, len([n for n in ray.nodes() if n.get("Alive")]))
     start = time.perf_counter()
     s3 = config.s3.options()  # endpoint_url / region where set (the config refuses a profile)
     anchor_set = open_set(open_store(config.anchors, **s3))
-    layout = read_manifest(anchor_set).layout()
+    bounds = None if config.extrapolation is None else config.extrapolation.to_bounds()
+    mixes = MixContext(read_manifest(anchor_set).layout(), bounds, *load_calibration(anchor_set))
     in_fs, in_paths = _filesystem([_absolute(p) for p in config.input.paths], **s3)
     out_fs, (out_path,) = _filesystem([_absolute(config.output.path)], **s3)
     _prepare_output(out_fs, out_path, config.output.overwrite)
     fields = config.input
     with _data_context(progress=config.progress):
-        plan = plan_rows(_read_rows(in_paths, fields.resolved_format(), in_fs), layout, grid=config.mixes,
-                         base_seed=config.sampling.seed,
-                         bounds=None if config.extrapolation is None else config.extrapolation.to_bounds(),
-                         calibration=functools.cache(lambda: read_calibration(anchor_set)),  # read once, on a target
-                         max_tokens=config.sampling.max_tokens,
+        plan = plan_rows(_read_rows(in_paths, fields.resolved_format(), in_fs), mixes, grid=config.mixes,
+                         base_seed=config.sampling.seed, max_tokens=config.sampling.max_tokens,
                          prompt_field=fields.prompt_field, mix_field=fields.mix_field, seed_field=fields.seed_field)
         table = pa.Table.from_pylist(plan, schema=PLAN_SCHEMA)
         size = config.resources.batch_size

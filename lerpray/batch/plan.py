@@ -1,8 +1,10 @@
 """Pure planning of a batch job: input rows x mixes -> plan rows with resolved coefficients and seeds (no Ray).
 
-A mix is anything the server's `interpolation` takes (lerpray.steering): plain mixes, calibrated targets (the set's
-calibration is loaded on the first one), per-token schedules and ramps. A bad mix or prompt stops the job here,
-before any model loads, with each row and field named.
+A mix is anything the server's `interpolation` takes, resolved by the server's own entry point
+(`lerpray.steering.resolve`, against the set's `MixContext`: layout, policy, calibration read when the job opened the
+set): plain mixes, calibrated targets, per-token schedules and ramps. A row's `resolved_mix` column is the
+ResolvedMix's one JSON form (the server's replies carry the same), from which each actor rebuilds what the engine
+runs. A bad mix or prompt stops the job here, before any model loads, with each row and field named.
 """
 
 from __future__ import annotations
@@ -14,11 +16,10 @@ from collections.abc import Iterable, Mapping
 import pyarrow as pa
 
 from lerpray.mixing import FIELD as MIX_FIELD
-from lerpray.mixing import AnchorLayout, ExtrapolationBounds, MixError
-from lerpray.steering import CalibrationSource, Steering, resolve_steering
+from lerpray.mixing import MixError
+from lerpray.steering import MixContext, ResolvedMix, resolve
 
-__all__ = ["MAX_REPORTED_PROBLEMS", "OUTPUT_SCHEMA", "PLAN_SCHEMA", "BatchInputError", "plan_rows", "row_seed",
-           "schedule_of_row"]
+__all__ = ["MAX_REPORTED_PROBLEMS", "OUTPUT_SCHEMA", "PLAN_SCHEMA", "BatchInputError", "plan_rows", "row_seed"]
 
 PLAN_SCHEMA = pa.schema([
     ("row_id", pa.int64()),  # the prompt's position in the input, from 0
@@ -26,14 +27,12 @@ PLAN_SCHEMA = pa.schema([
     ("prompt", pa.string()),
     ("mix", pa.string()),  # the mix as JSON (keys sorted)
     ("coefficients", pa.list_(pa.float64())),  # [K] in the anchor set's order; token 0's under a schedule
-    ("schedule", pa.string()),  # {"pieces": [[until, [K]], ...], "ramp": [[K], [K], over]} as JSON; null: one mix
-    ("resolved_mix", pa.string()),  # what the mix resolved to (targets -> alphas), as the server's replies say
+    ("resolved_mix", pa.string()),  # ResolvedMix.report as JSON: every token's coefficients, as replies say it
     ("seed", pa.int64()),
 ])
 OUTPUT_SCHEMA = pa.schema([*PLAN_SCHEMA, ("text", pa.string()), ("prompt_tokens", pa.int64()),
                            ("completion_tokens", pa.int64()), ("finish_reason", pa.string())])
 MAX_REPORTED_PROBLEMS = 10
-_DEFAULT_BOUNDS = ExtrapolationBounds()
 
 
 class BatchInputError(ValueError):
@@ -48,25 +47,23 @@ def row_seed(base_seed: int, row_id: int) -> int:
 
 def plan_rows(
     rows: Iterable[Mapping],
-    layout: AnchorLayout,
+    mixes: MixContext,
     *,
     grid: list[Mapping] | None = None,
     base_seed: int = 0,
-    bounds: ExtrapolationBounds | None = _DEFAULT_BOUNDS,
-    calibration: CalibrationSource = None,
     max_tokens: int | None = None,
     prompt_field: str = "prompt",
     mix_field: str = MIX_FIELD,
     seed_field: str = "seed",
 ) -> list[dict]:
-    """One plan row (see PLAN_SCHEMA) per input row x mix, in (row_id, mix_index) order. `calibration` serves
-    target mixes; `max_tokens` bounds schedule indices (an `until` beyond it is refused).
+    """One plan row (see PLAN_SCHEMA) per input row x mix, in (row_id, mix_index) order. `mixes` is what the mixes
+    resolve against; `max_tokens` bounds schedule indices (an `until` beyond it is refused).
 
     Raises:
         BatchInputError: listing the first problems, each as "input row N: field: what to change" (or "mixes.I: ...").
     """
-    def steer(mix: object) -> Steering:
-        return resolve_steering(mix, layout, bounds, calibration=calibration, max_tokens=max_tokens)
+    def steer(mix: object) -> ResolvedMix:
+        return resolve(mixes, interpolation=mix, max_tokens=max_tokens)
 
     grid_mixes = _resolve_grid(grid, steer) if grid is not None else None
     plan: list[dict] = []
@@ -87,21 +84,10 @@ def plan_rows(
     return plan
 
 
-def schedule_of_row(text: str | None) -> tuple[tuple, tuple | None] | None:
-    """A plan row's `schedule` column -> (pieces, ramp) as lerpray.model.MixSchedule takes them; None: one mix."""
-    if text is None:
-        return None
-    value = json.loads(text)
-    pieces = tuple((until, tuple(coeffs)) for until, coeffs in value["pieces"])
-    ramp = value["ramp"]
-    return pieces, None if ramp is None else (tuple(ramp[0]), tuple(ramp[1]), int(ramp[2]))
-
-
-def _columns(mix: object, steering: Steering) -> dict:
+def _columns(mix: object, resolved: ResolvedMix) -> dict:
     """The plan columns of one resolved mix."""
-    schedule = json.dumps({"pieces": steering.pieces, "ramp": steering.ramp}) if steering.scheduled else None
-    return {"mix": json.dumps(mix, sort_keys=True), "coefficients": list(steering.coeffs), "schedule": schedule,
-            "resolved_mix": json.dumps(steering.resolved, sort_keys=True)}
+    return {"mix": json.dumps(mix, sort_keys=True), "coefficients": list(resolved.coeffs),
+            "resolved_mix": json.dumps(resolved.report, sort_keys=True)}
 
 
 def _resolve_grid(grid, steer) -> list[dict]:
@@ -141,10 +127,10 @@ def _own_mix(value, steer, mix_field) -> dict:
         except json.JSONDecodeError as err:
             raise BatchInputError(f"{mix_field}: not valid JSON ({err.msg} at char {err.pos})") from None
     try:
-        steering = steer(value)
+        resolved = steer(value)
     except MixError as err:  # name the input's own column, not the HTTP field
         raise BatchInputError(f"{mix_field}{err.field.removeprefix(MIX_FIELD)}: {err.message}") from None
-    return _columns(value, steering)
+    return _columns(value, resolved)
 
 
 def _given_seed(value, field: str) -> int | None:

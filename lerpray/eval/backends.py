@@ -31,7 +31,7 @@ def generate_in_process(
     chat: bool = False,
 ) -> list[GenerationResult]:
     """Run every job through one engine (continuous batching, any mix per row); results in job order."""
-    from lerpray.model import GenerationRequest, GenerationResult
+    from lerpray.model import GenerationRequest
     from lerpray.model.sampling import SamplingParams
 
     requests = []
@@ -40,18 +40,10 @@ def generate_in_process(
         text = prompts[job.prompt]
         prompt = {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
         requests.append(GenerationRequest(coeffs=coeffs[job.point], sampling=params, request_id=str(i), **prompt))
-    pieces: dict[str, list[str]] = {r.request_id: [] for r in requests}
-    results: dict[str, GenerationResult] = {}
     with tqdm(total=len(requests), desc="generate", unit="gen") as bar:
-        for event in engine.stream(requests):
-            pieces[event.request_id].append(event.text)
-            if event.finish_reason is not None:
-                text = "".join(pieces[event.request_id])
-                results[event.request_id] = GenerationResult(
-                    event.request_id, text, event.prompt_tokens, event.completion_tokens, event.finish_reason
-                )
-                bar.update(1)
-    return [results[r.request_id] for r in requests]
+        results = engine.generate(requests)
+        bar.update(len(results))
+    return results
 
 
 def generate_http(

@@ -20,7 +20,7 @@ _LAZY = {
     ),
     "Engine": "lerpray.model.engine",
     **dict.fromkeys(
-        ("EngineError", "PromptTooLongError", "GenerationRequest", "GenerationResult", "MixSchedule", "TokenEvent"),
+        ("EngineError", "PromptTooLongError", "GenerationRequest", "GenerationResult", "ResolvedMix", "TokenEvent"),
         "lerpray.model.requests",
     ),
     "SamplingParams": "lerpray.model.sampling",

@@ -107,7 +107,7 @@ class Engine:
         """Queue a request; it joins the running batch at the next step. Raises EngineError on a bad request."""
         if request.request_id in {r.request.request_id for r in (*self._scheduler.running(), *self._scheduler.queued())}:
             raise EngineError(f"request_id {request.request_id!r} is already in the engine; use a unique id")
-        for coeffs in (request.coeffs, *(request.schedule.mixes() if request.schedule else ())):
+        for coeffs in request.mix.mixes():
             self._check_coeffs(coeffs)
         if not 1 <= request.n <= self.max_batch_size:
             raise EngineError(f"n must be between 1 and {self.max_batch_size} (the engine's slots), got {request.n}")
@@ -183,7 +183,7 @@ class Engine:
     def _write_mixes(self, rows: list[Row], scheduled_only: bool = False) -> None:
         """Rows' slots get the coefficients of the token they produce next (a schedule's change between steps)."""
         for row in rows:
-            if not scheduled_only or row.request.schedule is not None:
+            if not scheduled_only or row.request.mix.scheduled:
                 self._coeffs[row.slot] = torch.tensor(row.mix(), device=self.device)
 
     def _decode(self) -> list[TokenEvent]:

@@ -7,9 +7,10 @@ import uuid
 from dataclasses import dataclass, field
 
 from lerpray.model.sampling import SamplingParams
+from lerpray.steering import ResolvedMix
 
 __all__ = [
-    "EngineError", "GenerationRequest", "GenerationResult", "MixSchedule", "PromptTooLongError", "TokenEvent",
+    "EngineError", "GenerationRequest", "GenerationResult", "PromptTooLongError", "ResolvedMix", "TokenEvent",
 ]
 
 
@@ -21,40 +22,20 @@ class PromptTooLongError(EngineError):
     """The prompt plus max_tokens does not fit in the model's context."""
 
 
-@dataclass(frozen=True)
-class MixSchedule:
-    """Coefficients by generated-token index: pieces [(until, coeffs), ..., (None, coeffs)] and/or a linear ramp.
-
-    Pieces: token i uses the first piece with i < until (the last piece has until None). Ramp (start, end, over):
-    token i uses start + (end - start) * min(i / over, 1). The engine rewrites a row's coefficient row between
-    decode steps; token i's forward pass (and the KV entries it writes) use the mix of token i.
-    """
-
-    pieces: tuple[tuple[int | None, tuple[float, ...]], ...] = ()
-    ramp: tuple[tuple[float, ...], tuple[float, ...], int] | None = None
-
-    def at(self, index: int) -> tuple[float, ...]:
-        if self.ramp is not None:
-            start, end, over = self.ramp
-            t = min(index / over, 1.0) if over > 0 else 1.0
-            return tuple(a + (b - a) * t for a, b in zip(start, end, strict=True))
-        return next(coeffs for until, coeffs in self.pieces if until is None or index < until)
-
-    def mixes(self) -> list[tuple[float, ...]]:
-        """Every coefficient row the schedule names (for validation)."""
-        return [*(c for _, c in self.pieces), *((self.ramp[0], self.ramp[1]) if self.ramp else ())]
-
-
 @dataclass
 class GenerationRequest:
-    coeffs: tuple[float, ...]  # [K], in the anchor set's order (lerpray.mixing.resolve_mix); token 0's mix
+    coeffs: tuple[float, ...] = ()  # [K], in the anchor set's order: a constant mix (or token 0's of `mix`)
     prompt: str | None = None
     messages: list[dict] | None = None  # chat: rendered with the tokenizer's chat template
     sampling: SamplingParams = field(default_factory=SamplingParams)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     n: int = 1  # choices: one prefill, then n rows; choice i samples with seed + i (SamplingParams.for_choice)
-    schedule: MixSchedule | None = None  # mixes that change while the reply is written; overrides coeffs
-    resolved_mix: dict | None = None  # what the caller's mix resolved to, for its reply; the engine ignores it
+    mix: ResolvedMix | None = None  # the mix of every generated token (lerpray.steering.resolve); None: coeffs
+
+    def __post_init__(self) -> None:
+        if self.mix is None:
+            self.mix = ResolvedMix.constant(self.coeffs)
+        self.coeffs = self.mix.coeffs
 
 
 @dataclass

@@ -70,9 +70,8 @@ class Row:
         return self.prefilled if not self.decoding else len(self.prompt_ids) + self.generated - 1
 
     def mix(self) -> tuple[float, ...]:
-        """The coefficients of the row's next forward pass (its schedule's, at the token it will produce)."""
-        schedule = self.request.schedule
-        return self.request.coeffs if schedule is None else schedule.at(self.generated)
+        """The coefficients of the row's next forward pass: its mix's at the token it will produce."""
+        return self.request.mix.at(self.generated)
 
     def emit(self, token: int, eos: frozenset[int], logprob=None, top=None) -> TokenEvent:
         """Record a sampled token; returns its event (text released, finish reason)."""

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lerpray.serve import errors, live, playground, protocol, replies, steer
+from lerpray.serve import errors, live, playground, protocol, replies
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.live import EngineFactory, LiveSet, load_engine
 from lerpray.serve.metrics import ServeMetrics
@@ -223,8 +223,8 @@ class LerpServer:
             model = parsed.model or served.args.model_name
             reply = replies.Reply(route, gens, model, served.engine.layout.anchors, served.fingerprint,
                                   echo=bool(getattr(parsed, "echo", False)), tokens=served.tokens)
-            resolved = gens[0].resolved_mix  # the mix as protocol.generation_request resolved it (targets -> alphas)
-            headers = {**served.headers(), **steer.mix_headers(resolved)}
+            resolved = gens[0].mix.report  # the one resolution of the request's mix (targets -> alphas), as JSON
+            headers = {**served.headers(), **replies.mix_headers(resolved)}
             if parsed.stream:
                 streaming = True  # the SSE generator owns `events` from here on
                 sse = self._sse(reply, first, events, parsed.include_usage())
@@ -247,7 +247,7 @@ class LerpServer:
         schema = ChatCompletionRequest if route == "chat" else CompletionRequest
         parsed = schema.model_validate_json(body)
         served = live.pick(self.sets, parsed.model)
-        gens = protocol.generation_requests(parsed, served.args, served.engine.layout, served.vocab_size)
+        gens = protocol.generation_requests(parsed, served.args, served.mixes, served.vocab_size)
         return parsed, served, gens
 
     async def _sse(self, reply: replies.Reply, first, events: AsyncIterator, include_usage: bool) -> AsyncIterator[str]:

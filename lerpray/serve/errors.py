@@ -17,6 +17,7 @@ from lerpray.model.requests import EngineError, PromptTooLongError
 from lerpray.model.sampling import SamplingError
 from lerpray.serve.batcher import QueueFullError
 from lerpray.serve.responses import ErrorBody, ErrorResponse
+from lerpray.steering import UnknownModelError
 
 __all__ = [
     "ApiError",
@@ -66,6 +67,8 @@ def to_api_error(err: Exception, *, prompt_field: str = "prompt") -> ApiError:
         return err
     if isinstance(err, ValidationError):
         return _from_validation(err)
+    if isinstance(err, UnknownModelError):
+        return ApiError(404, err.message, param="model", code="model_not_found")
     if isinstance(err, MixError):
         return ApiError(400, f"{err.field}: {err.message}", param=err.field, code="invalid_interpolation")
     if isinstance(err, SamplingError):
@@ -90,12 +93,8 @@ def unauthorized(header_present: bool) -> ApiError:
 
 
 def unknown_model(requested: str, served: str, presets: list[str]) -> ApiError:
-    shown = requested if len(requested) <= 64 else requested[:61] + "..."
-    ids = ", ".join(repr(m) for m in [served, *presets])
-    return ApiError(
-        404, f"model {shown!r} does not exist here; this server serves {ids}, or {served}:<mix> with a mix inline "
-        f"(e.g. {served}:ATTRIBUTE=0.8; GET /v1/models)", param="model", code="model_not_found",
-    )
+    message = UnknownModelError(requested, served, presets).message
+    return ApiError(404, message, param="model", code="model_not_found")
 
 
 def max_tokens_over_cap(requested: int, cap: int) -> ApiError:

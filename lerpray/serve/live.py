@@ -1,6 +1,7 @@
 """What a replica serves: one loaded anchor-set version per model id, replaced whole when the version changes.
 
-A `LiveSet` is an engine, its batcher and its /v1/models cards, built for one resolved version (an alias such as
+A `LiveSet` is an engine, its batcher, its /v1/models cards and its `MixContext` (the calibration beside the set is
+read here, presets are resolved here, once), built for one resolved version (an alias such as
 `s3://bucket/sets/sentiment@prod` is resolved once, to `.../versions/<n>`, so every request a LiveSet answers comes
 from that one immutable version). Rolling to a new version builds a new LiveSet beside the old one, swaps it in,
 and retires the old one once its in-flight requests have finished: nothing in flight is cut, nothing waits.
@@ -16,13 +17,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
+from lerpray.mixing import AnchorLayout
 from lerpray.serve import errors, protocol
 from lerpray.serve.batcher import Batcher, BatchObserver, EngineLike
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.replies import TokenText
 from lerpray.serve.responses import ModelCard
+from lerpray.steering import MixContext
 
-__all__ = ["LiveSet", "load_engine", "pick", "resolve_version", "retire", "set_args", "start_engine", "start_set"]
+__all__ = [
+    "LiveSet", "load_engine", "model_cards", "pick", "resolve_version", "retire", "set_args", "start_engine", "start_set",
+]
 
 EngineFactory = Callable[[ServeArgs], EngineLike]
 T = TypeVar("T")
@@ -37,6 +42,7 @@ class LiveSet:
     engine: EngineLike
     batcher: Batcher
     cards: list[ModelCard]
+    mixes: MixContext  # what its requests' mixes resolve against: layout, policy, calibration, resolved presets
     tokens: TokenText  # token id -> text, for logprobs
     vocab_size: int | None  # token ids at or above it are refused (logit_bias)
 
@@ -108,20 +114,59 @@ def set_args(args: ServeArgs) -> dict[str, ServeArgs]:
 
 def start_set(args: ServeArgs, factory: EngineFactory, observer: BatchObserver) -> LiveSet:
     """Resolve, load and check one set (blocking: seconds to minutes), and start its batcher."""
-    args, engine = start_engine(lambda a: _resolve_and_load(a, factory), args)
-    protocol.preset_coeffs(args, engine.layout)  # a preset that does not fit the set fails the load
-    cards = protocol.model_cards(args, engine.layout, engine.context_length)
+    args, engine, calibration = start_engine(lambda a: _resolve_and_load(a, factory), args)
+    mixes = protocol.mix_context(args, engine.layout, *calibration)  # a preset that does not fit fails the load
+    cards = model_cards(args, engine.layout, engine.context_length)
     batcher = Batcher(engine, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
                       retry_after_s=args.retry_after_s, observer=observer)
     batcher.start()
     tokenizer = getattr(engine, "tokenizer", None)  # test engines may have none
-    return LiveSet(args, engine, batcher, cards, TokenText(tokenizer), len(tokenizer) if tokenizer else None)
+    return LiveSet(args, engine, batcher, cards, mixes, TokenText(tokenizer), len(tokenizer) if tokenizer else None)
 
 
-def _resolve_and_load(args: ServeArgs, factory: EngineFactory) -> tuple[ServeArgs, EngineLike]:
-    """(args naming the resolved version, its engine): both read the store, so both are retried by start_engine."""
+def _resolve_and_load(args: ServeArgs, factory: EngineFactory) -> tuple[ServeArgs, EngineLike, tuple]:
+    """(args naming the resolved version, its engine, its calibration and why it is unusable): all read the store,
+    so all are retried by start_engine."""
+    from lerpray.anchors import open_set
+    from lerpray.anchors.calibration import load_calibration
+
     resolved = args.model_copy(update={"anchors": resolve_version(args.anchors)})
-    return resolved, factory(resolved)
+    engine = factory(resolved)
+    calibration = load_calibration(open_set(resolved.anchors))
+    if calibration[0] is not None:
+        logger.info("calibration loaded for %s: %s", resolved.anchors, ", ".join(calibration[0].curves))
+    return resolved, engine, calibration
+
+
+def model_cards(args: ServeArgs, layout: AnchorLayout, context_length: int) -> list[ModelCard]:
+    """GET /v1/models' entries: the served id (the anchor set, its attributes and poles, the base model from its
+    manifest) and one per preset; `fingerprint` identifies the set's manifest (system_fingerprint of replies)."""
+    from lerpray.anchors import MANIFEST_NAME, open_store, read_manifest
+    from lerpray.anchors.format import sha256
+
+    store = open_store(args.anchors)
+    manifest = read_manifest(store)
+    base = manifest.base_model.model_dump(mode="json")
+    if args.base_model is not None:
+        base["served_from"] = args.base_model
+    bounds = args.bounds()
+    served = ModelCard(
+        id=args.model_name,
+        created=int(manifest.created_at.timestamp()),
+        base_model=base,
+        anchors=list(layout.anchors),
+        attributes={a: {"high": p.high, "low": p.low} for a, p in manifest.attributes.items()},
+        extrapolation=None if bounds is None else vars(bounds).copy(),
+        context_length=context_length,
+        max_tokens_cap=args.max_tokens_cap,
+        default_max_tokens=args.default_max_tokens,
+        fingerprint=f"v{manifest.version}-{sha256(store.read_bytes(MANIFEST_NAME))[:12]}",
+    )
+    presets = [
+        served.model_copy(update={"id": name, "parent": args.model_name, "interpolation": preset.as_mix()})
+        for name, preset in args.presets.items()
+    ]
+    return [served, *presets]
 
 
 def pick(sets: dict[str, LiveSet], model: str | None) -> LiveSet:

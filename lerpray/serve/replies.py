@@ -13,6 +13,7 @@ With `echo` the prompt's text comes first in a choice's text and, with logprobs,
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,10 +37,16 @@ from lerpray.serve.responses import (
     Usage,
 )
 
-__all__ = ["Reply", "TokenText"]
+__all__ = ["MIX_HEADER", "Reply", "TokenText", "mix_headers"]
 
+MIX_HEADER = "x-lerpray-mix"  # the resolved mix: the only place a stream can say it before its first token
 MIN_LOGPROB = -9999.0  # JSON has no -inf; OpenAI reports impossible tokens as -9999
 Entry = tuple[int, float | None, Sequence[tuple[int, float]] | None]  # (token id, logprob, [(alt id, logprob)])
+
+
+def mix_headers(resolved: dict) -> dict[str, str]:
+    """The resolved mix (ResolvedMix.report) as a response header (compact JSON, ASCII)."""
+    return {MIX_HEADER: json.dumps(resolved, separators=(",", ":"), ensure_ascii=True)}
 
 
 class TokenText:

@@ -37,7 +37,7 @@ def reference_greedy(engine: Engine, request: GenerationRequest, reshape=None, l
     shapes), so token-for-token equality is a fair claim only where no step is a near tie: the loop checks that
     its top two logits are always 1e-4 apart (100x the rounding), and says so if a model or prompt makes a tie."""
     def mix(i: int):
-        return request.coeffs if request.schedule is None else request.schedule.at(i)
+        return request.mix.at(i)
 
     ids = torch.tensor([engine.encode(request)])
     engine.imodel.set_coeffs(torch.tensor([mix(0)]))

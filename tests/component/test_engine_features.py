@@ -8,7 +8,7 @@ import pytest
 import torch
 from engine_helpers import MIXED, ONE, PROMPTS, TWO, WILD, reference_greedy, req, token_ids
 
-from lerpray.model import Engine, EngineError, GenerationRequest, MixSchedule, SamplingParams
+from lerpray.model import Engine, EngineError, GenerationRequest, ResolvedMix, SamplingParams
 from lerpray.testing import tiny_tokenizer
 
 pytestmark = pytest.mark.component
@@ -93,11 +93,11 @@ def test_penalties_and_bias_reshape_only_their_own_row(engine):
 
 
 def test_scheduled_mix_equals_switching_the_mix_at_that_token(engine, spy):
-    pieces = MixSchedule(pieces=((4, ONE), (9, WILD), (None, TWO)))
-    ramp = MixSchedule(ramp=(ONE, TWO, 6))
-    requests = [GenerationRequest(coeffs=ONE, prompt=PROMPTS[0], schedule=pieces, request_id="pieces",
+    pieces = ResolvedMix(pieces=((4, ONE), (9, WILD), (None, TWO)))
+    ramp = ResolvedMix(ramp=(ONE, TWO, 6))
+    requests = [GenerationRequest(mix=pieces, prompt=PROMPTS[0], request_id="pieces",
                                   sampling=SamplingParams(temperature=0, max_tokens=12)),
-                GenerationRequest(coeffs=ONE, prompt=PROMPTS[1], schedule=ramp, request_id="ramp",
+                GenerationRequest(mix=ramp, prompt=PROMPTS[1], request_id="ramp",
                                   sampling=SamplingParams(temperature=0, max_tokens=10)),
                 req(PROMPTS[2], MIXED, rid="steady")]
     forwards = len(spy["shapes"])

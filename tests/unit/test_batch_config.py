@@ -12,6 +12,7 @@ import yaml
 from lerpray.batch.config import BatchConfigError, load_batch_config, parse_batch_config
 from lerpray.batch.plan import BatchInputError, plan_rows, row_seed
 from lerpray.mixing import AnchorLayout
+from lerpray.steering import MixContext
 
 pytestmark = pytest.mark.unit
 
@@ -21,6 +22,7 @@ LAYOUT = AnchorLayout(
     attributes={"sentiment": ("sentiment.negative", "sentiment.positive"),
                 "formality": ("formality.informal", "formality.formal")},
 )
+MIXES = MixContext(LAYOUT)
 MINIMAL = {"anchors": "s3://bucket/sets/tiny", "input": {"paths": "data/prompts.jsonl"}, "output": {"path": "out"}}
 
 
@@ -80,7 +82,7 @@ def test_row_seed_is_stable_across_processes_and_differs_by_row_and_base():
 def test_a_grid_is_crossed_with_every_prompt_in_row_then_mix_order_sharing_the_rows_seed():
     grid = [{"alpha": {"sentiment": 0.0}}, {"anchors": {"formality.formal": 1}}]
     rows = [{"prompt": "a"}, {"prompt": "b", "seed": 99.0}, {"prompt": "c", "seed": None}]  # Arrow: ints may be floats
-    plan = plan_rows(rows, LAYOUT, grid=grid, base_seed=3)
+    plan = plan_rows(rows, MIXES, grid=grid, base_seed=3)
     assert [(p["row_id"], p["mix_index"], p["prompt"]) for p in plan] == [
         (0, 0, "a"), (0, 1, "a"), (1, 0, "b"), (1, 1, "b"), (2, 0, "c"), (2, 1, "c")]
     assert [p["seed"] for p in plan] == [row_seed(3, 0)] * 2 + [99] * 2 + [row_seed(3, 2)] * 2
@@ -94,7 +96,7 @@ def test_per_row_mixes_accept_arrow_structs_with_null_keys_and_json_strings():
         {"prompt": "a", "interpolation": {"alpha": {"sentiment": 0.8, "formality": None}, "anchors": None}},
         {"prompt": "b", "interpolation": json.dumps({"anchors": {"sentiment.negative": 1.0}})},
     ]
-    plan = plan_rows(rows, LAYOUT)
+    plan = plan_rows(rows, MIXES)
     assert plan[0]["coefficients"] == pytest.approx([0.8, 0.2, 0.0, 0.0])
     assert plan[1]["coefficients"] == [0.0, 1.0, 0.0, 0.0]
     assert json.loads(plan[0]["mix"]) == {"alpha": {"sentiment": 0.8}}
@@ -122,20 +124,20 @@ def test_per_row_mixes_accept_arrow_structs_with_null_keys_and_json_strings():
 def test_a_bad_row_is_named_with_its_field(row, message):
     good = {"prompt": "fine", "interpolation": {"alpha": {"sentiment": 0.5}}}
     with pytest.raises(BatchInputError, match=message):
-        plan_rows([good, row, good], LAYOUT)
+        plan_rows([good, row, good], MIXES)
 
 
 def test_extrapolation_follows_the_configured_bounds():
     row = {"prompt": "x", "interpolation": {"alpha": {"sentiment": 1.5}, "extrapolate": True}}
-    assert plan_rows([row], LAYOUT)[0]["coefficients"] == pytest.approx([1.5, -0.5, 0.0, 0.0])
+    assert plan_rows([row], MIXES)[0]["coefficients"] == pytest.approx([1.5, -0.5, 0.0, 0.0])
     with pytest.raises(BatchInputError, match=r"interpolation\.extrapolate: .*does not allow"):
-        plan_rows([row], LAYOUT, bounds=None)
+        plan_rows([row], MixContext(LAYOUT, None))
 
 
 def test_the_input_column_name_is_used_in_messages_and_many_problems_are_listed_but_capped():
     rows = [{"text": f"p{i}", "mix": {"alpha": {"sentiment": 2.0}}} for i in range(30)]
     with pytest.raises(BatchInputError) as info:
-        plan_rows(rows, LAYOUT, prompt_field="text", mix_field="mix")
+        plan_rows(rows, MIXES, prompt_field="text", mix_field="mix")
     message = str(info.value)
     assert "input row 0: mix.alpha.sentiment: must be in [0, 1]" in message
     assert "input row 9:" in message and "input row 10:" not in message and "stopped at the first problems" in message
@@ -144,20 +146,18 @@ def test_the_input_column_name_is_used_in_messages_and_many_problems_are_listed_
 def test_a_grid_and_per_row_mixes_together_are_refused_and_a_bad_grid_names_its_index():
     grid = [{"alpha": {"sentiment": 0.5}}]
     with pytest.raises(BatchInputError, match=r"input row 0: interpolation: the row has its own mix but the config"):
-        plan_rows([{"prompt": "a", "interpolation": {"alpha": {"sentiment": 1}}}], LAYOUT, grid=grid)
+        plan_rows([{"prompt": "a", "interpolation": {"alpha": {"sentiment": 1}}}], MIXES, grid=grid)
     with pytest.raises(BatchInputError, match=r"mixes\.1: interpolation\.anchors\.nope: unknown anchor"):
-        plan_rows([{"prompt": "a"}], LAYOUT, grid=[*grid, {"anchors": {"nope": 1}}])
+        plan_rows([{"prompt": "a"}], MIXES, grid=[*grid, {"anchors": {"nope": 1}}])
 
 
 def test_an_empty_input_is_refused():
     with pytest.raises(BatchInputError, match="no rows"):
-        plan_rows([], LAYOUT, grid=[{"alpha": {"sentiment": 0.5}}])
+        plan_rows([], MIXES, grid=[{"alpha": {"sentiment": 0.5}}])
 
 
 def test_schedules_and_targets_plan_like_the_servers_interpolation():
     from lerpray.batch.pipeline import GenerateBatch
-    from lerpray.batch.plan import schedule_of_row
-    from lerpray.model.requests import MixSchedule
     from lerpray.targets import Calibration, Curve
 
     calibration = Calibration({"sentiment": Curve("vader", (0.0, 1.0), (-0.5, 0.5))})  # score = alpha - 0.5
@@ -165,19 +165,19 @@ def test_schedules_and_targets_plan_like_the_servers_interpolation():
     rows = [{"prompt": "a", "interpolation": schedule},
             {"prompt": "b", "interpolation": {"target": {"sentiment": 0.25}}},
             {"prompt": "c", "interpolation": {"alpha": {"sentiment": 0.5}}}]
-    plan = plan_rows(rows, LAYOUT, calibration=calibration, max_tokens=8)
+    plan = plan_rows(rows, MixContext(LAYOUT, calibration=calibration), max_tokens=8)
 
     assert plan[0]["coefficients"] == [1.0, 0.0, 0.0, 0.0]  # token 0's mix
-    pieces, ramp = schedule_of_row(plan[0]["schedule"])
-    assert pieces == ((3, (1.0, 0.0, 0.0, 0.0)), (None, (0.0, 1.0, 0.0, 0.0))) and ramp is None
+    pieces = ((3, (1.0, 0.0, 0.0, 0.0)), (None, (0.0, 1.0, 0.0, 0.0)))
+    assert [(p.get("until"), tuple(p["mix"]["coefficients"])) for p in json.loads(plan[0]["resolved_mix"])["schedule"]
+            ] == list(pieces)  # every token's mix, in the one JSON form replies use too
     assert plan[1]["coefficients"] == pytest.approx([0.75, 0.25, 0.0, 0.0])  # target 0.25 -> alpha 0.75
     assert json.loads(plan[1]["resolved_mix"])["alpha"] == {"sentiment": pytest.approx(0.75)}
-    assert plan[1]["schedule"] is None and plan[2]["schedule"] is None
 
     udf = GenerateBatch(lambda: None, {}, {"temperature": 0.0, "max_tokens": 8}, chat=False)
-    assert udf._request(plan[0]).schedule == MixSchedule(pieces=pieces)  # what the engine runs
-    assert udf._request(plan[2]).schedule is None
+    assert udf._request(plan[0]).mix.pieces == pieces  # what the engine runs
+    assert not udf._request(plan[2]).mix.scheduled
     with pytest.raises(BatchInputError, match=r"input row 0: interpolation\.schedule\[0\]\.until: 3 is beyond max_tokens 2"):
-        plan_rows(rows[:1], LAYOUT, max_tokens=2)
+        plan_rows(rows[:1], MIXES, max_tokens=2)
     with pytest.raises(BatchInputError, match=r"input row 0: interpolation\.target: .*no calibration"):
-        plan_rows(rows[1:2], LAYOUT)
+        plan_rows(rows[1:2], MIXES)

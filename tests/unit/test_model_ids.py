@@ -1,9 +1,10 @@
-"""Mixes as models: the inline model-id syntax (lerpray/serve/model_ids.py), presets in the serve config, and how a
-request's model id and `interpolation` combine (lerpray/serve/protocol.py)."""
+"""Mixes as models: the inline model-id syntax (lerpray/model_ids.py), presets in the serve config, and how a
+request's model id and `interpolation` combine (lerpray.steering.resolve, through lerpray/serve/protocol.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -12,11 +13,13 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from lerpray.mixing import AnchorLayout, MixError, resolve_mix
+from lerpray.model_ids import format_inline_mix, inline_spec, parse_inline_mix
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.errors import ApiError, to_api_error
-from lerpray.serve.model_ids import format_inline_mix, inline_coeffs, inline_spec, parse_inline_mix
-from lerpray.serve.protocol import generation_request, model_coeffs, preset_coeffs
+from lerpray.serve.live import pick
+from lerpray.serve.protocol import generation_request, mix_context
 from lerpray.serve.schemas import CompletionRequest
+from lerpray.steering import MixContext, resolve
 
 pytestmark = pytest.mark.unit
 
@@ -25,6 +28,13 @@ LAYOUT = AnchorLayout(
     attributes={"sentiment": ("sentiment.negative", "sentiment.positive"),
                 "formality": ("formality.informal", "formality.formal")},
 )
+INLINE = MixContext(LAYOUT, None, served="lerpray")  # no extrapolation
+
+
+def inline_coeffs(spec: str) -> tuple[float, ...]:
+    return resolve(INLINE, model=f"lerpray:{spec}").coeffs
+
+
 PRESETS = {"lerpray-upbeat": {"alpha": {"sentiment": 0.9}},
            "lerpray-formal-ish": {"alpha": {"sentiment": 0.5, "formality": 0.8}, "lambda": {"sentiment": 0.25,
                                                                                            "formality": 0.75}}}
@@ -72,16 +82,16 @@ def test_inline_syntax_errors_are_on_the_model_field(spec, fragment):
 
 def test_inline_mix_errors_quote_the_json_path():
     with pytest.raises(MixError) as err:
-        inline_coeffs("sentiment=0.5,nope=1", LAYOUT, None)
+        inline_coeffs("sentiment=0.5,nope=1")
     assert err.value.field == "model"
     assert "interpolation.alpha.nope: unknown attribute; this anchor set has: sentiment, formality" in str(err.value)
     with pytest.raises(MixError, match="does not allow extrapolation"):
-        inline_coeffs("sentiment=1.5;extrapolate", LAYOUT, None)
+        inline_coeffs("sentiment=1.5;extrapolate")
 
 
 def test_inline_mix_equals_the_interpolation_object():
     spec = "sentiment=0.8,formality=0.3;lambda:sentiment=0.6,formality=0.4"
-    assert inline_coeffs(spec, LAYOUT, None) == resolve_mix(parse_inline_mix(spec), LAYOUT, None)
+    assert inline_coeffs(spec) == resolve_mix(parse_inline_mix(spec), LAYOUT, None)
     assert inline_spec("lerpray:" + spec, "lerpray") == spec
     assert inline_spec("lerpray-x:" + spec, "lerpray") is None
     assert inline_spec("lerpray", "lerpray") is None
@@ -102,7 +112,7 @@ def test_format_then_parse_is_the_identity(alpha, lam, extrapolate):
 @given(st.text(max_size=60))
 def test_any_text_parses_or_raises_a_mix_error(spec):
     try:
-        inline_coeffs(spec, LAYOUT, None)
+        inline_coeffs(spec)
     except MixError as err:
         assert err.field == "model"
 
@@ -124,15 +134,15 @@ def test_presets_are_validated_when_the_config_loads():
 
 
 def test_presets_are_checked_against_the_anchor_set_at_startup():
-    coeffs = preset_coeffs(args(), LAYOUT)
+    coeffs = {name: mix.coeffs for name, mix in mix_context(args(), LAYOUT).presets.items()}
     assert coeffs["lerpray-upbeat"] == pytest.approx((0.9, 0.1, 0.0, 0.0))
     assert coeffs["lerpray-formal-ish"] == pytest.approx((0.125, 0.125, 0.6, 0.15))
     bad = ServeArgs(anchors="x", presets={"p": {"alpha": {"humor": 0.9}}})
     with pytest.raises(ValueError, match=r"presets\.p\.alpha\.humor: unknown attribute; this anchor set has"):
-        preset_coeffs(bad, LAYOUT)
+        mix_context(bad, LAYOUT)
     far = ServeArgs(anchors="x", presets={"p": {"alpha": {"sentiment": 1.5}, "extrapolate": True}}, extrapolation=None)
     with pytest.raises(ValueError, match=r"presets\.p\.extrapolate: this server does not allow extrapolation"):
-        preset_coeffs(far, LAYOUT)
+        mix_context(far, LAYOUT)
 
 
 @pytest.mark.parametrize(
@@ -146,21 +156,21 @@ def test_presets_are_checked_against_the_anchor_set_at_startup():
     ],
 )
 def test_model_ids_name_mixes(model, expected):
-    assert model_coeffs(model, args(), LAYOUT) == pytest.approx(expected)
+    assert resolve(mix_context(args(), LAYOUT), model=model).coeffs == pytest.approx(expected)
 
 
 def test_interpolation_overrides_the_model_ids_mix():
     body = CompletionRequest(prompt="x", model="lerpray-upbeat", interpolation={"alpha": {"formality": 1.0}})
-    assert generation_request(body, args(), LAYOUT).coeffs == (0.0, 0.0, 1.0, 0.0)
+    assert generation_request(body, args(), mix_context(args(), LAYOUT)).coeffs == (0.0, 0.0, 1.0, 0.0)
     with pytest.raises(MixError) as err:  # a bad model id is an error even when interpolation overrides its mix
         generation_request(CompletionRequest(prompt="x", model="lerpray:nope=1", interpolation={"alpha": {
-            "sentiment": 1.0}}), args(), LAYOUT)
+            "sentiment": 1.0}}), args(), mix_context(args(), LAYOUT))
     assert err.value.field == "model"
 
 
 def test_unknown_model_ids_get_404_listing_what_is_served():
     with pytest.raises(ApiError) as err:
-        model_coeffs("gpt-4o" + "x" * 500, args(), LAYOUT)
+        pick({"lerpray": SimpleNamespace(args=args())}, "gpt-4o" + "x" * 500)
     error = err.value.json()["error"]
     assert (err.value.status, error["param"], error["code"]) == (404, "model", "model_not_found")
     assert "'lerpray', 'lerpray-upbeat', 'lerpray-formal-ish'" in error["message"]
@@ -177,4 +187,4 @@ def test_the_presets_example_in_cluster_serve_yaml_is_valid():
             break
         block.append(line.replace("# ", "", 1))
     example = ServeArgs(anchors="x", **yaml.safe_load("\n".join(block)))
-    assert set(preset_coeffs(example, LAYOUT)) == {"lerpray-upbeat", "lerpray-gloomy"}
+    assert set(mix_context(example, LAYOUT).presets) == {"lerpray-upbeat", "lerpray-gloomy"}

@@ -16,7 +16,7 @@ from lerpray.mixing import AnchorLayout
 from lerpray.serve import fields
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.errors import ApiError, to_api_error
-from lerpray.serve.protocol import generation_request
+from lerpray.serve.protocol import generation_request, mix_context
 from lerpray.serve.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 
 pytestmark = pytest.mark.unit
@@ -56,7 +56,8 @@ def outcome(path: str, field: str, value: object) -> tuple[int, dict | None]:
     body = {**openai_fields.BASE_BODIES[path], field: value}
     try:
         parsed = SCHEMAS[path].model_validate_json(json.dumps(body))
-        generation_request(parsed, ServeArgs(anchors="x"), LAYOUT, vocab_size=VOCAB)
+        args = ServeArgs(anchors="x")
+        generation_request(parsed, args, mix_context(args, LAYOUT), vocab_size=VOCAB)
     except (ValidationError, ValueError, ApiError) as err:
         api = to_api_error(err)
         return api.status, api.json()["error"]
@@ -135,7 +136,8 @@ def test_refusals_say_what_is_not_supported_and_what_to_do():
 
 def test_max_completion_tokens_is_honoured():
     body = {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 7}
-    request = generation_request(ChatCompletionRequest.model_validate(body), ServeArgs(anchors="x"), LAYOUT)
+    request = generation_request(ChatCompletionRequest.model_validate(body), ServeArgs(anchors="x"),
+                                 mix_context(ServeArgs(anchors="x"), LAYOUT))
     assert request.sampling.max_tokens == 7
 
 

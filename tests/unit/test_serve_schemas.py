@@ -17,7 +17,7 @@ from lerpray.serve.batcher import Batcher, QueueFullError
 from lerpray.serve.commands import APP_IMPORT_PATH, serve_config
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.errors import to_api_error
-from lerpray.serve.protocol import generation_request
+from lerpray.serve.protocol import generation_request, mix_context
 from lerpray.serve.replies import Reply
 from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest
 
@@ -113,23 +113,26 @@ def test_serve_args_validation():
 def test_generation_request_applies_server_policy():
     args = ServeArgs(anchors="x", max_tokens_cap=20, default_max_tokens=10)
     parsed = CompletionRequest(prompt="hi", seed=4, stop=["\n"], interpolation={"alpha": {"s": 0.25}})
-    request = generation_request(parsed, args, LAYOUT)
+    mixes = mix_context(args, LAYOUT)
+    request = generation_request(parsed, args, mixes)
     assert request.coeffs == (0.25, 0.75)
     assert (request.sampling.max_tokens, request.sampling.seed, request.sampling.stop) == (10, 4, ("\n",))
-    assert generation_request(CompletionRequest(prompt="hi"), args, LAYOUT).coeffs == (0.5, 0.5)  # hull centre
+    assert generation_request(CompletionRequest(prompt="hi"), args, mixes).coeffs == (0.5, 0.5)  # hull centre
     with pytest.raises(Exception, match="cap of 20") as err:
-        generation_request(CompletionRequest(prompt="hi", max_tokens=21), args, LAYOUT)
+        generation_request(CompletionRequest(prompt="hi", max_tokens=21), args, mixes)
     assert to_api_error(err.value).status == 400
     with pytest.raises(Exception, match="serves 'lerpray'") as err:
-        generation_request(CompletionRequest(prompt="hi", model="other"), args, LAYOUT)
+        generation_request(CompletionRequest(prompt="hi", model="other"), args, mixes)
     assert to_api_error(err.value).status == 404
 
 
 def test_extrapolation_disabled_by_the_operator():
     extrapolating = CompletionRequest(prompt="hi", interpolation={"alpha": {"s": 1.5}, "extrapolate": True})
-    assert generation_request(extrapolating, ServeArgs(anchors="x"), LAYOUT).coeffs == (1.5, -0.5)
+    allowed = ServeArgs(anchors="x")
+    assert generation_request(extrapolating, allowed, mix_context(allowed, LAYOUT)).coeffs == (1.5, -0.5)
     with pytest.raises(MixError, match="does not allow extrapolation"):
-        generation_request(extrapolating, ServeArgs(anchors="x", extrapolation=None), LAYOUT)
+        generation_request(extrapolating, ServeArgs(anchors="x", extrapolation=None),
+                           mix_context(ServeArgs(anchors="x", extrapolation=None), LAYOUT))
 
 
 def test_reply_builds_chunks_and_response():

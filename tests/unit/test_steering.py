@@ -1,4 +1,5 @@
-"""lerpray.steering: schedules, ramps and targets in the `interpolation` object, and the field of every error.
+"""lerpray.steering: schedules, ramps and targets in the `interpolation` object, the field of every error, and the
+ResolvedMix's one JSON form.
 
 Coefficients are worked out by hand from c[high] = lambda * alpha, c[low] = lambda * (1 - alpha).
 """
@@ -8,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from lerpray.mixing import AnchorLayout, ExtrapolationBounds, MixError
-from lerpray.steering import resolve_steering
+from lerpray.steering import MixContext, ResolvedMix, resolve
 from lerpray.targets import Calibration, Curve
 
 pytestmark = pytest.mark.unit
@@ -18,6 +19,13 @@ LAYOUT = AnchorLayout(anchors=(POS, FORMAL, NEG, INFORMAL),
                       attributes={"sentiment": (NEG, POS), "formality": (INFORMAL, FORMAL)})  # fmt: skip
 S, F = "sentiment", "formality"
 # sentiment: score = -0.5 + alpha on [-1, 2] (reachable [-0.5, 0.5] in the hull); formality: 2 * alpha
+DEFAULT = ExtrapolationBounds()
+
+
+def resolve_steering(mix, layout, bounds=DEFAULT, *, calibration=None, max_tokens=None) -> ResolvedMix:
+    return resolve(MixContext(layout, bounds, calibration), interpolation=mix, max_tokens=max_tokens)
+
+
 CAL = Calibration({S: Curve("vader", (-1.0, 0.0, 1.0, 2.0), (-1.5, -0.5, 0.5, 1.5)),
                    F: Curve("clf", (0.0, 0.5, 1.0), (0.0, 1.0, 2.0))})  # fmt: skip
 
@@ -25,9 +33,10 @@ CAL = Calibration({S: Curve("vader", (-1.0, 0.0, 1.0, 2.0), (-1.5, -0.5, 0.5, 1.
 def test_plain_mix_reports_its_alphas_and_normalised_lambdas():
     got = resolve_steering({"alpha": {S: 0.8, F: 0.2}}, LAYOUT)
     assert got.coeffs == pytest.approx((0.4, 0.1, 0.1, 0.4))
-    assert got.resolved == {"alpha": {S: 0.8, F: 0.2}, "lambda": {S: 0.5, F: 0.5}}
+    assert got.report == {"alpha": {S: 0.8, F: 0.2}, "lambda": {S: 0.5, F: 0.5}, "coefficients": list(got.coeffs)}
     assert not got.scheduled
-    assert resolve_steering({"anchors": {POS: 1}}, LAYOUT).resolved == {"anchors": {POS: 1.0}}
+    assert resolve_steering({"anchors": {POS: 1}}, LAYOUT).report == {"anchors": {POS: 1.0},
+                                                                       "coefficients": [1.0, 0.0, 0.0, 0.0]}
 
 
 def test_schedule_pieces_in_order():
@@ -36,8 +45,8 @@ def test_schedule_pieces_in_order():
     got = resolve_steering(mix, LAYOUT, max_tokens=16)
     assert got.pieces == ((4, (1.0, 0.0, 0.0, 0.0)), (8, (0.0, 1.0, 0.0, 0.0)), (None, (0.0, 0.0, 1.0, 0.0)))
     assert got.coeffs == (1.0, 0.0, 0.0, 0.0) and got.scheduled
-    assert [p.get("until") for p in got.resolved["schedule"]] == [4, 8, None]
-    assert got.resolved["schedule"][1]["mix"] == {"anchors": {FORMAL: 1.0}}
+    assert [p.get("until") for p in got.report["schedule"]] == [4, 8, None]
+    assert got.report["schedule"][1]["mix"] == {"anchors": {FORMAL: 1.0}, "coefficients": [0.0, 1.0, 0.0, 0.0]}
 
 
 def test_ramp():
@@ -45,7 +54,7 @@ def test_ramp():
     got = resolve_steering(mix, LAYOUT, max_tokens=10)
     assert got.ramp == ((0.0, 0.0, 1.0, 0.0), (1.0, 0.0, 0.0, 0.0), 10)
     assert got.coeffs == (0.0, 0.0, 1.0, 0.0)
-    assert got.resolved["ramp"]["over"] == 10
+    assert got.report["ramp"]["over"] == 10
 
 
 SCHEDULE_ERRORS = [
@@ -100,8 +109,8 @@ def test_schedule_errors_name_the_field(mix, field, message):
 
 def test_single_target_inverts_the_curve():
     got = resolve_steering({"target": {S: 0.25}}, LAYOUT, calibration=CAL)
-    assert got.resolved["alpha"] == {S: 0.75}
-    assert got.resolved["predicted"] == {S: 0.25} and got.resolved["target"] == {S: 0.25}
+    assert got.report["alpha"] == {S: 0.75}
+    assert got.report["predicted"] == {S: 0.25} and got.report["target"] == {S: 0.25}
     assert got.coeffs == pytest.approx((0.75, 0.0, 0.25, 0.0))
 
 
@@ -115,11 +124,11 @@ def test_target_out_of_range_gives_the_reachable_range():
 
 def test_target_with_extrapolate_goes_beyond_the_hull_and_clamps_at_the_bounds():
     got = resolve_steering({"target": {S: 0.9}, "extrapolate": True}, LAYOUT, calibration=CAL)
-    assert got.resolved["alpha"] == {S: pytest.approx(1.4)} and "clamped" not in got.resolved
+    assert got.report["alpha"] == {S: pytest.approx(1.4)} and "clamped" not in got.report
     narrow = ExtrapolationBounds(alpha_min=-0.5, alpha_max=1.5)
     far = resolve_steering({"target": {S: 5.0}, "extrapolate": True}, LAYOUT, narrow, calibration=CAL)
-    assert far.resolved["alpha"] == {S: 1.5} and far.resolved["clamped"] == {S: 1.0}
-    assert far.resolved["extrapolate"] is True
+    assert far.report["alpha"] == {S: 1.5} and far.report["clamped"] == {S: 1.0}
+    assert far.report["extrapolate"] is True
 
 
 def test_target_without_calibration_says_how_to_make_one():
@@ -150,3 +159,25 @@ def test_targets_in_a_schedule():
     mix = {"schedule": [{"until": 2, "mix": {"target": {S: -0.5}}}, {"mix": {"target": {S: 0.5}}}]}
     got = resolve_steering(mix, LAYOUT, calibration=CAL, max_tokens=8)
     assert got.pieces == ((2, (0.0, 0.0, 1.0, 0.0)), (None, (1.0, 0.0, 0.0, 0.0)))
+
+
+@pytest.mark.parametrize("mix", [
+    {"alpha": {S: 0.8, F: 0.2}},
+    {"schedule": [{"until": 4, "mix": {"alpha": {S: 1}}}, {"mix": {"target": {S: 0.25}}}]},
+    {"ramp": {"from": {"alpha": {S: 0}}, "to": {"anchors": {FORMAL: 1}}, "over": 10}},
+])  # fmt: skip
+def test_the_json_form_round_trips_to_the_same_mix_at_every_token(mix):
+    import json
+
+    got = resolve_steering(mix, LAYOUT, calibration=CAL, max_tokens=16)
+    back = ResolvedMix.from_json(json.loads(json.dumps(got.report)))
+    assert back == got and back.report == got.report
+    assert [back.at(i) for i in range(20)] == [got.at(i) for i in range(20)]
+
+
+def test_a_resolved_mix_is_either_pieces_ending_open_or_a_ramp():
+    with pytest.raises(ValueError, match="either pieces"):
+        ResolvedMix(((4, (1.0,)),))
+    with pytest.raises(ValueError, match="either pieces"):
+        ResolvedMix(((None, (1.0,)),), ramp=((1.0,), (0.0,), 2))
+    assert ResolvedMix.constant((0.5, 0.5)).at(99) == (0.5, 0.5)

@@ -9,13 +9,11 @@ import httpx
 import pytest
 
 from lerpray.mixing import resolve_mix
-from lerpray.model import GenerationRequest, MixSchedule, SamplingParams
+from lerpray.model import GenerationRequest, ResolvedMix, SamplingParams
 
 from .app import S
 
 pytestmark = pytest.mark.integration
-
-ray = pytest.importorskip("ray")
 
 SCHEDULE = {"schedule": [{"until": 3, "mix": {"alpha": {S: 1}}}, {"mix": {"target": {S: -0.25}}}]}
 
@@ -44,7 +42,8 @@ def test_scheduled_stream_equals_the_engine_schedule_and_names_its_mix_in_a_head
     assert [p.get("until") for p in header["schedule"]] == [3, None]
     assert header["schedule"][1]["mix"]["alpha"] == {S: pytest.approx(0.25)}
     first, second = (resolve_mix({"alpha": {S: a}}, engine.layout) for a in (1.0, 0.25))
-    request = GenerationRequest(coeffs=first, prompt="Hello", schedule=MixSchedule(pieces=((3, first), (None, second))),
+    assert ResolvedMix.from_json(header) == ResolvedMix(pieces=((3, first), (None, second)))  # the one JSON form
+    request = GenerationRequest(mix=ResolvedMix(pieces=((3, first), (None, second))), prompt="Hello",
                                 sampling=SamplingParams(temperature=0, max_tokens=8))  # fmt: skip
     assert text == engine.generate([request])[0].text
 

@@ -8,8 +8,8 @@ served id and a colon, sections separated by ";" (the first one's "alpha:" may b
     lerpray:anchors:sentiment.positive=0.7,sentiment.negative=0.3
     lerpray:sentiment=1.5;extrapolate                     {"alpha": {"sentiment": 1.5}, "extrapolate": true}
 
-Names and numbers are checked by `resolve_mix` like any `interpolation`; every error is a MixError on the field
-"model" whose message quotes the JSON path, e.g. "model: interpolation.alpha.nope: unknown attribute; ...".
+Names and numbers are checked by `lerpray.steering.resolve` like any `interpolation`; every error is a MixError on
+the field "model" whose message quotes the JSON path, e.g. "model: interpolation.alpha.nope: unknown attribute; ...".
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from lerpray.mixing import AnchorLayout, ExtrapolationBounds, MixError, resolve_mix
+from lerpray.mixing import MixError
 
-__all__ = ["SECTIONS", "format_inline_mix", "inline_coeffs", "inline_spec", "parse_inline_mix"]
+__all__ = ["SECTIONS", "format_inline_mix", "inline_spec", "parse_inline_mix"]
 
 FIELD = "model"
 SECTIONS = ("alpha", "lambda", "anchors")
@@ -57,15 +57,6 @@ def parse_inline_mix(spec: str) -> dict[str, object]:
         _once(mix, kind)
         mix[kind] = _pairs(pairs, kind)
     return mix
-
-
-def inline_coeffs(spec: str, layout: AnchorLayout, bounds: ExtrapolationBounds | None) -> tuple[float, ...]:
-    """`resolve_mix` of the parsed text; its errors become errors of the field "model"."""
-    mix = parse_inline_mix(spec)
-    try:
-        return resolve_mix(mix, layout, bounds)
-    except MixError as err:
-        raise MixError(FIELD, f"{err.field}: {err.message}") from None
 
 
 def format_inline_mix(mix: Mapping[str, object]) -> str:
