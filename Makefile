@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all venv browser lint bench clean
+.PHONY: demo test test-all venv browser debian-lists lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -35,10 +35,18 @@ browser:
 	  fi; \
 	fi
 
-test: $(STAMP) browser
+# The humor corpus's Debian source (tests/integration/test_corpora.py) needs apt package lists that know fortunes-min:
+# refreshed here when they do not and we are root with apt-get; otherwise that test fails and says so.
+debian-lists:
+	@if command -v apt-cache >/dev/null 2>&1 && ! apt-cache show fortunes-min >/dev/null 2>&1 \
+	    && [ "$$(id -u)" = 0 ]; then \
+	  echo "refreshing the apt package lists for the Debian humor source (fortunes-min)"; apt-get update -qq; \
+	fi
+
+test: $(STAMP) browser debian-lists
 	$(PY) -m pytest -m "not slow and not gpu" -q --durations=25
 
-test-all: $(STAMP) browser
+test-all: $(STAMP) browser debian-lists
 	$(PY) -m pytest -q
 
 lint: $(STAMP)

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-# Ends the process with the session's final status once pytest is done, skipping the interpreter's teardown, which
-# can segfault after a green run (see tests/exit_status.py).
-pytest_plugins = ["exit_status"]
+# exit_status: ends the process with the session's final status once pytest is done, skipping the interpreter's
+# teardown, which can segfault after a green run. skip_policy: outside the gpu tier a skip is a failure.
+pytest_plugins = ["exit_status", "skip_policy"]
 
 # Anchors of the shared tiny set, in coefficient order: name -> random_adapter kwargs. Two attributes with
 # different ranks, so stacking code sees unequal r_k.

@@ -72,7 +72,6 @@ def test_bundled_package_missing_is_a_clear_error(monkeypatch):
 def test_bundled_smollm2_loads_from_the_shared_cache_and_answers():
     """The default run's short version of the test below: the bundled model from the machine's cache (converted
     there on first use, ~30 s once; later loads ~2 s), a Llama of SmolLM2-135M's sizes that knows a fact."""
-    pytest.importorskip("gguf")
     model, tokenizer = load_base_model(None)
     ident = model_identity(model, BUNDLED_MODEL)
     assert (ident.architecture, ident.hidden_size, ident.num_layers, ident.vocab_size) == (
@@ -86,7 +85,6 @@ def test_bundled_smollm2_loads_from_the_shared_cache_and_answers():
 
 @pytest.mark.slow
 def test_bundled_smollm2_converts_once_then_reloads_from_cache_and_generates(tmp_path, monkeypatch):
-    pytest.importorskip("gguf")
     monkeypatch.setenv("LERPRAY_CACHE", str(tmp_path))
     model, tokenizer = load_base_model(None)  # converts the GGUF (~30 s)
     folder = tmp_path / "models" / "smollm2-135m-instruct"

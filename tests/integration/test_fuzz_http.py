@@ -20,11 +20,9 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from ray import serve
 
 pytestmark = pytest.mark.integration
-
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
 
 APP = f"fuzz-{uuid.uuid4().hex[:8]}"
 KEY_ENV, KEY = "LERPRAY_FUZZ_API_KEY", "fuzz-key-7f3a9c"

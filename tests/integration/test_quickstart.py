@@ -27,8 +27,6 @@ def quickstart_args(*flags: str) -> argparse.Namespace:
 
 @pytest.mark.integration
 def test_tiny_quickstart_runs_end_to_end_and_a_second_run_reuses_it(tmp_path, capsys):
-    pytest.importorskip("ray")
-    pytest.importorskip("vaderSentiment")
     from lerpray.anchors import open_store, read_manifest, verify_anchor_set
     from lerpray.quickstart.pipeline import run_quickstart
     from lerpray.quickstart.steps import reusable_set

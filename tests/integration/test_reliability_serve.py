@@ -22,12 +22,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from ray import serve
 from serve_app import free_port, load_test_module, wait_for
 
 pytestmark = pytest.mark.integration
-
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = f"rel-{uuid.uuid4().hex[:8]}"  # unique: replica processes are found by the app name in their title

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+import ray
 import yaml
+from ray import serve
 
 from lerpray.testing import tiny_anchor_set
 
 pytestmark = pytest.mark.integration
-
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
 
 APP, DEPLOYMENT = "autoscale", "LerpServer"
 CONFIG = Path(__file__).resolve().parents[2] / "cluster" / "serve.yaml"

@@ -16,12 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ray import serve
 from serve_app import free_port, load_test_module, wait_for
 
 pytestmark = pytest.mark.integration
-
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
 
 VERSION_HEADER = "x-lerpray-anchor-version"
 OTHER = "lerpray-other"

@@ -21,8 +21,6 @@ from .app import KEY, PRESETS
 
 pytestmark = pytest.mark.integration
 
-ray = pytest.importorskip("ray")
-
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,900")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 
 import httpx
+import openai
 import openai_fields
 import pytest
 
@@ -19,9 +20,6 @@ from lerpray.model import Engine, GenerationRequest, SamplingParams
 from .app import BODY_LIMIT, CAP, KEY, MIX, PRESETS
 
 pytestmark = pytest.mark.integration
-
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
 
 MESSAGES = [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Tell me about cats."}]
 
@@ -118,7 +116,6 @@ def test_streamed_chat_opens_with_the_role(http):
 
 
 def test_openai_client(base_url, engine):
-    openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=KEY, max_retries=0)
     assert [m.id for m in client.models.list()] == ["lerpray", *PRESETS]
     completion = client.completions.create(

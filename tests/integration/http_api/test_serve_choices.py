@@ -18,8 +18,6 @@ from .app import KEY, MIX
 
 pytestmark = pytest.mark.integration
 
-ray = pytest.importorskip("ray")
-
 PROMPT = "Once upon a time"
 TOL = 1e-4  # logprobs: the server's batch shapes differ from the in-process run's (float rounding only)
 
