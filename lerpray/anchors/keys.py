@@ -1,10 +1,31 @@
-"""Store keys: relative, "/"-separated paths under a store's root, checked before any store touches them."""
+"""Store keys: relative, "/"-separated paths under a store's root, checked before any store touches them; and the
+`Store` interface every store (store.py, s3.py) and every reader of one (versions.py, load.py, ...) agree on."""
 
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 from lerpray.anchors.errors import StoreError
 
-__all__ = ["check_key"]
+__all__ = ["Store", "check_key"]
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A key -> bytes namespace under one root; `uri` names the root ("s3://bucket/prefix", "/abs/folder")."""
+
+    @property
+    def uri(self) -> str: ...
+
+    def read_bytes(self, key: str) -> bytes: ...
+
+    def write_bytes(self, key: str, data: bytes) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str = "") -> list[str]: ...
+
+    def delete_prefix(self, prefix: str) -> None: ...
 
 
 def check_key(key: str, *, allow_root: bool = False) -> str:

@@ -12,31 +12,13 @@ from __future__ import annotations
 import os
 import uuid
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
 from lerpray.anchors.errors import ObjectNotFound, StoreError
-from lerpray.anchors.keys import check_key
+from lerpray.anchors.keys import Store, check_key
+from lerpray.anchors.versions import resolve_ref, split_ref
 
 _TMP_PREFIX = ".lerpray-tmp-"  # partial writes of LocalStore; never listed
-
-
-@runtime_checkable
-class Store(Protocol):
-    """A key -> bytes namespace under one root; `uri` names the root ("s3://bucket/prefix", "/abs/folder")."""
-
-    @property
-    def uri(self) -> str: ...
-
-    def read_bytes(self, key: str) -> bytes: ...
-
-    def write_bytes(self, key: str, data: bytes) -> None: ...
-
-    def exists(self, key: str) -> bool: ...
-
-    def list(self, prefix: str = "") -> list[str]: ...
-
-    def delete_prefix(self, prefix: str) -> None: ...
 
 
 class LocalStore:
@@ -126,8 +108,6 @@ def open_store(
     if isinstance(uri, Store):
         return uri
     text = str(uri)
-    from lerpray.anchors.versions import resolve_ref, split_ref
-
     root, ref = split_ref(text)
     if ref is not None:  # "<set>@<version or alias>": that version's folder (see versions.py)
         return resolve_ref(open_store(root, endpoint_url=endpoint_url, region=region, profile=profile), ref)[0]

@@ -15,14 +15,10 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
 
 from lerpray.anchors.errors import AnchorSetError, ObjectNotFound
 from lerpray.anchors.format import MANIFEST_NAME, Manifest
-from lerpray.anchors.keys import check_key
-
-if TYPE_CHECKING:  # annotations only: store.open_store resolves "@version" through this module
-    from lerpray.anchors.store import Store
+from lerpray.anchors.keys import Store, check_key
 
 __all__ = ["LATEST", "PrefixedStore", "VersionInfo", "alias_targets", "is_versioned", "list_versions",
            "next_version", "resolve_ref", "set_alias", "split_ref", "version_store"]
