@@ -8,13 +8,19 @@ Per attribute i with a scorer: an alpha sweep (attribute i alone, lambda 1) on c
 - the cross slopes S[i][j] = d mean(score_j) / d alpha_i: the least-squares slope of every other attribute's scorer
   while attribute i sweeps alphas in [0, 1] (the entanglement matrix as linear sensitivities).
 
-Prompts: the built-in prompts split by index (even: calibration, odd: held out for measuring target accuracy), or a
-file. The document is saved beside the set (lerpray/anchors/calibration.py) and in `out` with its plot.
+Before a curve is kept it is checked (lerpray/eval/calibration_checks.py): mostly empty or unscorable replies, or an
+alpha 0 -> 1 change within its own noise, refuse the calibration (CalibrationRefused, a ValueError saying what to
+change). Each curve also carries the per-prompt change from alpha 0 (each prompt against its own baseline) and how
+much of its range the bootstrap band takes.
+
+Prompts: the shipped openings (lerpray/eval/prompt_sets.py; completion prompts in 13 domains) split by index
+(even: calibration, odd: held out for measuring target accuracy), or a file (instruction prompts with chat=True).
+The document is saved beside the set (lerpray/anchors/calibration.py) after these checks, and in `out` with its
+plot.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +29,9 @@ import numpy as np
 import pandas as pd
 
 from lerpray.configs import SamplingSettings
-from lerpray.eval.config import BUILTIN_PROMPTS, GridConfig, PromptConfig, ScorerConfig, SweepConfig, load_prompts
+from lerpray.eval.calibration_checks import check_replies, check_signal, prompt_change
+from lerpray.eval.config import GridConfig, PromptConfig, ScorerConfig, SweepConfig
+from lerpray.eval.prompt_sets import PromptSet, load_prompt_set
 
 __all__ = ["DEFAULT_CALIBRATION_ALPHAS", "calibrate", "cross_slopes", "fit_curve", "plot_calibration", "split_prompts"]
 
@@ -31,9 +39,9 @@ DEFAULT_CALIBRATION_ALPHAS = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 
 
 def split_prompts(split: str, file: Path | None = None) -> list[str]:
-    """Prompts of a split: "even" (calibration) / "odd" (held out) / "all" indices of the file or BUILTIN_PROMPTS."""
-    prompts = load_prompts(PromptConfig(file=file)) if file else list(BUILTIN_PROMPTS)
-    return {"even": prompts[0::2], "odd": prompts[1::2], "all": prompts}[split]
+    """Prompts of a split: "even" (calibration) / "odd" (held out) / "all" indices of the file or the shipped
+    openings (lerpray/eval/prompt_sets.py)."""
+    return list(load_prompt_set(file, split).texts)
 
 
 def fit_curve(table: pd.DataFrame, column: str, *, resamples: int = 200, seed: int = 0) -> dict:
@@ -91,57 +99,88 @@ def calibrate(
     out: Path,
     *,
     alphas: Sequence[float] = DEFAULT_CALIBRATION_ALPHAS,
-    prompts: Sequence[str] | None = None,
-    prompt_source: str = "builtin prompts, even indices",
-    samples: int = 2,
+    prompts: PromptSet | Sequence[str] | None = None,
+    prompt_source: str = "a list of prompts",
+    chat: bool = False,
+    samples: int = 1,
     sampling: SamplingSettings | None = None,
     resamples: int = 200,
     seed: int = 0,
     batch_size: int = 32,
     device: str = "cpu",
     base_model: str | None = None,
+    min_z: float = 2.0,
+    max_unscorable: float = 0.5,
 ) -> dict:
-    """Sweep, fit and return the calibration document (not yet stamped or saved: see save_calibration)."""
+    """Sweep, check (lerpray/eval/calibration_checks.py), fit and return the calibration document; not yet stamped
+    or saved (see save_calibration). CalibrationRefused when most replies are empty or a curve is flat; `out` then
+    keeps the sweep for a look at the replies.
+
+    prompts: a PromptSet, plain prompts (described by `prompt_source`), or None for the shipped openings' even
+    split. chat: send each prompt as a user message through the tokenizer's chat template (instruction prompts).
+    """
     from lerpray.eval.sweep import run_sweep
 
-    if not (min(alphas) <= 0.0 and max(alphas) >= 1.0):
-        raise ValueError(f"calibration alphas must cover [0, 1] (a target inverts the curve there), got {list(alphas)}")
-    prompts = list(prompts if prompts is not None else split_prompts("even"))
+    if 0.0 not in alphas or 1.0 not in alphas:
+        raise ValueError(f"calibration alphas must include 0 and 1 (the anchors' hull, where a target inverts the "
+                         f"curve and where the curve is checked), got {list(alphas)}")  # fmt: skip
+    if prompts is None:
+        prompts = load_prompt_set(split="even")
+    elif not isinstance(prompts, PromptSet):
+        prompts = PromptSet(tuple(prompts), ("",) * len(prompts), prompt_source)
     out.mkdir(parents=True, exist_ok=True)
     prompt_file = out / "calibration_prompts.txt"
-    prompt_file.write_text("\n".join(p.replace("\n", " ") for p in prompts) + "\n")
+    prompt_file.write_text("\n".join(p.replace("\n", " ") for p in prompts.texts) + "\n")
     sampling = sampling or SamplingSettings(max_tokens=48)
     loaded = {s.spec: s.load() for s in scorers}
     attrs = {spec: sc.attribute for spec, sc in loaded.items()}
     config = SweepConfig(out=out / "sweep", anchors=anchors, base_model=base_model, device=device,
                          batch_size=batch_size, grids=[GridConfig(kind="alpha", attributes=sorted(set(attrs.values())),
                                                                   alphas=list(alphas))],
-                         prompts=PromptConfig(file=prompt_file, samples=samples, seed=seed), sampling=sampling,
-                         scorers=list(scorers))  # fmt: skip
+                         prompts=PromptConfig(file=prompt_file, samples=samples, seed=seed, chat=chat),
+                         sampling=sampling, scorers=list(scorers))  # fmt: skip
     outputs = run_sweep(config)
-    table = pd.read_csv(outputs.generations)
+    table = pd.read_csv(outputs.generations, keep_default_na=False, na_values=[""])  # "NA" is text, "" none
     columns = {sc.attribute: f"score.{sc.name}" for sc in loaded.values()}
-    curves = {}
-    for attr, col in columns.items():
-        curve = fit_curve(table[table["attribute"] == attr], col, resamples=resamples, seed=seed)
-        curves[attr] = {"scorer": col.removeprefix("score."), **curve}
+    hint = (f"The sweep's replies are in {outputs.generations}; nothing was saved beside the set "
+            f"(max_tokens {sampling.max_tokens}, {len(prompts.texts)} prompts, chat {chat}).")  # fmt: skip
+    curves = {attr: _checked_curve(table[table["attribute"] == attr], attr, col, resamples=resamples, seed=seed,
+                                   min_z=min_z, max_unscorable=max_unscorable, hint=hint)
+              for attr, col in columns.items()}  # fmt: skip
     return {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "scorers": {
             sc.attribute: {"spec": spec, "name": sc.name, "high_pole": sc.high_pole} for spec, sc in loaded.items()
         },  # fmt: skip
-        "prompts": {
-            "source": prompt_source,
-            "count": len(prompts),
-            "samples": samples,
-            "seed": seed,
-            "sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
-        },  # fmt: skip
+        "prompts": {**prompts.provenance(chat=chat), "samples": samples, "seed": seed},
         "sampling": sampling.model_dump(),
         "bootstrap": {"resamples": resamples, "over": "prompts", "band": [5, 95]},
         "curves": curves,
         "cross_slopes": cross_slopes(table, columns),
     }
+
+
+def _checked_curve(rows: pd.DataFrame, attr: str, col: str, *, resamples: int, seed: int, min_z: float,
+                   max_unscorable: float, hint: str) -> dict:  # fmt: skip
+    """One attribute's curve, refused when its replies are mostly empty or it is flat; with the per-prompt change
+    curve and how much of the range the bootstrap band takes."""
+    scorer = col.removeprefix("score.")
+    unscorable = check_replies(rows, col, attr, max_unscorable=max_unscorable, hint=hint)
+    curve = fit_curve(rows, col, resamples=resamples, seed=seed)
+    alphas = np.asarray(curve["alphas"])
+    change, band, draws = prompt_change(rows, col, alphas, resamples=resamples, seed=seed)
+    one, zero = curve["alphas"].index(1.0), curve["alphas"].index(0.0)
+    signal = check_signal(float(change[one]), draws, attr, scorer, int(rows["prompt_id"].nunique()), min_z=min_z,
+                          hint=hint)  # fmt: skip
+    span = abs(curve["fit"][one] - curve["fit"][zero])
+    hull = [k for k, a in enumerate(curve["alphas"]) if 0.0 <= a <= 1.0]
+    widest = max(curve["hi"][k] - curve["lo"][k] for k in hull)
+    noise = {
+        "band_over_range": round(widest / span, 4) if span > 0 else None,
+        "change_band_over_range": round(float(band[1][one] - band[0][one]) / span, 4) if span > 0 else None,
+    }
+    return {"scorer": scorer, **curve, "change": _r(change), "change_lo": _r(band[0]), "change_hi": _r(band[1]),
+            "signal": signal, "unscorable": unscorable, "noise_share": noise}  # fmt: skip
 
 
 def plot_calibration(doc: dict, path: Path) -> Path:
