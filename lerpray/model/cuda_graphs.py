@@ -1,29 +1,25 @@
-"""The decode step replayed from CUDA graphs: one capture per batch-size bucket, never one per mix.
+"""The decode step over a whole batch bucket, as a pure function of static buffers: captured as CUDA graphs, or
+run eagerly ("bucket" replay, what the CPU suite exercises).
 
 A decode step at batch 64 is a few hundred small kernels; launched from Python they cost more host time than the GPU
 spends running them. Captured once, a step is one `graph.replay()`. Everything that changes between steps lives in
-static device buffers the graph reads: token ids, positions (hence the mask), the KV cache's slots, and the
-engine's [slots, K] coefficient buffer. A new mix is a copy into that buffer, so it never re-captures; only a new
-batch bucket or a KV cache grown to a new capacity (which moves its storage) captures again, and `captures` counts
-them for the benchmarks. Attention reads the whole capacity in a graph (a static shape), masked past each row's end.
+static buffers the captured function reads, for every row of the bucket, padding rows included: token ids,
+positions (hence the mask), write slots (a padding row writes to the cache's scratch slot, so it never touches a
+slot that a row mid-prefill owns) and the engine's [slots, K] coefficient buffer. A new mix is a copy into that
+buffer, so it never re-captures. Attention reads a static number of entries per graph: one graph per (batch bucket,
+length bucket), all captured at start-up (`captures` counts them; the KV cache never moves, so none goes stale).
 
-Runs only on CUDA; the CPU engine runs the same cache and scheduler eagerly.
+`step(bucket, length)` is the function; `run` fills the buffers and either replays its graph or calls it eagerly.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
-from lerpray.model.step_inputs import visibility_mask
+from lerpray.model.forward import ModelForward
 
-if TYPE_CHECKING:
-    from lerpray.model.engine import Engine
-    from lerpray.model.kv_cache import SlotCache
-
-__all__ = ["DecodeGraphs", "batch_buckets"]
+__all__ = ["DecodeGraphs", "batch_buckets", "length_buckets"]
 
 
 def batch_buckets(max_batch_size: int) -> list[int]:
@@ -32,63 +28,79 @@ def batch_buckets(max_batch_size: int) -> list[int]:
     return small + list(range(8, max_batch_size, 8)) + [max_batch_size]
 
 
-class DecodeGraphs:
-    """Captured decode steps of one engine, keyed by (batch bucket, cache capacity)."""
+def length_buckets(capacity: int, smallest: int = 256) -> list[int]:
+    """Cache entries a graph's attention reads: 256, 512, 1024, ... below `capacity`, then `capacity`."""
+    lengths, length = [], smallest
+    while length < capacity:
+        lengths.append(length)
+        length *= 2
+    return [*lengths, capacity]
 
-    def __init__(self, engine: Engine, cache: SlotCache, coeffs: Tensor) -> None:
-        if not torch.cuda.is_available():
-            raise RuntimeError("CUDA graphs need a CUDA device; run the engine with cuda_graphs=False on the CPU")
-        self.engine, self.cache, self.coeffs = engine, cache, coeffs
-        slots, device = cache.num_slots, engine.device
-        self.ids = torch.zeros(slots, 1, dtype=torch.long, device=device)  # [S, 1] static inputs
-        self.positions = torch.zeros(slots, 1, dtype=torch.long, device=device)
-        self.slots = torch.arange(slots, device=device)
-        self.buckets = batch_buckets(slots)
+
+class DecodeGraphs:
+    """The decode steps of one engine over slots [0, bucket). `capture`: CUDA graphs of every (batch bucket,
+    length bucket), captured now; otherwise `run` calls the same `step` eagerly (the CPU's replay mode).
+
+    Holds the forward pass and the coefficient buffer, never the engine (no reference cycle).
+    """
+
+    def __init__(self, forward: ModelForward, coeffs: Tensor, pad_id: int, *, capture: bool) -> None:
+        if capture and not torch.cuda.is_available():
+            raise RuntimeError("CUDA graphs need a CUDA device; on the CPU use decode_mode='bucket' (the same function, "
+                               "run eagerly)")
+        self.forward, self.coeffs, self.pad_id = forward, coeffs, pad_id
+        cache, device = forward.cache, coeffs.device
+        slots, self.scratch = cache.num_slots, cache.scratch
+        self._static = torch.zeros(3, slots, 1, dtype=torch.long, device=device)  # ids, positions, write slots
+        self.ids, self.positions, self.write_slots = self._static
+        self.write_slots.fill_(self.scratch)
+        self.read_slots = torch.arange(slots, device=device)
+        self._host = torch.empty(3, slots, 1, dtype=torch.long, pin_memory=device.type == "cuda")
+        self.buckets, self.lengths = batch_buckets(slots), length_buckets(cache.capacity)
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor]] = {}
         self.captures = 0
         self._pool = None
-        self._capacity = cache.capacity
+        if capture:
+            for bucket in self.buckets:
+                for length in self.lengths:
+                    self.graphs[bucket, length] = self._capture(bucket, length)
 
-    def run(self, ids: list[int], positions: list[int], length: int) -> Tensor:
-        """One decode step for rows [0, len(ids)); returns logits [len(ids), 1, V] (valid until the next run)."""
-        rows = len(ids)
-        bucket = next(b for b in self.buckets if b >= rows)
-        pad = bucket - rows
-        host = torch.tensor([[*ids, *[self.engine._pad_id] * pad], [*positions, *[0] * pad]], dtype=torch.long)
-        self.ids[:bucket, 0].copy_(host[0], non_blocking=True)
-        self.positions[:bucket, 0].copy_(host[1], non_blocking=True)
-        if self.cache.capacity != self._capacity:  # the cache grew: its storage moved under every graph
-            self.graphs.clear()
-            self._capacity = self.cache.capacity
-        key = (bucket, self.cache.capacity)
-        if key not in self.graphs:
-            self.graphs[key] = self._capture(bucket)
-        graph, logits = self.graphs[key]
+    def bucket(self, rows: int) -> int:
+        return next(b for b in self.buckets if b >= rows)
+
+    def run(self, ids: list[int], positions: list[int], write_slots: list[int], needed: int) -> Tensor:
+        """One decode step for slots [0, bucket): the three lists fill the whole bucket (step_inputs.decode_inputs);
+        `needed` entries must be visible. Returns logits [bucket, 1, V] (a graph's: valid until the next run)."""
+        bucket = len(ids)
+        if bucket not in self.buckets:
+            raise ValueError(f"a decode step must fill a whole bucket {self.buckets}, got {bucket} rows")
+        length = next(n for n in self.lengths if n >= needed)
+        host = self._host[:, :bucket, 0]
+        host.copy_(torch.tensor([ids, positions, write_slots], dtype=torch.long))
+        self._static[:, :bucket, 0].copy_(host, non_blocking=True)
+        if not self.graphs:
+            return self.step(bucket, length)
+        graph, logits = self.graphs[bucket, length]
         graph.replay()
-        return logits[:rows]
+        return logits
 
-    def _step(self, bucket: int) -> Tensor:
-        """The captured work: mask from the static positions, then the model over slots [0, bucket)."""
-        engine, capacity = self.engine, self.cache.capacity
+    def step(self, bucket: int, length: int) -> Tensor:
+        """The captured function: the model over slots [0, bucket) from the static buffers alone."""
         positions = self.positions[:bucket]
-        self.cache.plan(self.slots[:bucket], positions, capacity, first_slot=0)
-        engine.imodel.bind_coeffs(self.coeffs[:bucket])
-        out = engine.model(
-            input_ids=self.ids[:bucket], position_ids=positions,
-            attention_mask=visibility_mask(positions, capacity, engine._dtype),
-            use_cache=True, **{engine._cache_kw: self.cache}, **({"logits_to_keep": 1} if engine._keeps_logits else {}),
-        )
-        return out.logits
+        self.forward.cache.plan(self.read_slots[:bucket], positions, length, first_slot=0,
+                                write_slots=self.write_slots[:bucket])
+        return self.forward(self.ids[:bucket], positions, self.coeffs[:bucket], length, last_only=True)
 
-    def _capture(self, bucket: int) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+    def _capture(self, bucket: int, length: int) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+        """Capture with padding inputs in the buffers: the warm-up's and capture's writes go to the scratch slot."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: lazy inits and cuBLAS workspaces happen outside the capture
-            self._step(bucket)
+            self.step(bucket, length)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            logits = self._step(bucket)
+            logits = self.step(bucket, length)
         self._pool = graph.pool()
         self.captures += 1
         return graph, logits

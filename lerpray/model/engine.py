@@ -1,11 +1,13 @@
 """Continuous-batching generation engine over an interpolated model: any mix in any row of one forward pass.
 
-Each running request owns a slot of a preallocated KV cache (`SlotCache`): its tokens are written in place at
-their own positions, so admitting, finishing or aborting a request moves no cached data, and rows of different
-lengths cost only what attention must read. A step admits waiting
-requests (`scheduler.py`), decodes one token for every row past its prompt (slots [0, hi) with idle slots as
-padding rows: the shape a CUDA graph captures once per batch bucket, `cuda_graphs.py`), then prefills at most
-`prefill_chunk` prompt tokens, so a long prompt is spread over steps and never stalls the decoding rows' streams.
+Each running request owns a slot of a preallocated KV cache (`SlotCache`, sized once at start-up from a memory
+budget, `kv_budget.py`): its tokens are written in place at their own positions, so admitting, finishing or
+aborting a request moves no cached data, and rows of different lengths cost only what attention must read. A step
+admits waiting requests (`scheduler.py`), decodes one token for every row past its prompt (slots [0, hi), idle
+slots as padding rows that write to the cache's scratch slot), then prefills at most `prefill_chunk` prompt tokens,
+so a long prompt is spread over steps and never stalls the decoding rows' streams. Every forward pass is one
+function (`forward.py`); the decode step over a whole batch bucket is captured as CUDA graphs on a GPU and can be
+run eagerly on the CPU (`decode_mode="bucket"`, `cuda_graphs.py`).
 
 Each row carries its own coefficient row (the slot's row of a [slots, K] buffer), sampling parameters and random
 generator, so its output does not depend on its batch companions (up to float rounding of batched matmuls).
@@ -17,37 +19,45 @@ window, GPT-2, ...); sliding-window and recurrent models are refused with an Eng
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Iterator
-from contextlib import nullcontext
 
 import torch
 
 from lerpray.model.cuda_graphs import DecodeGraphs
+from lerpray.model.forward import ModelForward
+from lerpray.model.kv_budget import build_cache, check_fits, kv_budget
 from lerpray.model.kv_cache import SlotCache, unsupported_attention
 from lerpray.model.prompts import encode_prompt, eos_ids
-from lerpray.model.requests import EngineError, GenerationRequest, GenerationResult, PromptTooLongError, TokenEvent
+from lerpray.model.requests import EngineError, GenerationRequest, GenerationResult, TokenEvent
 from lerpray.model.rows import Row, choose_tokens, prompt_token_logprobs
 from lerpray.model.scheduler import SlotScheduler
-from lerpray.model.step_inputs import chunk_inputs, visibility_mask
+from lerpray.model.step_inputs import chunk_inputs, decode_inputs
 
-__all__ = ["Engine"]
+__all__ = ["DECODE_MODES", "Engine"]
+
+DECODE_MODES = ("graph", "bucket", "eager")
 
 
 class Engine:
     """Batches requests with different mixes into shared forward passes. Not thread-safe: drive it from one thread.
 
     Args:
-        imodel: an InterpolatedModel (`.model`, `.layout`, `.set_coeffs(coeffs [N, K])`, `.merged(coeffs [K])`).
+        imodel: an InterpolatedModel (`.model`, `.layout`, `.bind_coeffs(coeffs [N, K])`, `.merged(coeffs [K])`).
         tokenizer: the base model's tokenizer.
         max_batch_size: KV-cache slots, i.e. the most requests running at once; further requests wait.
         merged_fast_path: when every row of a forward pass shares one mix, run it on merged weights.
         device: where inputs go; default the model's device.
-        context_length: longest prompt + max_tokens; default the model's max_position_embeddings.
+        context_length: longest prompt + max_tokens wanted; default the model's max_position_embeddings. Capped by
+            what the KV-cache budget fits (`self.context_length` is the cap).
         prefill_chunk: most prompt tokens prefilled per step (default 32 on CPU, 512 on GPU): smaller keeps the
             running rows' inter-token latency flat while a long prompt arrives, larger reaches first tokens sooner.
-        cuda_graphs: capture the decode step as CUDA graphs (default: on when the model is on a CUDA device).
+        decode_mode: "graph" (CUDA graphs of the bucket step; the default on CUDA), "bucket" (that same step run
+            eagerly over the whole bucket, padding rows included: how the CPU tests the graphs' function) or
+            "eager" (rows [0, hi) only, reading what they need; the default on the CPU).
+        cuda_graphs: the older switch: True is decode_mode "graph", False "eager".
+        kv_cache_bytes, kv_cache_fraction: the KV-cache budget (kv_budget.py): bytes, or the fraction of free
+            device memory on CUDA (default 0.8); on the CPU the default is 1 GiB.
     """
 
     def __init__(
@@ -60,33 +70,41 @@ class Engine:
         device: torch.device | str | None = None,
         context_length: int | None = None,
         prefill_chunk: int | None = None,
+        decode_mode: str | None = None,
         cuda_graphs: bool | None = None,
+        kv_cache_bytes: int | None = None,
+        kv_cache_fraction: float | None = None,
     ) -> None:
         self.imodel, self.model, self.tokenizer = imodel, imodel.model, tokenizer
         self.layout = imodel.layout
         self.max_batch_size, self.merged_fast_path = max_batch_size, merged_fast_path
         self.device = torch.device(device) if device is not None else next(self.model.parameters()).device
-        self.context_length = context_length or int(self.model.config.max_position_embeddings)
         on_gpu = self.device.type == "cuda"
         self.prefill_chunk = prefill_chunk or (512 if on_gpu else 32)
+        if decode_mode is None:
+            decode_mode = ("graph" if on_gpu else "eager") if cuda_graphs is None else ("graph" if cuda_graphs else "eager")
         problem = unsupported_attention(self.model.config) or next(
             (f"{name} must be >= 1, got {value}" for name, value in
              (("max_batch_size", max_batch_size), ("prefill_chunk", self.prefill_chunk)) if value < 1), None)
+        if decode_mode not in DECODE_MODES or (decode_mode == "graph" and not on_gpu):
+            problem = problem or (f"decode_mode must be one of {DECODE_MODES} ('graph' needs a CUDA device; 'bucket' "
+                                  f"runs its function eagerly), got {decode_mode!r} on {self.device}")
         if problem:
             raise EngineError(problem)
+        self.decode_mode = decode_mode
         self._eos = eos_ids(self.model, tokenizer)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        params = inspect.signature(self.model.forward).parameters
-        self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._keeps_logits = "logits_to_keep" in params
-        self._layers = int(self.model.config.num_hidden_layers)
-        self._cache = SlotCache(self._layers, max_batch_size, capacity=256,
-                                max_capacity=self.context_length + self.prefill_chunk)
-        self._scheduler = SlotScheduler(max_batch_size, self.prefill_chunk)
         self._coeffs = torch.zeros(max_batch_size, len(self.layout.anchors), device=self.device)  # [S, K]
-        self._dtype = next(self.model.parameters()).dtype
-        use_graphs = on_gpu if cuda_graphs is None else cuda_graphs
-        self._graphs = DecodeGraphs(self, self._cache, self._coeffs) if use_graphs else None
+        self._slot_range = torch.arange(max_batch_size, device=self.device)
+        self._scheduler = SlotScheduler(max_batch_size, self.prefill_chunk)
+        self.model_context = int(context_length or self.model.config.max_position_embeddings)
+        with torch.inference_mode():  # the cache and every graph are made now: none inside step()
+            self._forward = ModelForward(imodel, SlotCache(0, 0, 1))
+            self._cache = build_cache(self._forward, self._coeffs, max_batch_size, self.model_context,
+                                      kv_budget(self.device, kv_cache_bytes, kv_cache_fraction))
+            self.context_length = self._cache.capacity
+            self._graphs = (DecodeGraphs(self._forward, self._coeffs, self._pad_id, capture=decode_mode == "graph")
+                            if decode_mode != "eager" else None)
 
     @classmethod
     def from_uri(cls, anchors_uri: str, base_model: str | None = None, *, dtype=torch.float32, **kw) -> Engine:
@@ -101,6 +119,11 @@ class Engine:
         check_model_fits(anchor_set.manifest, model)
         return cls(interpolate(model, anchor_set), tokenizer, **kw)
 
+    def close(self) -> None:
+        """Free the KV cache and the captured graphs now (dropping the engine does too: nothing refers back to it)."""
+        self._graphs = None
+        self._forward.cache = self._cache = SlotCache(0, 0, 1)
+
     # ---- step API -------------------------------------------------------------------------------------------
 
     def add(self, request: GenerationRequest) -> None:
@@ -112,13 +135,8 @@ class Engine:
         if not 1 <= request.n <= self.max_batch_size:
             raise EngineError(f"n must be between 1 and {self.max_batch_size} (the engine's slots), got {request.n}")
         prompt_ids = self.encode(request)
-        limit = self.context_length - request.sampling.max_tokens
-        if len(prompt_ids) > limit:
-            raise PromptTooLongError(
-                f"the prompt has {len(prompt_ids)} tokens but at most {limit} fit: context length "
-                f"{self.context_length} minus max_tokens {request.sampling.max_tokens}; shorten the prompt or "
-                "lower max_tokens"
-            )
+        check_fits(len(prompt_ids), request.sampling.max_tokens, self.model_context, self.context_length,
+                   self.max_batch_size)
         self._scheduler.enqueue(Row.choices(request, prompt_ids, self.tokenizer))
 
     def has_work(self) -> bool:
@@ -190,23 +208,19 @@ class Engine:
         rows = self._scheduler.decoding()
         self._write_mixes(rows, scheduled_only=True)
         hi = 1 + max(r.slot for r in rows)
-        positions = [0] * hi  # idle slots write at their own next position (see step_inputs)
-        ids = [self._pad_id] * hi
-        for r in self._scheduler.running():
-            if r.slot < hi:
-                positions[r.slot] = r.next_position
-                ids[r.slot] = r.last_token if r.decoding else self._pad_id
-        length = 1 + max(r.next_position for r in rows)
-        self._cache.reserve(max(positions) + 1)
+        needed = 1 + max(r.next_position for r in rows)  # entries the rows' queries must see
         shared = self._shared(rows)
-        if self._graphs is not None and not shared:
-            logits = self._graphs.run(ids, positions, length)
+        graphs = self._graphs if not shared else None  # merged weights are not what the graphs captured
+        width = graphs.bucket(hi) if graphs is not None else hi
+        inputs = decode_inputs([(r.slot, r.last_token, r.next_position) for r in rows], width, self._pad_id,
+                               self._cache.scratch)
+        if graphs is not None:
+            logits = graphs.run(*inputs, needed)
         else:
-            ids_t = torch.tensor(ids, device=self.device)[:, None]  # [hi, 1]
-            pos_t = torch.tensor(positions, device=self.device)[:, None]  # [hi, 1]
-            self._cache.plan(torch.arange(hi, device=self.device), pos_t, length, first_slot=0)
-            merged = self._coeffs[rows[0].slot] if shared else None
-            logits = self._forward(ids_t, pos_t, self._coeffs[:hi], merged, length)
+            ids, positions, writes = torch.tensor(inputs, device=self.device)[..., None]  # [hi, 1] each
+            self._cache.plan(self._slot_range[:hi], positions, needed, first_slot=0, write_slots=writes)
+            logits = self._forward(ids, positions, self._coeffs[:hi], needed, last_only=True,
+                                   merged=self._coeffs[rows[0].slot] if shared else None)
         logits = logits[:, -1].index_select(0, torch.tensor([r.slot for r in rows], device=self.device))
         return self._advance(rows, logits)
 
@@ -214,28 +228,25 @@ class Engine:
         chunks = self._scheduler.chunks(protect_streams)
         rows = [row for row, _ in chunks]
         self._write_mixes(rows, scheduled_only=True)
-        ids, positions = chunk_inputs(
+        ids, positions, writes = chunk_inputs(
             [row.prompt_ids[row.prefilled : row.prefilled + n] for row, n in chunks],
-            [row.prefilled for row, _ in chunks], self._pad_id, self.device,
+            [row.prefilled for row in rows], [row.slot for row in rows], self._pad_id, self._cache.scratch,
+            self.device,
         )
-        self._cache.reserve(int(positions.max()) + 1)
         slots = torch.tensor([row.slot for row in rows], device=self.device)
-        length = max(row.prefilled + n for row, n in chunks)
+        length = max(row.prefilled + n for row, n in chunks)  # real tokens only: padding writes to the scratch slot
         first = rows[0].slot
         contiguous = [row.slot for row in rows] == list(range(first, first + len(rows)))
-        self._cache.plan(slots, positions, length, first_slot=first if contiguous else None)
-        last = torch.tensor([[n - 1] for _, n in chunks], device=self.device)  # [M, 1] each chunk's last token
+        self._cache.plan(slots, positions, length, first_slot=first if contiguous else None, write_slots=writes)
         every = any(row.prompt_logprobs is not None for row in rows)  # scoring the prompt needs every position
         merged = self._coeffs[rows[0].slot] if self._shared(rows) else None
-        logits = self._forward(ids, positions, self._coeffs.index_select(0, slots), merged, length,
-                               None if every else last)  # [M, 1 or Q, V]
+        logits = self._forward(ids, positions, self._coeffs.index_select(0, slots), length, last_only=not every,
+                               merged=merged)  # [M, 1 or Q, V]; chunks are left-padded: each ends in the last column
         for m, (row, n) in enumerate(chunks):
             if row.prompt_logprobs is not None:
                 targets = row.prompt_ids[row.prefilled + 1 : row.prefilled + n + 1]
-                row.prompt_logprobs += prompt_token_logprobs(logits[m], targets, row.sampling.prompt_logprobs)
+                row.prompt_logprobs += prompt_token_logprobs(logits[m, -n:], targets, row.sampling.prompt_logprobs)
             row.prefilled += n
-        if every:
-            logits = torch.take_along_dim(logits, last[..., None], dim=1)
         done = [m for m, row in enumerate(rows) if row.decoding]
         if not done:
             return []
@@ -264,24 +275,6 @@ class Engine:
     def _shared(self, rows: list[Row]) -> bool:
         """Whether this forward may run on merged weights: the fast path is on and every row has one mix."""
         return self.merged_fast_path and len({r.mix() for r in rows}) == 1
-
-    def _forward(self, ids, positions, coeffs, merged, length, keep=None) -> torch.Tensor:
-        """One eager forward over planned slots; returns logits [N, 1 or Q, V] (keep [N, 1]: one per row)."""
-        self.imodel.bind_coeffs(coeffs)
-        kwargs = {"logits_to_keep": keep if keep is not None else 0} if self._keeps_logits else {}
-        with self.imodel.merged(merged) if merged is not None else nullcontext():
-            out = self.model(
-                input_ids=ids, position_ids=positions, attention_mask=visibility_mask(positions, length, self._dtype),
-                use_cache=True, **{self._cache_kw: self._cache}, **kwargs,
-            )
-        if self._cache.updated != self._layers:
-            raise EngineError(
-                f"{type(self.model).__name__} wrote {self._cache.updated} of {self._layers} layers through the KV "
-                "cache; the engine supports full-attention models only (no recurrent or hybrid layers)"
-            )
-        if keep is not None and not self._keeps_logits:  # older models return every position
-            return torch.take_along_dim(out.logits, keep[..., None], dim=1)
-        return out.logits
 
     def _advance(self, rows: list[Row], logits: torch.Tensor) -> list[TokenEvent]:
         """Choose each row's next token (logits [N, V]), emit its event, free the slots of finished rows."""

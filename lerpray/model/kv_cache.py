@@ -1,15 +1,20 @@
 """A preallocated KV cache in slots: one slot per running request, written in place at each row's own positions.
 
-Every layer holds keys and values [S, H, C, D] for S slots of capacity C. A forward pass runs a batch of rows; row n
-lives in slot `slots[n]` and its query tokens sit at absolute positions `positions[n]`, so a token at position p is
-stored at index p of its slot: no left padding, no concatenation per step, nothing to do on admission or finish (a
-finished slot is simply reused; stale entries are never visible because the mask only shows index <= position).
+Every layer holds keys and values [S + 1, H, C, D]: S slots of C tokens, plus one scratch slot (index S) that no
+row owns, where padding queries write. A forward pass runs a batch of rows; row n reads slot `slots[n]`, and its
+query tokens sit at absolute positions `positions[n]`, so a token at position p is stored at index p of its slot: no
+left padding, no concatenation per step, nothing to do on admission or finish (a finished slot is simply reused;
+stale entries are never visible because the mask only shows index <= position).
 
 Before each forward the engine calls `plan(...)`; each attention layer then calls `update(k, v, layer_idx)`, which
-writes the new keys/values and returns the first `length` entries of the batch's slots (a view when the slots are
-a contiguous range, as in decode). Capacity grows by doubling when a longer context arrives (a copy, at most
-log2(max / initial) times), for every slot at once: memory follows the longest context seen, S x C tokens per layer
-(pages would bound it by the tokens in use instead). Pure torch + the transformers Cache interface; no scheduling.
+writes the new keys/values at (write slot, position) and returns the first `length` entries of the batch's read
+slots (a view when they are a contiguous range, as in decode). A padding query's write slot is the scratch slot,
+so padding never touches a slot a row owns, whatever position it carries.
+
+The capacity C is fixed when the cache is made (the engine sizes it from a memory budget, `kv_budget.py`) and the
+storage is allocated by the first forward (the engine runs one at start-up): it never grows or moves, so captured
+CUDA graphs stay valid. Pure torch + the transformers Cache interface; no scheduling. The layers share a small
+state object with the cache (not the cache itself), so dropping the cache frees its storage at once.
 """
 
 from __future__ import annotations
@@ -20,59 +25,12 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 __all__ = ["SlotCache", "unsupported_attention"]
 
 
-class _SlotLayer(CacheLayerMixin):
-    """One attention layer's slots. Allocated on its first update, from the key shape the model produces."""
-
-    is_sliding = False
-    is_compileable = True
-
-    def __init__(self, cache: SlotCache) -> None:
-        super().__init__()
-        self._cache = cache
-
-    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
-        shape = (self._cache.num_slots, key_states.shape[1], self._cache.capacity)  # [S, H, C]
-        self.keys = key_states.new_zeros((*shape, key_states.shape[-1]))
-        self.values = value_states.new_zeros((*shape, value_states.shape[-1]))
-        self.is_initialized = True
-
-    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
-        """key_states, value_states [N, H, Q, D] -> keys, values [N, H, length, D] of the batch's slots."""
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        plan = self._cache.current
-        # keys[slot, :, position] = k: advanced indices [N, Q] around the head slice give [N, Q, H, D].
-        self.keys[plan.slot_index, :, plan.positions] = key_states.transpose(1, 2).to(self.keys.dtype)
-        self.values[plan.slot_index, :, plan.positions] = value_states.transpose(1, 2).to(self.values.dtype)
-        self._cache.updated += 1
-        return plan.read(self.keys), plan.read(self.values)
-
-    def grow(self, capacity: int) -> None:
-        if self.is_initialized:
-            self.keys = _grown(self.keys, capacity)
-            self.values = _grown(self.values, capacity)
-
-    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self._cache.current.length, 0
-
-    def get_seq_length(self) -> int:
-        return self._cache.current.length if self._cache.current else 0
-
-    def get_max_length(self) -> int:
-        return self._cache.capacity
-
-
-def _grown(x: Tensor, capacity: int) -> Tensor:
-    bigger = x.new_zeros((*x.shape[:2], capacity, x.shape[-1]))
-    bigger[:, :, : x.shape[2]] = x
-    return bigger
-
-
 class _Plan:
-    """Where one forward's rows live: slots [N], positions [N, Q], and how many cache entries attention reads."""
+    """Where one forward's rows live: read slots [N], write slots and positions [N, Q], entries attention reads."""
 
-    def __init__(self, slots: Tensor, positions: Tensor, length: int, first_slot: int | None) -> None:
-        self.slot_index = slots[:, None].expand_as(positions)  # [N, Q]
+    def __init__(self, slots: Tensor, positions: Tensor, length: int, first_slot: int | None,
+                 write_slots: Tensor | None) -> None:
+        self.write_slots = (slots[:, None] if write_slots is None else write_slots).expand_as(positions)  # [N, Q]
         self.positions = positions  # [N, Q]
         self.slots = slots
         self.length = length
@@ -84,41 +42,102 @@ class _Plan:
         return x.index_select(0, self.slots)[:, :, : self.length]
 
 
+class _State:
+    """What the cache and its layers share: the capacity, the current plan and the layers written since it."""
+
+    def __init__(self, num_slots: int, capacity: int) -> None:
+        self.num_slots, self.capacity = num_slots, capacity
+        self.current: _Plan | None = None
+        self.updated = 0
+
+
+class _SlotLayer(CacheLayerMixin):
+    """One attention layer's slots. Allocated on its first update, from the key shape the model produces."""
+
+    is_sliding = False
+    is_compileable = True
+
+    def __init__(self, state: _State) -> None:
+        super().__init__()
+        self._state = state
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        shape = (self._state.num_slots + 1, key_states.shape[1], self._state.capacity)  # [S + 1, H, C]
+        self.keys = key_states.new_zeros((*shape, key_states.shape[-1]))
+        self.values = value_states.new_zeros((*shape, value_states.shape[-1]))
+        self.is_initialized = True
+
+    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+        """key_states, value_states [N, H, Q, D] -> keys, values [N, H, length, D] of the batch's read slots."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        plan = self._state.current
+        # keys[slot, :, position] = k: advanced indices [N, Q] around the head slice give [N, Q, H, D].
+        self.keys[plan.write_slots, :, plan.positions] = key_states.transpose(1, 2).to(self.keys.dtype)
+        self.values[plan.write_slots, :, plan.positions] = value_states.transpose(1, 2).to(self.values.dtype)
+        self._state.updated += 1
+        return plan.read(self.keys), plan.read(self.values)
+
+    def get_mask_sizes(self, query_length: int, *args) -> tuple[int, int]:
+        return self._state.current.length, 0
+
+    def get_seq_length(self) -> int:
+        return self._state.current.length if self._state.current else 0
+
+    def get_max_length(self) -> int:
+        return self._state.capacity
+
+
 class SlotCache(Cache):
-    """KV cache of `num_slots` requests, each up to `capacity` tokens (grown on demand up to `max_capacity`).
+    """KV cache of `num_slots` requests of up to `capacity` tokens each, plus the scratch slot `num_slots`.
 
     Args:
         num_layers: the model's attention layers.
         num_slots: the most requests held at once (the engine's max batch size).
-        capacity: initial tokens per slot.
-        max_capacity: the longest context a slot may need (prompt + new tokens + a prefill chunk's padding).
+        capacity: tokens per slot (fixed: the longest prompt + new tokens a slot may hold).
     """
 
-    def __init__(self, num_layers: int, num_slots: int, capacity: int, max_capacity: int) -> None:
-        self.num_slots, self.capacity, self.max_capacity = num_slots, min(capacity, max_capacity), max_capacity
-        self.current: _Plan | None = None
-        self.updated = 0  # layers written since the last plan: a model that skips the cache is caught by the engine
-        super().__init__(layers=[_SlotLayer(self) for _ in range(num_layers)])
+    def __init__(self, num_layers: int, num_slots: int, capacity: int) -> None:
+        self._state = _State(num_slots, capacity)
+        super().__init__(layers=[_SlotLayer(self._state) for _ in range(num_layers)])
 
-    def plan(self, slots: Tensor, positions: Tensor, length: int, first_slot: int | None = None) -> None:
-        """Set where the next forward's rows live: slots [N] long, positions [N, Q] long, `length` entries read.
+    @property
+    def num_slots(self) -> int:
+        return self._state.num_slots
 
-        `first_slot` says the slots are first_slot, first_slot + 1, ... (attention then reads a view, no gather);
-        the caller knows it without a device sync. Every position must be < capacity (call `reserve` first).
+    @property
+    def scratch(self) -> int:
+        """The slot no row owns: padding queries write here."""
+        return self._state.num_slots
+
+    @property
+    def capacity(self) -> int:
+        return self._state.capacity
+
+    @property
+    def updated(self) -> int:
+        """Layers written since the last plan: a model that skips the cache is caught by the engine."""
+        return self._state.updated
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of keys and values allocated so far (every slot, the scratch slot included)."""
+        return sum(t.numel() * t.element_size() for layer in self.layers if layer.is_initialized
+                   for t in (layer.keys, layer.values))
+
+    def plan(self, slots: Tensor, positions: Tensor, length: int, first_slot: int | None = None,
+             write_slots: Tensor | None = None) -> None:
+        """Set where the next forward's rows live: read slots [N] long, positions [N, Q] long, `length` entries read.
+
+        `write_slots` [N, Q] (or [N, 1]) says where each query's keys/values go (default: its row's read slot; the
+        scratch slot for padding queries). `first_slot` says the read slots are first_slot, first_slot + 1, ...
+        (attention then reads a view, no gather); the caller knows it without a device sync. Every position must be
+        < capacity and `length` <= capacity.
         """
-        self.current = _Plan(slots, positions, length, first_slot)
-        self.updated = 0
-
-    def reserve(self, needed: int) -> bool:
-        """Make room for positions < `needed`; returns whether the storage moved (captured graphs go stale)."""
-        if needed <= self.capacity:
-            return False
-        if needed > self.max_capacity:
-            raise ValueError(f"a slot needs {needed} positions but holds at most {self.max_capacity}")
-        self.capacity = min(self.max_capacity, max(needed, 2 * self.capacity))
-        for layer in self.layers:
-            layer.grow(self.capacity)
-        return True
+        if length > self.capacity:
+            raise ValueError(f"a forward reads {length} positions but a slot holds {self.capacity}")
+        self._state.current = _Plan(slots, positions, length, first_slot, write_slots)
+        self._state.updated = 0
 
     def copy_prefix(self, source: int, targets: list[int], length: int) -> None:
         """Give slots `targets` the first `length` entries of slot `source` (n choices share one prefill)."""
@@ -133,7 +152,8 @@ class SlotCache(Cache):
         return True
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.current.length if self.current else 0
+        current = self._state.current
+        return current.length if current else 0
 
 
 def unsupported_attention(config) -> str | None:

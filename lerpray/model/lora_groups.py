@@ -14,15 +14,10 @@ still exact, just not fused.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lerpray.lora_math import StackedLora, shrink
-
-if TYPE_CHECKING:
-    from lerpray.model.interpolated import InterpolatedLinear
 
 __all__ = ["SIBLINGS", "ShrinkGroup", "group_siblings"]
 
@@ -31,9 +26,13 @@ SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"), ("query", 
 
 
 class ShrinkGroup:
-    """Sibling layers sharing one stacked A. Not thread-safe (like the model it belongs to)."""
+    """Sibling layers sharing one stacked A. Not thread-safe (like the model it belongs to).
 
-    def __init__(self, members: list[InterpolatedLinear]) -> None:
+    Members are interpolated layers (interpolated.py, which builds the groups; this file does not import it): modules
+    with buffers `A_cat` [r, d_in], `owner` and `col_scale` [r], and attributes `num_anchors`, `in_features`, `group`.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
         self.members = members
         # The group's factors are buffers of its first member, so they follow the model across .to(device).
         lead = members[0]
@@ -64,7 +63,7 @@ class ShrinkGroup:
         return StackedLora(lead.group_A_cat, lead.group_A_cat.new_empty(0), lead.group_owner, lead.group_col_scale,
                            lead.num_anchors)
 
-    def projection(self, member: InterpolatedLinear, x: Tensor, col: Tensor) -> Tensor:
+    def projection(self, member: nn.Module, x: Tensor, col: Tensor) -> Tensor:
         """(x @ A_member.T) * col_member [N, T, r_member]; `col` [N, R_group] is the group's column weights."""
         if self._input is not x:
             self._input, self._projected, self._pending = x, shrink(x, self.A_cat, col), len(self.members)
@@ -75,7 +74,7 @@ class ShrinkGroup:
         return part
 
 
-def group_siblings(layers: dict[str, InterpolatedLinear]) -> list[ShrinkGroup]:
+def group_siblings(layers: dict[str, nn.Module]) -> list[ShrinkGroup]:
     """Group layers (module path -> layer) that are siblings of one block reading one input, with equal d_in
     and dtype. Layers outside any group keep their own shrink."""
     groups = []

@@ -45,7 +45,7 @@ def test_rows_of_very_different_lengths_reuse_slots_and_match_the_reference(imod
     }
     tokens, _ = run(engine, schedule)
     storage = engine._cache.layers[0].keys.data_ptr()
-    assert engine._cache.layers[0].keys.shape[0] == 2  # two slots, reused by six requests
+    assert engine._cache.layers[0].keys.shape[0] == 3  # two slots, reused by six requests, and the scratch slot
     for requests in schedule.values():
         for r in requests:
             assert tokens[r.request_id] == reference_greedy(engine, r), r.request_id
@@ -122,13 +122,14 @@ def test_siblings_share_one_shrink_and_stay_exact(imodel):
     assert q.group.A_cat.shape[0] == q.A_cat.shape[0] + k.A_cat.shape[0] + v.A_cat.shape[0]
 
 
-def test_cache_grows_by_doubling_when_a_long_context_arrives(imodel):
+def test_cache_is_allocated_once_at_start_up_and_a_long_context_fits_without_growing(imodel):
     engine = Engine(imodel, tiny_tokenizer(), max_batch_size=2, prefill_chunk=64)
-    capacity = engine._cache.capacity
-    prompt = "x" * (capacity + 10)
+    storage, capacity = engine._cache.layers[0].keys.data_ptr(), engine._cache.capacity
+    assert capacity == engine.context_length == 512  # the tiny Llama's context: the default budget fits it
+    prompt = "x" * 400
     assert engine.generate([req(prompt, ONE, max_tokens=3)])[0].completion_tokens == 3
-    assert engine._cache.capacity >= capacity + 13
     assert engine.generate([req(PROMPTS[0], ONE, max_tokens=4)])[0].completion_tokens == 4
+    assert (engine._cache.layers[0].keys.data_ptr(), engine._cache.capacity) == (storage, capacity)
 
 
 def test_sliding_window_models_are_refused(tmp_path):
