@@ -166,12 +166,13 @@ def _checked_curve(rows: pd.DataFrame, attr: str, col: str, *, resamples: int, s
     curve and how much of the range the bootstrap band takes."""
     scorer = col.removeprefix("score.")
     unscorable = check_replies(rows, col, attr, max_unscorable=max_unscorable, hint=hint)
-    curve = fit_curve(rows, col, resamples=resamples, seed=seed)
-    alphas = np.asarray(curve["alphas"])
+    alphas = np.sort(rows["x"].unique())
     change, band, draws = prompt_change(rows, col, alphas, resamples=resamples, seed=seed)
-    one, zero = curve["alphas"].index(1.0), curve["alphas"].index(0.0)
+    one = list(alphas).index(1.0)
     signal = check_signal(float(change[one]), draws, attr, scorer, int(rows["prompt_id"].nunique()), min_z=min_z,
                           hint=hint)  # fmt: skip
+    curve = fit_curve(rows, col, resamples=resamples, seed=seed)  # after the check: a flat curve is not fitted
+    zero = curve["alphas"].index(0.0)
     span = abs(curve["fit"][one] - curve["fit"][zero])
     hull = [k for k, a in enumerate(curve["alphas"]) if 0.0 <= a <= 1.0]
     widest = max(curve["hi"][k] - curve["lo"][k] for k in hull)
