@@ -5,6 +5,9 @@
     BoundsArgs        where a request that sets `"extrapolate": true` may go
     S3Settings        the connection to an S3-compatible store (unset fields: the standard AWS environment)
     check_uri         an s3://bucket/prefix URI (bucket named by BUCKET_NAME's rule) or a local path
+    Uri, UriList      one URI or a list of them (`paths:` of inputs and training data), each checked by check_uri
+    BaseModelOverride a base model (local folder, hub id or bundled:NAME) in place of the one a set's manifest names
+    absolute_uri      a local path made absolute for workers that run elsewhere; a URI as is
     check_shared      refuse a local path where several nodes must see one location (a multi-node cluster)
     read_yaml, validate_config, problem_lines    YAML file -> pydantic model, every problem with its field path
 
@@ -15,22 +18,27 @@ config never loads torch or Ray.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from lerpray.mixing import ExtrapolationBounds
 
 __all__ = [
     "BUCKET_NAME",
+    "BaseModelOverride",
     "BoundsArgs",
     "S3Settings",
     "SamplingSettings",
     "StrictModel",
+    "Uri",
+    "UriList",
+    "absolute_uri",
     "check_shared",
     "check_uri",
     "problem_lines",
@@ -108,6 +116,24 @@ def check_uri(uri: str) -> str:
     return uri
 
 
+def absolute_uri(uri: str) -> str:
+    """A local path made absolute (actors, replicas and workers do not run in this directory); a URI as is."""
+    return uri if "://" in uri else str(Path(uri).expanduser().absolute())
+
+
+Uri = Annotated[str, AfterValidator(check_uri)]
+UriList = Annotated[
+    list[str],
+    BeforeValidator(lambda value: [value] if isinstance(value, str) else value),  # one path may be given bare
+    AfterValidator(lambda paths: [check_uri(p) for p in paths]),
+    Field(min_length=1),
+]
+BaseModelOverride = Annotated[
+    str | None, Field(min_length=1, description="base model override (local folder, hub id or bundled:NAME); "
+                      "default: the one the anchor set's manifest names"),  # fmt: skip
+]
+
+
 def read_yaml(path: str | Path, what: str, error: type[ValueError]) -> Any:
     """The parsed YAML of `path`; `error` names the file and says why it could not be read."""
     path = Path(path)
@@ -134,15 +160,21 @@ def problem_lines(err: ValidationError, skip: Callable[[dict], bool] = lambda pr
     return lines
 
 
-def validate_config(model: type[Model], raw: Any, source: str, error: type[ValueError]) -> Model:
-    """`model` validated from `raw`; `error` lists every problem with its field path."""
+def validate_config(model: type[Model], raw: Any, source: str, error: type[ValueError],
+                    skip: Callable[[dict, ValidationError], bool] | None = None) -> Model:  # fmt: skip
+    """`model` validated from `raw`; `error` lists every problem with its field path (but those `skip(problem, err)`
+    says another line already covers)."""
     if not isinstance(raw, dict):
         raise error(f"{source}: the top level must be a mapping of fields, got {type(raw).__name__}")
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        lines = problem_lines(err)
+        lines = problem_lines(err) if skip is None else problem_lines(err, functools.partial(_skipped, skip, err))
         raise error(f"{source} has {len(lines)} problem(s):\n" + "\n".join(lines)) from None
+
+
+def _skipped(skip: Callable[[dict, ValidationError], bool], err: ValidationError, problem: dict) -> bool:
+    return skip(problem, err)
 
 
 def check_shared(field: str, uri: str | None, nodes: int) -> None:

@@ -44,6 +44,7 @@ __all__ = [
 FIELD = "interpolation"
 SUM_TOLERANCE = 1e-6
 _TOP_KEYS = ("alpha", "lambda", "anchors", "extrapolate")
+MIX_KEYS = (*_TOP_KEYS, "target", "schedule", "ramp")  # every key an `interpolation` object may have (steering.py)
 _LAMBDA_RULE = 'lambda stays on the simplex even with "extrapolate": true (extrapolate alpha instead)'
 
 

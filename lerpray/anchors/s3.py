@@ -61,10 +61,7 @@ class S3Store:
                              "letters, digits, dots and hyphens (s3://bucket/prefix)")
         self.bucket = bucket
         self.prefix = check_key(prefix.strip("/"), allow_root=True)
-        env = os.environ
-        endpoint_url = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
-        self.endpoint_url = _without_userinfo(endpoint_url) if endpoint_url else None
-        self.region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
+        self.endpoint_url, self.region = s3_settings(endpoint_url, region)
         self.client = client or self._make_client(profile, max_attempts)
         self.transfer = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=multipart_chunksize)
 
@@ -189,6 +186,26 @@ class S3Store:
 
     def _endpoint(self) -> str:
         return self.endpoint_url or "AWS default"
+
+
+def s3_settings(endpoint_url: str | None = None, region: str | None = None) -> tuple[str | None, str | None]:
+    """(endpoint URL without credentials, region): the arguments, else the standard AWS environment."""
+    env = os.environ
+    endpoint_url = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+    region = region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
+    return (_without_userinfo(endpoint_url) if endpoint_url else None), region
+
+
+def arrow_filesystem(endpoint_url: str | None = None, region: str | None = None):
+    """A pyarrow S3FileSystem with the same settings as S3Store (Ray Data and Ray Train write through pyarrow)."""
+    import pyarrow.fs
+
+    endpoint, region = s3_settings(endpoint_url, region)
+    kwargs: dict = {"region": region}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
+    return pyarrow.fs.S3FileSystem(**{k: v for k, v in kwargs.items() if v})
 
 
 def _without_userinfo(url: str) -> str:

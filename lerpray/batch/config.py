@@ -11,14 +11,16 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, JsonValue, field_validator, model_validator
 
 from lerpray.configs import (
+    BaseModelOverride,
     BoundsArgs,
     S3Settings,
     SamplingSettings,
     StrictModel,
-    check_uri,
+    Uri,
+    UriList,
     read_yaml,
     validate_config,
 )
@@ -33,22 +35,12 @@ class BatchConfigError(ValueError):
 
 
 class InputSpec(StrictModel):
-    paths: list[str] = Field(min_length=1)  # files or folders, local or s3://bucket/prefix
+    paths: UriList  # files or folders, local or s3://bucket/prefix
     format: Literal["auto", "jsonl", "parquet"] = "auto"  # auto: by the first path's extension
     prompt_field: str = Field("prompt", pattern=_FIELD.pattern)
     mix_field: str = Field("interpolation", pattern=_FIELD.pattern)  # per-row mix (object or JSON string)
     seed_field: str = Field("seed", pattern=_FIELD.pattern)  # optional per-row seed
     chat: bool = False  # send each prompt as a user message through the tokenizer's chat template
-
-    @field_validator("paths", mode="before")
-    @classmethod
-    def _one_path(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("paths")
-    @classmethod
-    def _uris(cls, paths: list[str]) -> list[str]:
-        return [check_uri(p) for p in paths]
 
     def resolved_format(self) -> Literal["jsonl", "parquet"]:
         if self.format != "auto":
@@ -77,33 +69,24 @@ class ResourceSpec(StrictModel):
 
 
 class OutputSpec(StrictModel):
-    path: str  # a folder, local or s3://bucket/prefix
+    path: Uri  # a folder, local or s3://bucket/prefix
     format: Literal["parquet", "jsonl"] = "parquet"
     overwrite: bool = False  # delete what is in `path` first; otherwise a non-empty `path` is refused
     min_rows_per_file: int | None = Field(None, ge=1)  # fewer, larger files; None = one file per batch
 
-    @field_validator("path")
-    @classmethod
-    def _uri(cls, value: str) -> str:
-        return check_uri(value)
-
 
 class BatchJobConfig(StrictModel):
-    anchors: str  # anchor-set URI: a local folder or s3://bucket/prefix
-    base_model: str | None = None  # override of the base model the manifest names
+    anchors: Uri  # anchor-set URI: a local folder or s3://bucket/prefix
+    base_model: BaseModelOverride = None
     input: InputSpec
-    mixes: list[dict[str, Any]] | None = Field(None, min_length=1)  # a grid crossed with every prompt
+    # a grid crossed with every prompt: each an `interpolation` object, resolved against the set by the plan
+    mixes: list[dict[str, JsonValue]] | None = Field(None, min_length=1)
     sampling: BatchSampling = BatchSampling()
     extrapolation: BoundsArgs | None = Field(default_factory=BoundsArgs)  # null: "extrapolate": true refused
     resources: ResourceSpec = ResourceSpec()
     output: OutputSpec
     s3: S3Settings = S3Settings()
     progress: bool = True  # Ray Data's progress bars
-
-    @field_validator("anchors")
-    @classmethod
-    def _anchors_uri(cls, value: str) -> str:
-        return check_uri(value)
 
     @model_validator(mode="after")
     def _known_format(self) -> BatchJobConfig:

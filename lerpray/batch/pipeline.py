@@ -21,7 +21,6 @@ The prompts (not the generations) pass through the driver; that is fine for mill
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 import warnings
@@ -29,12 +28,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lerpray.batch.plan import OUTPUT_SCHEMA, PLAN_SCHEMA, BatchInputError, plan_rows
+from lerpray.configs import absolute_uri, check_shared
+from lerpray.model.loading import load_engine
 
 __all__ = ["BatchSummary", "GenerateBatch", "load_engine", "run_batch"]
 
@@ -64,19 +64,6 @@ class BatchSummary:
 
 
 # ---- the actors ---------------------------------------------------------------------------------------------------
-
-
-def load_engine(anchors: str, base_model: str | None, *, device: str, dtype: str, max_batch_size: int,
-                endpoint_url: str | None = None, region: str | None = None):
-    """The actor's engine: anchor set from a folder or S3 (explicit endpoint/region, else the AWS environment)."""
-    import torch
-
-    from lerpray.anchors import open_store
-    from lerpray.model.engine import Engine
-
-    store = open_store(anchors, endpoint_url=endpoint_url, region=region)
-    return Engine.from_uri(store, base_model, dtype=getattr(torch, dtype), device=device,
-                           max_batch_size=max_batch_size)
 
 
 class GenerateBatch:
@@ -127,15 +114,6 @@ class GenerateBatch:
 # ---- the job ------------------------------------------------------------------------------------------------------
 
 
-def check_cluster_storage(config, nodes: int) -> None:
-    """Before any work: on a multi-node cluster the actors load the anchor set and write the output on any node, so
-    both must be shared (s3://); the input is read by the driver and may be local."""
-    from lerpray.configs import check_shared
-
-    check_shared("anchors", config.anchors, nodes)
-    check_shared("output.path", config.output.path, nodes)
-
-
 def run_batch(config, *, engine_factory: Callable = load_engine) -> BatchSummary:
     """Plan, generate and write a batch job (a BatchJobConfig) on the current Ray cluster; verify the output.
 
@@ -148,14 +126,16 @@ def run_batch(config, *, engine_factory: Callable = load_engine) -> BatchSummary
     from lerpray.anchors.calibration import load_calibration
     from lerpray.steering import MixContext
 
-    check_cluster_storage(config, len([n for n in ray.nodes() if n.get("Alive")]))
+    nodes = len([n for n in ray.nodes() if n.get("Alive")])
+    for field, uri in (("anchors", config.anchors), ("output.path", config.output.path)):
+        check_shared(field, uri, nodes)  # actors load the set and write the output on any node; the input is read here
     start = time.perf_counter()
     s3 = config.s3.options()  # endpoint_url / region where set (the config refuses a profile)
     anchor_set = open_set(open_store(config.anchors, **s3))
     bounds = None if config.extrapolation is None else config.extrapolation.to_bounds()
     mixes = MixContext(read_manifest(anchor_set).layout(), bounds, *load_calibration(anchor_set))
-    in_fs, in_paths = _filesystem([_absolute(p) for p in config.input.paths], **s3)
-    out_fs, (out_path,) = _filesystem([_absolute(config.output.path)], **s3)
+    in_fs, in_paths = _filesystem([absolute_uri(p) for p in config.input.paths], **s3)
+    out_fs, (out_path,) = _filesystem([absolute_uri(config.output.path)], **s3)
     _prepare_output(out_fs, out_path, config.output.overwrite)
     fields = config.input
     with _data_context(progress=config.progress):
@@ -194,10 +174,10 @@ def run_batch(config, *, engine_factory: Callable = load_engine) -> BatchSummary
 def _actor_kwargs(config, engine_factory: Callable, s3: dict) -> dict:
     res, base = config.resources, config.base_model
     if base and Path(base).expanduser().exists():  # a local folder: actors may run in another working directory
-        base = _absolute(base)
+        base = absolute_uri(base)
     return {
         "engine_factory": engine_factory,
-        "engine_kwargs": {"anchors": _absolute(config.anchors), "base_model": base, "dtype": res.dtype,
+        "engine_kwargs": {"anchors": absolute_uri(config.anchors), "base_model": base, "dtype": res.dtype,
                           "device": "cuda" if res.num_gpus_per_actor > 0 else "cpu",
                           "max_batch_size": res.batch_size, **s3},
         "sampling": config.sampling.engine_kwargs(),
@@ -227,25 +207,17 @@ def _data_context(progress: bool):
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
 
 
-def _absolute(uri: str) -> str:
-    return uri if uri.startswith("s3://") else str(Path(uri).expanduser().absolute())
-
-
 def _filesystem(uris: list[str], endpoint_url: str | None = None, region: str | None = None):
-    """(pyarrow filesystem, paths): an S3FileSystem honouring the endpoint override for s3:// URIs, else local."""
+    """(pyarrow filesystem, paths): S3 with the anchor store's settings for s3:// URIs, else local."""
     import pyarrow.fs as pafs
+
+    from lerpray.anchors.s3 import arrow_filesystem
 
     if not any(u.startswith("s3://") for u in uris):
         return pafs.LocalFileSystem(), uris
     if not all(u.startswith("s3://") for u in uris):
         raise BatchInputError(f"mix of s3:// and local paths in {uris}; put all inputs in one place")
-    env = os.environ
-    endpoint = endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-    kwargs: dict = {"region": region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")}
-    if endpoint:
-        parsed = urlparse(endpoint)
-        kwargs.update(endpoint_override=parsed.netloc, scheme=parsed.scheme or "https")
-    return pafs.S3FileSystem(**{k: v for k, v in kwargs.items() if v}), [u.removeprefix("s3://") for u in uris]
+    return arrow_filesystem(endpoint_url, region), [u.removeprefix("s3://") for u in uris]
 
 
 def _prepare_output(fs, path: str, overwrite: bool) -> None:

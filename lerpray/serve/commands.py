@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from lerpray.configs import absolute_uri
+
 __all__ = ["APP_IMPORT_PATH", "add_parsers", "serve_config"]
 
 APP_IMPORT_PATH = "lerpray.serve.app:build_app"
@@ -55,14 +57,9 @@ def serve_config(
             args["anchors"] = anchors
         if not args.get("anchors"):
             raise ValueError("no anchor set: pass --anchors URI or set args.anchors in the config")
-        args["anchors"] = _absolute(args["anchors"])
+        args["anchors"] = absolute_uri(args["anchors"])  # replicas do not run in this directory
         ServeArgs.model_validate(args)  # fail here, with the field named, rather than in every replica
     return merged
-
-
-def _absolute(uri: str) -> str:
-    """Local folders become absolute: replicas do not run in this directory."""
-    return uri if "://" in uri else str(Path(uri).expanduser().resolve())
 
 
 def _minimal_app() -> dict[str, Any]:

@@ -9,32 +9,14 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
-from lerpray.configs import BoundsArgs
-from lerpray.mixing import ExtrapolationBounds
+from lerpray.configs import BaseModelOverride, BoundsArgs
+from lerpray.mixing import MIX_KEYS, ExtrapolationBounds
 
-__all__ = ["PresetMix", "ServeArgs"]
+__all__ = ["ServeArgs"]
 
 PRESET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")  # no ":", which starts an inline mix
-
-
-class PresetMix(BaseModel):
-    """A preset: a mix in the request's `interpolation` form under a model id of its own (GET /v1/models lists it).
-
-    Its names and ranges are checked against the anchor set when a replica starts
-    (lerpray.serve.protocol.preset_coeffs), since the set is not known before.
-    """
-
-    model_config = ConfigDict(extra="forbid", serialize_by_alias=True)  # "lambda" both ways
-
-    alpha: dict[str, float] | None = None
-    lambda_: dict[str, float] | None = Field(None, alias="lambda")
-    anchors: dict[str, float] | None = None
-    extrapolate: bool = False
-
-    def as_mix(self) -> dict[str, object]:
-        return self.model_dump(exclude_defaults=True)
 
 
 class ServeArgs(BaseModel):
@@ -44,7 +26,7 @@ class ServeArgs(BaseModel):
 
     anchors: str = Field(description="anchor-set URI: a local folder or s3://bucket/prefix; URI@VERSION or "
                          "URI@ALIAS (e.g. @latest, @prod) for one version of a versioned set")
-    base_model: str | None = Field(None, description="base model override (path, hub id or bundled:...)")
+    base_model: BaseModelOverride = None
     model_name: str = Field("lerpray", min_length=1, description="the model id clients send and /v1/models lists")
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -55,8 +37,9 @@ class ServeArgs(BaseModel):
     extrapolation: BoundsArgs | None = Field(
         default_factory=BoundsArgs, description='bounds for "extrapolate": true; null disables extrapolation'
     )
-    presets: dict[str, PresetMix] = Field(
-        default_factory=dict, description='model id -> mix, e.g. {"lerpray-upbeat": {"alpha": {"sentiment": 0.9}}}'
+    presets: dict[str, dict[str, JsonValue]] = Field(
+        default_factory=dict, description='model id -> its mix in the `interpolation` form, e.g. {"lerpray-upbeat": '
+        '{"alpha": {"sentiment": 0.9}}}; checked against the anchor set when it loads (lerpray.steering)',
     )
     sets: dict[str, str] = Field(
         default_factory=dict, description="more model ids, each serving its own anchor set (URI, URI@VERSION or "
@@ -81,6 +64,15 @@ class ServeArgs(BaseModel):
                 f"({self.max_tokens_cap}); lower it or raise the cap"
             )
         return self
+
+    @field_validator("presets")
+    @classmethod
+    def _preset_keys(cls, presets: dict[str, dict[str, JsonValue]]) -> dict[str, dict[str, JsonValue]]:
+        """Typos fail the config; names and ranges need the anchor set, so they are checked when it loads."""
+        for name, mix in presets.items():
+            if unknown := [key for key in mix if key not in MIX_KEYS]:
+                raise ValueError(f"presets.{name}.{unknown[0]}: unknown key; allowed keys: {', '.join(MIX_KEYS)}")
+        return presets
 
     @model_validator(mode="after")
     def _preset_ids(self) -> ServeArgs:

@@ -8,7 +8,7 @@ old one keeps serving; see lerpray.serve.live), (2) authenticate and parse reque
 continuous batcher, (4) answer in OpenAI's shapes, streaming as server-sent events, with every failure mapped by
 `lerpray.serve.errors`, every answer carrying the answering version (header x-lerpray-anchor-version and
 `system_fingerprint`); it also serves the playground page (`lerpray.serve.playground`). It takes an
-`engine_factory` so tests can inject an engine; the default loads `Engine.from_uri`.
+`engine_factory` so tests can inject an engine; the default is `lerpray.model.loading.load_engine`.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations (Request) at runtime, and Serve
@@ -27,12 +27,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lerpray.serve import errors, live, playground, protocol, replies
 from lerpray.serve.config import ServeArgs
-from lerpray.serve.live import EngineFactory, LiveSet, load_engine
+from lerpray.serve.live import EngineFactory, LiveSet, serve_engine
 from lerpray.serve.metrics import ServeMetrics
 from lerpray.serve.responses import ModelList
 from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest
 
-__all__ = ["EngineFactory", "LerpServer", "load_engine"]
+__all__ = ["EngineFactory", "LerpServer", "serve_engine"]
 
 RECONFIGURABLE = ("anchors", "sets")  # the user_config keys: which anchor-set version each model id serves
 
@@ -105,7 +105,7 @@ class LerpServer:
     def __init__(self, args: dict[str, Any] | ServeArgs, engine_factory: EngineFactory | None = None) -> None:
         self.args = ServeArgs.model_validate(args)
         self._api_key = _api_key(self.args.api_key_env)
-        self.factory = engine_factory or load_engine
+        self.factory = engine_factory or serve_engine
         self.metrics = ServeMetrics()
         self.sets: dict[str, LiveSet] = {}  # model id -> what it serves; replaced whole by reconfigure
         for name, set_args in live.set_args(self.args).items():

@@ -26,7 +26,7 @@ from lerpray.serve.responses import ModelCard
 from lerpray.steering import MixContext
 
 __all__ = [
-    "LiveSet", "load_engine", "model_cards", "pick", "resolve_version", "retire", "set_args", "start_engine", "start_set",
+    "LiveSet", "model_cards", "pick", "resolve_version", "retire", "serve_engine", "set_args", "start_engine", "start_set",
 ]
 
 EngineFactory = Callable[[ServeArgs], EngineLike]
@@ -54,21 +54,12 @@ class LiveSet:
         return {VERSION_HEADER: self.fingerprint}
 
 
-def load_engine(args: ServeArgs) -> EngineLike:
-    """The real engine: base model + anchor set from `args.anchors`, checksums verified on load."""
-    import torch
+def serve_engine(args: ServeArgs) -> EngineLike:
+    """The real engine of a replica (lerpray.model.loading.load_engine with the serve config's settings)."""
+    from lerpray.model.loading import load_engine
 
-    from lerpray.model.engine import Engine
-
-    if args.torch_threads is not None:
-        torch.set_num_threads(args.torch_threads)
-    return Engine.from_uri(
-        args.anchors,
-        args.base_model,
-        dtype=getattr(torch, args.dtype),
-        device=args.device,
-        max_batch_size=args.max_batch_size,
-    )
+    return load_engine(args.anchors, args.base_model, device=args.device, dtype=args.dtype,
+                       max_batch_size=args.max_batch_size, torch_threads=args.torch_threads)  # fmt: skip
 
 
 def start_engine(factory: Callable[[ServeArgs], T], args: ServeArgs) -> T:
@@ -163,7 +154,7 @@ def model_cards(args: ServeArgs, layout: AnchorLayout, context_length: int) -> l
         fingerprint=f"v{manifest.version}-{sha256(store.read_bytes(MANIFEST_NAME))[:12]}",
     )
     presets = [
-        served.model_copy(update={"id": name, "parent": args.model_name, "interpolation": preset.as_mix()})
+        served.model_copy(update={"id": name, "parent": args.model_name, "interpolation": preset})
         for name, preset in args.presets.items()
     ]
     return [served, *presets]

@@ -28,7 +28,7 @@ def mix_context(args: ServeArgs, layout: AnchorLayout, calibration: Calibration 
                 calibration_problem: str | None = None) -> MixContext:  # fmt: skip
     """What a set's requests resolve against, presets resolved (a ValueError naming the preset if one does not fit)."""
     context = MixContext(layout, args.bounds(), calibration, calibration_problem, args.model_name)
-    presets = resolve_presets({name: preset.as_mix() for name, preset in args.presets.items()}, context)
+    presets = resolve_presets(args.presets, context)
     return replace(context, presets=presets)
 
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from lerpray.configs import S3Settings, StrictModel, check_uri, problem_lines, read_yaml
+from lerpray.configs import S3Settings, StrictModel, UriList, check_uri, read_yaml, validate_config
 
 PAPER_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]*$"  # attribute / pole / run id: safe in URIs, paths and Ray run names
@@ -49,19 +49,10 @@ class TrainingSettings(StrictModel):
 
 
 class DataSpec(StrictModel):
-    paths: list[str] = Field(min_length=1)  # files or folders, local or s3://bucket/key
+    paths: UriList  # files or folders, local or s3://bucket/key
     text_field: str = "text"  # the JSONL field holding the text
     format: Literal["auto", "jsonl", "text"] = "auto"  # auto: by extension (.jsonl/.json vs anything else)
 
-    @field_validator("paths", mode="before")
-    @classmethod
-    def _one_path(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("paths")
-    @classmethod
-    def _uris(cls, paths: list[str]) -> list[str]:
-        return [check_uri(p) for p in paths]
 
 
 class AnchorSpec(StrictModel):
@@ -189,23 +180,14 @@ def load_train_config(path: str | Path) -> TrainJobConfig:
 
 
 def parse_train_config(raw: Any, source: str = "config") -> TrainJobConfig:
-    """Validate an already-parsed config mapping; see `load_train_config`."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of fields, got {type(raw).__name__}")
-    try:
-        return TrainJobConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(format_problems(err, source)) from None
+    """Validate an already-parsed config mapping; see `load_train_config`. An anchor's copy of a bad top-level
+    lora/training field is reported once, at the top (cross-field problems carry their own paths)."""
+    return validate_config(TrainJobConfig, raw, source, ConfigError, skip=_inherited)
 
 
-def format_problems(err: ValidationError, source: str) -> str:
-    """One line per problem: `field.path: message`; an anchor's copy of a bad top-level lora/training field is
-    reported once, at the top (cross-field problems carry their own paths)."""
-    top_level = {(".".join(map(str, e["loc"])), e["msg"]) for e in err.errors(include_url=False)}
-    lines = problem_lines(err, skip=lambda problem: _inherited(problem["loc"], problem["msg"], top_level))
-    return f"{source} has {len(lines)} problem(s):\n" + "\n".join(lines)
-
-
-def _inherited(loc: tuple, msg: str, top_level: set[tuple[str, str]]) -> bool:
-    is_anchor_section = len(loc) > 3 and loc[0] == "anchors" and loc[2] in ("lora", "training")
-    return is_anchor_section and (".".join(map(str, loc[2:])), msg) in top_level
+def _inherited(problem: dict, err: ValidationError) -> bool:
+    loc, msg = problem["loc"], problem["msg"]
+    if not (len(loc) > 3 and loc[0] == "anchors" and loc[2] in ("lora", "training")):
+        return False
+    return any(".".join(map(str, e["loc"])) == ".".join(map(str, loc[2:])) and e["msg"] == msg
+               for e in err.errors(include_url=False))  # fmt: skip

@@ -1,0 +1,28 @@
+"""The one way to build an engine from an anchor-set URI: the serving replicas and the batch actors both call it
+(an engine in a test or a benchmark may be built from `Engine.from_uri` or `Engine(...)` directly)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lerpray.model.engine import Engine
+
+__all__ = ["load_engine"]
+
+
+def load_engine(anchors: str, base_model: str | None = None, *, device: str = "cpu", dtype: str = "float32",
+                max_batch_size: int = 32, torch_threads: int | None = None, endpoint_url: str | None = None,
+                region: str | None = None) -> Engine:  # fmt: skip
+    """The base model (the manifest's, or `base_model`) with the anchor set at `anchors` (a folder, s3:// with an
+    explicit endpoint/region or the AWS environment, or URI@VERSION), checksums verified on load."""
+    import torch
+
+    from lerpray.anchors import open_store
+    from lerpray.model.engine import Engine
+
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+    store = open_store(anchors, endpoint_url=endpoint_url, region=region)
+    return Engine.from_uri(store, base_model, dtype=getattr(torch, dtype), device=device,
+                           max_batch_size=max_batch_size)  # fmt: skip
