@@ -161,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lerpray.anchors import open_store, read_manifest
     from lerpray.batch.plan import plan_rows
+    from lerpray.steering import MixContext
 
     torch.set_num_threads(args.threads)
     machine = machine_description("cpu")
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts = root / "prompts.jsonl"
         lines = [{"prompt": f"Prompt {i}: a short note about topic number {i}"} for i in range(args.prompts)]
         prompts.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-        plan = plan_rows(lines, read_manifest(open_store(str(anchors))).layout(), grid=mixes)
+        plan = plan_rows(lines, MixContext(read_manifest(open_store(str(anchors))).layout()), grid=mixes)
         local = [in_process(anchors, plan, args.batch_size, args.max_tokens)]
         print(f"in-process: {local[-1]}", flush=True)
         ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)

@@ -27,7 +27,7 @@ from lerpray.anchors.calibration import calibration_of, read_calibration_doc
 from lerpray.eval.calibrate import split_prompts
 from lerpray.eval.scorers import get_scorer
 from lerpray.model import Engine, GenerationRequest, SamplingParams
-from lerpray.steering import resolve_steering
+from lerpray.steering import MixContext, resolve
 from lerpray.targets import solve_targets
 
 
@@ -92,7 +92,8 @@ def main() -> None:
         scorer = get_scorer(doc["scorers"][attr]["spec"])
         lo, hi = curve.reachable(0.0, 1.0)
         targets = [lo + f * (hi - lo) for f in levels]
-        steerings = [resolve_steering({"target": {attr: t}}, engine.layout, calibration=cal) for t in targets]
+        steerings = [resolve(MixContext(engine.layout, calibration=cal), interpolation={"target": {attr: t}})
+                     for t in targets]
         texts = generate(engine, [s.coeffs for s in steerings], prompts, samples, sampling, args.seed_offset)
         rows, errors = [], []
         for t, s, group in zip(targets, steerings, texts, strict=True):
@@ -100,7 +101,7 @@ def main() -> None:
             errors.append((scores - t).reshape(len(prompts), samples))
             ci = bootstrap_mean(scores, len(prompts), samples, rng)
             achieved = float(np.nanmean(scores))
-            rows.append({"target": round(t, 4), "alpha": s.resolved["alpha"][attr], "achieved": round(achieved, 4),
+            rows.append({"target": round(t, 4), "alpha": s.report["alpha"][attr], "achieved": round(achieved, 4),
                          "interval90": [round(v, 4) for v in ci], "abs_error": round(abs(achieved - t), 4),
                          "scored": int(np.isfinite(scores).sum()), "generated": len(scores)})  # fmt: skip
         err = np.array(errors)
@@ -134,7 +135,7 @@ def measure_pair(engine, cal, doc, pair, prompts, samples, sampling, args) -> di
     out = {}
     for mode in ("joint", "independent"):
         alphas = [solve_targets(t, cal, None, False, joint=mode == "joint").alpha for t in combos]
-        coeffs = [resolve_steering({"alpha": al}, engine.layout).coeffs for al in alphas]
+        coeffs = [resolve(MixContext(engine.layout), interpolation={"alpha": al}).coeffs for al in alphas]
         texts = generate(engine, coeffs, prompts, samples, sampling, args.seed_offset)
         errs = {a: [] for a in pair}
         for t, group in zip(combos, texts, strict=True):

@@ -22,8 +22,8 @@ from _common import write_json  # benchmarks/_common.py (the script's folder is 
 
 from lerpray.eval.scorers import get_scorer
 from lerpray.mixing import AnchorLayout
-from lerpray.model import Engine, GenerationRequest, MixSchedule, SamplingParams
-from lerpray.steering import resolve_steering
+from lerpray.model import Engine, GenerationRequest, SamplingParams
+from lerpray.steering import MixContext, resolve
 
 PROMPTS = (
     "The movie we watched last night was", "My honest review of this phone:", "The food at the new restaurant",
@@ -34,8 +34,8 @@ PROMPTS = (
 
 def schedule_for(layout: AnchorLayout, attribute: str, start: float, end: float, until: int, max_tokens: int):
     mix = {"schedule": [{"until": until, "mix": {"alpha": {attribute: start}}}, {"mix": {"alpha": {attribute: end}}}]}
-    steering = resolve_steering(mix, layout, max_tokens=max_tokens)
-    return steering.coeffs, MixSchedule(pieces=steering.pieces), mix
+    resolved = resolve(MixContext(layout), interpolation=mix, max_tokens=max_tokens)
+    return resolved.coeffs, resolved, mix
 
 
 def traces(engine: Engine, requests: list[GenerationRequest], scorer, window: int) -> tuple[np.ndarray, dict]:
@@ -74,7 +74,7 @@ def main() -> None:
     scorer = get_scorer(args.scorer)
     coeffs, schedule, mix = schedule_for(engine.layout, args.attribute, args.start, args.end, args.until,
                                          args.max_tokens)  # fmt: skip
-    constant = {name: resolve_steering({"alpha": {args.attribute: a}}, engine.layout).coeffs
+    constant = {name: resolve(MixContext(engine.layout), interpolation={"alpha": {args.attribute: a}}).coeffs
                 for name, a in (("start", args.start), ("end", args.end))}  # fmt: skip
     runs = {"start": (constant["start"], None), "end": (constant["end"], None), "scheduled": (coeffs, schedule)}
     requests, keys = [], []
@@ -86,7 +86,7 @@ def main() -> None:
                                         ignore_eos=True)
                 rid = f"{name}/{i}/{seed}"
                 requests.append(GenerationRequest(coeffs=c, prompt=prompt, sampling=params, request_id=rid,
-                                                  schedule=sched))  # fmt: skip
+                                                  mix=sched))  # fmt: skip
                 keys.append(name)
     scores, texts = traces(engine, requests, scorer, args.window)
     mean = {name: np.nanmean(scores[[k == name for k in keys]], axis=0) for name in runs}
