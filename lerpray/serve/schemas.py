@@ -3,8 +3,8 @@
 Requests are strict (JSON types are not coerced: "max_tokens": "5" is an error, as on OpenAI's API) and reject
 unknown fields, so a typo gets a 400 naming it instead of being silently ignored. What each field does here (honoured,
 ignored, neutral values only, refused) is `lerpray.serve.fields`, the one list per endpoint; these models give each
-field its JSON type. The `interpolation` value is passed as-is to `lerpray.mixing.resolve_mix`, the one place mixes
-are validated, e.g.
+field its JSON type. The `interpolation` value is passed as-is to `lerpray.steering.resolve`, the one place mixes
+are validated and resolved (with the model id's mix), e.g.
 
     {"alpha": {"sentiment": 0.8}, "lambda": {"sentiment": 1.0}}    {"anchors": {"sentiment.positive": 0.7, ...}}
     {"alpha": {"sentiment": 1.5}, "extrapolate": true}
