@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -33,7 +34,18 @@ from lerpray.eval.calibration_checks import check_replies, check_signal, prompt_
 from lerpray.eval.config import GridConfig, PromptConfig, ScorerConfig, SweepConfig
 from lerpray.eval.prompt_sets import PromptSet, load_prompt_set
 
-__all__ = ["DEFAULT_CALIBRATION_ALPHAS", "calibrate", "cross_slopes", "fit_curve", "plot_calibration", "split_prompts"]
+if TYPE_CHECKING:
+    from lerpray.eval.scorer_base import Scorer
+
+__all__ = [
+    "DEFAULT_CALIBRATION_ALPHAS",
+    "calibrate",
+    "calibration_document",
+    "cross_slopes",
+    "fit_curve",
+    "plot_calibration",
+    "split_prompts",
+]
 
 DEFAULT_CALIBRATION_ALPHAS = (-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
 
@@ -141,18 +153,36 @@ def calibrate(
                          sampling=sampling, scorers=list(scorers))  # fmt: skip
     outputs = run_sweep(config)
     table = pd.read_csv(outputs.generations, keep_default_na=False, na_values=[""])  # "NA" is text, "" none
-    columns = {sc.attribute: f"score.{sc.name}" for sc in loaded.values()}
     hint = (f"The sweep's replies are in {outputs.generations}; nothing was saved beside the set "
             f"(max_tokens {sampling.max_tokens}, {len(prompts.texts)} prompts, chat {chat}).")  # fmt: skip
+    provenance = {**prompts.provenance(chat=chat), "samples": samples, "seed": seed}
+    return calibration_document(table, list(loaded.items()), provenance, sampling, resamples=resamples, seed=seed,
+                                min_z=min_z, max_unscorable=max_unscorable, hint=hint)  # fmt: skip
+
+
+def calibration_document(
+    table: pd.DataFrame,
+    scorers: Sequence[tuple[str, Scorer]],
+    prompts: dict,
+    sampling: SamplingSettings,
+    *,
+    resamples: int = 200,
+    seed: int = 0,
+    min_z: float = 2.0,
+    max_unscorable: float = 0.5,
+    hint: str = "",
+) -> dict:
+    """The calibration document of an alpha sweep already made and scored: table rows with `attribute`, `x`
+    (alpha), `prompt_id`, `text` and `score.<scorer name>`; scorers as (spec, scorer). Each curve is checked first
+    (CalibrationRefused); `prompts` is the provenance to record."""
+    columns = {sc.attribute: f"score.{sc.name}" for _, sc in scorers}
     curves = {attr: _checked_curve(table[table["attribute"] == attr], attr, col, resamples=resamples, seed=seed,
                                    min_z=min_z, max_unscorable=max_unscorable, hint=hint)
               for attr, col in columns.items()}  # fmt: skip
     return {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "scorers": {
-            sc.attribute: {"spec": spec, "name": sc.name, "high_pole": sc.high_pole} for spec, sc in loaded.items()
-        },  # fmt: skip
-        "prompts": {**prompts.provenance(chat=chat), "samples": samples, "seed": seed},
+        "scorers": {sc.attribute: {"spec": spec, "name": sc.name, "high_pole": sc.high_pole} for spec, sc in scorers},
+        "prompts": prompts,
         "sampling": sampling.model_dump(),
         "bootstrap": {"resamples": resamples, "over": "prompts", "band": [5, 95]},
         "curves": curves,
