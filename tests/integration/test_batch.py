@@ -209,7 +209,8 @@ def test_a_prompt_the_engine_refuses_is_named_by_its_row(tiny_set):
 
     udf = GenerateBatch(load_engine, {"anchors": tiny_set, "base_model": None, "device": "cpu", "dtype": "float32",
                                       "max_batch_size": 4}, {"temperature": 0.0, "max_tokens": 4}, chat=False)
-    rows = [{"row_id": 7 + i, "mix_index": 0, "prompt": p, "mix": "{}", "coefficients": [0.25] * 4, "seed": 1}
+    mix = {"mix": "{}", "coefficients": [0.25] * 4, "resolved_mix": '{"coefficients": [0.25, 0.25, 0.25, 0.25]}'}
+    rows = [{"row_id": 7 + i, "mix_index": 0, "prompt": p, **mix, "seed": 1}
             for i, p in enumerate(["short", "x" * 600, "fine"])]
     with pytest.raises(BatchInputError, match=r"input row 8: the prompt has 600 tokens but at most 508 fit"):
         udf(pa.Table.from_pylist(rows, schema=PLAN_SCHEMA))
