@@ -7,7 +7,8 @@
     check_uri         an s3://bucket/prefix URI (bucket named by BUCKET_NAME's rule) or a local path
     Uri, UriList      one URI or a list of them (`paths:` of inputs and training data), each checked by check_uri
     BaseModelOverride a base model (local folder, hub id or bundled:NAME) in place of the one a set's manifest names
-    absolute_uri      a local path made absolute for workers that run elsewhere; a URI as is
+    absolute_uri      a local path made absolute for workers that run elsewhere; a URI as is (absolute_base_model:
+                      the same for a base model that is a local folder; a hub id or bundled name as is)
     check_shared      refuse a local path where several nodes must see one location (a multi-node cluster)
     read_yaml, validate_config, problem_lines    YAML file -> pydantic model, every problem with its field path
 
@@ -38,6 +39,7 @@ __all__ = [
     "StrictModel",
     "Uri",
     "UriList",
+    "absolute_base_model",
     "absolute_uri",
     "check_shared",
     "check_uri",
@@ -122,6 +124,11 @@ def absolute_uri(uri: str) -> str:
 
 
 Uri = Annotated[str, AfterValidator(check_uri)]
+def absolute_base_model(name: str | None) -> str | None:
+    """A base model that is a local folder, made absolute (workers run elsewhere); a hub id or bundled name as is."""
+    return absolute_uri(name) if name and Path(name).expanduser().exists() else name
+
+
 UriList = Annotated[
     list[str],
     BeforeValidator(lambda value: [value] if isinstance(value, str) else value),  # one path may be given bare

@@ -27,13 +27,12 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from lerpray.batch.plan import OUTPUT_SCHEMA, PLAN_SCHEMA, BatchInputError, plan_rows
-from lerpray.configs import absolute_uri, check_shared
+from lerpray.configs import absolute_base_model, absolute_uri, check_shared
 from lerpray.model.loading import load_engine
 
 __all__ = ["BatchSummary", "GenerateBatch", "load_engine", "run_batch"]
@@ -172,9 +171,7 @@ def run_batch(config, *, engine_factory: Callable = load_engine) -> BatchSummary
 
 
 def _actor_kwargs(config, engine_factory: Callable, s3: dict) -> dict:
-    res, base = config.resources, config.base_model
-    if base and Path(base).expanduser().exists():  # a local folder: actors may run in another working directory
-        base = absolute_uri(base)
+    res, base = config.resources, absolute_base_model(config.base_model)  # actors run in another directory
     return {
         "engine_factory": engine_factory,
         "engine_kwargs": {"anchors": absolute_uri(config.anchors), "base_model": base, "dtype": res.dtype,
