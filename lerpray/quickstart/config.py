@@ -28,6 +28,8 @@ class Plan:
     prompts: tuple[str, ...] = PROMPTS
     samples: int = 8  # seeds per prompt and alpha: 12 prompts x 8 = 96 generations per alpha
     max_tokens: int = 32
+    target_prompts: int = 8  # the target demo: held-out openings per target (lerpray/quickstart/target_demo.py)
+    target_samples: int = 4  # and seeds per prompt: 8 x 4 = 32 replies per target
     max_per_pole: int | None = 2000  # corpus texts per pole
     cpus: int = 2
     verbose: bool = False  # forward Ray worker and replica logs
@@ -52,6 +54,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         model=str(Path(args.model).expanduser().absolute()) if args.model else None,
         steps=args.steps or (4 if tiny else 60), port=args.port, prompts=PROMPTS[:prompts],
         samples=args.samples or (1 if tiny else 8), max_tokens=args.max_tokens or (8 if tiny else 32),
+        target_prompts=2 if tiny else 8, target_samples=1 if tiny else 4,
         max_per_pole=None if tiny else 2000, cpus=_cpus(), verbose=args.verbose,
     )
 
