@@ -1,28 +1,29 @@
-"""Engine benchmark: lerpray's engine against the same engine without anchors, the previous engine and HF generate.
+"""Engine benchmark: lerpray's engine against the same engine without anchors and HF generate.
 
     .venv/bin/python benchmarks/bench_engine.py                  # CPU: SmolLM2-135M fp32 -> results/engine_cpu.json
     .venv/bin/python benchmarks/bench_engine.py --quick          # CPU smoke on a tiny random Llama (seconds)
     PYTHONPATH=. python3 benchmarks/bench_engine.py --gpu        # CUDA: ~1B and 8B Llama shapes, bf16 -> --out FILE
+    PYTHONPATH=. python3 benchmarks/bench_engine.py --cpu-rehearsal   # the --gpu run's code and phases, tiny, CPU
 
-Workload: K = 10 random non-zero LoRA anchors, r = 32, lora_alpha = 16 on q, k, v, o (core_workload.py),
-every request its own mix (the paper's parametrisation), greedy, EOS ignored so every row runs to the end.
+Workload: K = 10 random non-zero LoRA anchors, r = 32, lora_alpha = 16 on q, k, v, o (core_workload.py), greedy,
+EOS ignored so every row runs to the end. Needs no network and no git: it runs from a plain copy of the tree.
 
-    throughput   tokens/s of N requests x `new` tokens through `Engine.generate`, for
-                 lerpray (anchors, a mix per row), no_anchors (the same engine over the plain model), previous (the
-                 engine before the slot cache, loaded from git history at commit PREVIOUS) and, on GPU, HF generate
+    throughput   tokens/s of N requests x `new` tokens through `Engine.generate`, the ladder of the multi-LoRA
+                 reports: base (the same engine over the plain model), anchors_unused (every coefficient 0),
+                 one_anchor (every row anchor 0 alone), lerpray (every row its own mix); on GPU also HF generate
     prefill_itl  15 requests decoding; one long prompt arrives; the 15 rows' inter-token latency during its prefill
                  (p99) against their median: chunked prefill keeps the streams flowing
-    decode_step  (GPU) one decode step at batch 64 vs the time to read the weights once at the measured copy
-                 bandwidth; CUDA-graph captures before/after requests with never-seen mixes
+    decode_step  (GPU, rehearsed on CPU) one decode step vs the time to read the weights once at the measured copy
+                 bandwidth; graph captures (all made at start-up) before/after requests with never-seen mixes
 
-Timings are medians of `--repeats` runs after a warm-up; the JSON records the machine and load (see _common.py).
+On CUDA the engine decodes through CUDA graphs; the rehearsal runs the same bucket function eagerly
+(decode_mode="bucket"). Each engine is closed before the next is built. Timings are medians of `--repeats` runs
+after a warm-up; the JSON records the machine, date and commit (_common.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +35,7 @@ from _common import machine_description, median, sync, timed, write_json
 from core_workload import build_workload, random_mixes
 
 HERE = Path(__file__).resolve().parent
-PREVIOUS = "f5bd406"  # the last commit with the DynamicCache engine
+LADDER = ("base", "anchors_unused", "one_anchor", "lerpray")
 
 
 class NoAnchors:
@@ -55,57 +56,58 @@ class NoAnchors:
         return nullcontext()
 
 
-def previous_engine_class():
-    """The engine as it was at PREVIOUS (git show), imported as a module of its own."""
-    source = subprocess.run(["git", "show", f"{PREVIOUS}:lerpray/model/engine.py"], capture_output=True, text=True,
-                            check=True, cwd=HERE.parent).stdout
-    path = Path(tempfile.mkdtemp()) / "previous_engine.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("previous_engine", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["previous_engine"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module.Engine
+def mixes(w, kind: str, n: int) -> list[tuple[float, ...]]:
+    k = w.coeffs.shape[1]
+    if kind == "anchors_unused":
+        return [(0.0,) * k] * n
+    if kind == "one_anchor":
+        return [(1.0,) + (0.0,) * (k - 1)] * n
+    return [tuple(w.coeffs[i % len(w.coeffs)].tolist()) for i in range(n)]
 
 
-def requests(w, n: int, new: int, prompts: list[str] | None = None, tag: str = "r"):
+def requests(w, n: int, new: int, prompts: list[str] | None = None, tag: str = "r", kind: str = "lerpray"):
     from lerpray.model import GenerationRequest, SamplingParams
 
     params = SamplingParams(temperature=0.0, max_tokens=new)
     prompts = prompts or w.prompts
-    return [GenerationRequest(coeffs=tuple(w.coeffs[i % len(w.coeffs)].tolist()), prompt=prompts[i % len(prompts)],
-                              sampling=params, request_id=f"{tag}{i}") for i in range(n)]
+    return [GenerationRequest(coeffs=mix, prompt=prompts[i % len(prompts)], sampling=params, request_id=f"{tag}{i}")
+            for i, mix in enumerate(mixes(w, kind, n))]
 
 
-def make_engine(kind: str, w, batch: int, **kw):
+def make_engine(w, batch: int, anchors: bool, mode: str | None):
     from lerpray.model import Engine
 
-    if kind == "lerpray":
-        engine = Engine(w.imodel, w.tokenizer, max_batch_size=batch, **kw)
-    elif kind == "no_anchors":
-        engine = Engine(NoAnchors(w.base, w.anchor_names), w.tokenizer, max_batch_size=batch, **kw)
-    else:
-        engine = previous_engine_class()(w.imodel, w.tokenizer, max_batch_size=batch)
+    imodel = w.imodel if anchors else NoAnchors(w.base, w.anchor_names)
+    engine = Engine(imodel, w.tokenizer, max_batch_size=batch, decode_mode=mode)
     engine._eos = frozenset()  # EOS ignored: every row runs to max_tokens, so all methods do the same work
     return engine
 
 
-def throughput(w, kind: str, batch: int, new: int, repeats: int) -> dict:
-    engine = make_engine(kind, w, batch)
-    engine.generate(requests(w, batch, 2, tag="warm"))
-    times, cpu = [], []
-    for r in range(repeats):
-        start = time.process_time()
-        seconds, results = timed(lambda r=r: engine.generate(requests(w, batch, new, tag=f"t{r}-")), w.device)
-        cpu.append(time.process_time() - start)
-        assert all(x.completion_tokens == new for x in results)
-        times.append(seconds)
-    # CPU seconds of this process (all its threads): steadier than wall time when other jobs share the machine.
-    out = {"tokens_per_s": round(batch * new / median(times), 1), "seconds": [round(t, 3) for t in times],
-           "tokens_per_cpu_s": round(batch * new / median(cpu), 1)}
-    if getattr(engine, "_graphs", None) is not None:
-        out["cuda_graph_captures"] = engine._graphs.captures
-    return out
+def throughput(w, batch: int, new: int, repeats: int, kinds, mode) -> dict:
+    """tokens/s per ladder kind; one engine over the plain model (base), one over the anchors (the others)."""
+    rows = {}
+    for anchors in (False, True):
+        todo = [k for k in kinds if (k != "base") == anchors]
+        if not todo:
+            continue
+        engine = make_engine(w, batch, anchors, mode)
+        engine.generate(requests(w, batch, 2, tag="warm"))
+        for kind in todo:
+            times, cpu = [], []
+            for r in range(repeats):
+                start = time.process_time()
+                seconds, results = timed(lambda r=r, kind=kind, engine=engine: engine.generate(
+                    requests(w, batch, new, tag=f"{kind}{r}-", kind=kind)), w.device)
+                cpu.append(time.process_time() - start)
+                assert all(x.completion_tokens == new for x in results)
+                times.append(seconds)
+            # CPU seconds of this process (all its threads): steadier than wall time when other jobs share it.
+            rows[kind] = {"tokens_per_s": round(batch * new / median(times), 1),
+                          "seconds": [round(t, 3) for t in times], "tokens_per_cpu_s": round(batch * new / median(cpu), 1)}
+            if engine._graphs is not None:
+                rows[kind]["graph_captures"] = engine._graphs.captures
+        engine.close()
+    return rows
 
 
 def hf_generate(w, batch: int, new: int, repeats: int) -> dict:
@@ -117,9 +119,9 @@ def hf_generate(w, batch: int, new: int, repeats: int) -> dict:
     return {"tokens_per_s": round(batch * new / median(times), 1), "seconds": [round(t, 3) for t in times]}
 
 
-def prefill_itl(w, kind: str, long_tokens: int, new: int) -> dict:
+def prefill_itl(w, long_tokens: int, new: int, mode) -> dict:
     """Inter-token latency of 15 decoding rows while a `long_tokens` prompt is admitted among them."""
-    engine = make_engine(kind, w, 16)
+    engine = make_engine(w, 16, True, mode)
     for r in requests(w, 15, new, tag="short"):
         engine.add(r)
     words = (w.prompts[0] + " ") * (1 + long_tokens // max(1, len(w.ids[0])))
@@ -145,6 +147,7 @@ def prefill_itl(w, kind: str, long_tokens: int, new: int) -> dict:
             elif long_done is None:
                 long_done = now
         step += 1
+    engine.close()
     ordered = sorted(during)
     p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] if ordered else None
     base = median(gaps + during)
@@ -154,101 +157,126 @@ def prefill_itl(w, kind: str, long_tokens: int, new: int) -> dict:
         "p99_itl_during_prefill_ms": round(1e3 * p99, 2) if p99 else None,
         "p99_over_median": round(p99 / base, 2) if p99 else None,
         "long_ttft_s": round(long_done - long_added, 3) if long_done else None,
-        "prefill_chunk": getattr(engine, "prefill_chunk", None),
+        "prefill_chunk": engine.prefill_chunk,
     }
 
 
-def decode_step(w, batch: int) -> dict:
-    """(GPU) one decode step at `batch` rows against one read of the weights at the card's copy bandwidth."""
-    engine = make_engine("no_anchors", w, batch)
+def decode_step(w, batch: int, mode, block_bytes: int = 2**30) -> dict:
+    """One decode step at `batch` rows (base model) against one read of the weights at the copy bandwidth."""
+    engine = make_engine(w, batch, False, mode)
     for r in requests(w, batch, 64, tag="d"):
         engine.add(r)
     while engine._scheduler.prefilling():
         engine.step()
     engine.step()
     seconds = median([timed(engine.step, w.device)[0] for _ in range(20)])
+    engine.close()
     weights = sum(p.numel() * p.element_size() for p in w.base.parameters())
-    block = torch.empty(2**30, dtype=torch.uint8, device=w.device)
+    block = torch.empty(block_bytes, dtype=torch.uint8, device=w.device)
     copy_s = median([timed(lambda: block.clone(), w.device)[0] for _ in range(5)])
-    bandwidth = 2 * 2**30 / copy_s  # a clone reads and writes the block
+    bandwidth = 2 * block_bytes / copy_s  # a clone reads and writes the block
     return {"batch": batch, "step_ms": round(1e3 * seconds, 3), "weight_bytes": weights,
             "copy_bandwidth_gb_s": round(bandwidth / 1e9, 1), "weight_read_ms": round(1e3 * weights / bandwidth, 3),
             "step_over_weight_read": round(seconds * bandwidth / weights, 2)}
 
 
-def new_mix_captures(w, batch: int) -> dict:
-    engine = make_engine("lerpray", w, batch)
-    engine.generate(requests(w, batch, 4, tag="a"))
+def new_mix_captures(w, batch: int, mode) -> dict:
+    engine = make_engine(w, batch, True, mode)
     before = engine._graphs.captures
-    fresh = random_mixes(batch, w.coeffs.shape[1], seed=4242)
+    engine.generate(requests(w, batch, 4, tag="a"))
     reqs = requests(w, batch, 4, tag="b")
-    for r, mix in zip(reqs, fresh, strict=True):
-        r.coeffs = tuple(mix.tolist())
+    fresh = random_mixes(batch, w.coeffs.shape[1], seed=4242)
+    for i, r in enumerate(reqs):
+        reqs[i] = type(r)(coeffs=tuple(fresh[i].tolist()), prompt=r.prompt, sampling=r.sampling, request_id=r.request_id)
     engine.generate(reqs)
-    return {"captures_before": before, "captures_after_new_mixes": engine._graphs.captures}
+    out = {"captures_at_start_up": before, "captures_after_new_mixes": engine._graphs.captures,
+           "batch_buckets": engine._graphs.buckets, "length_buckets": engine._graphs.lengths}
+    engine.close()
+    return out
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--cpu-rehearsal", action="store_true", help="the --gpu phases on tiny shapes, on the CPU")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", nargs="+", default=None)
     parser.add_argument("--batches", nargs="+", type=int, default=None)
     parser.add_argument("--new", nargs="+", type=int, default=None, help="new tokens per request")
     parser.add_argument("--prompt-tokens", type=int, default=None)
-    parser.add_argument("--kinds", nargs="+", default=None)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--long-prompt", type=int, default=1500)
+    parser.add_argument("--kinds", nargs="+", default=None, choices=LADDER)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--long-prompt", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-itl", action="store_true", help="skip the prefill_itl measurement")
-    parser.add_argument("--itl-new", type=int, default=160, help="new tokens of the short rows in prefill_itl")
+    parser.add_argument("--itl-new", type=int, default=None, help="new tokens of the short rows in prefill_itl")
+    parser.add_argument("--budget-s", type=float, default=420.0, help="(GPU) start no new point after this long")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
+    gpu_like, rehearsal = args.gpu or args.cpu_rehearsal, args.cpu_rehearsal
     device = "cuda" if args.gpu else "cpu"
     if args.gpu and not torch.cuda.is_available():
-        print("no CUDA device", file=sys.stderr)
+        print("no CUDA device: run with --cpu-rehearsal for the same phases on the CPU", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
-    models = args.models or (["llama1b", "llama8b"] if args.gpu else ["tiny"] if args.quick else ["bundled"])
-    batches = args.batches or ([16, 32, 64] if args.gpu else [4] if args.quick else [16, 32])
-    news = args.new or ([128] if args.gpu else [8] if args.quick else [32, 512])
-    kinds = args.kinds or (["lerpray", "no_anchors"] if args.gpu else ["lerpray", "no_anchors", "previous"])
-    prompt_tokens = args.prompt_tokens or (128 if args.gpu else 32)
-    dtype = torch.bfloat16 if args.gpu else torch.float32
-    out = Path(args.out) if args.out else (HERE / "results" / ("engine_gpu.json" if args.gpu else "engine_cpu.json"))
-    result = {"machine": machine_description(device), "args": vars(args), "models": {}}
+    mode = "bucket" if rehearsal else None  # the graphs' function, eagerly; CUDA graphs on a GPU
+    pick = (lambda given, gpu, cpu_rehearsal, quick, cpu:  # noqa: E731
+            given or (gpu if args.gpu else cpu_rehearsal if rehearsal else quick if args.quick else cpu))
+    models = pick(args.models, ["llama1b", "llama8b"], ["tiny"], ["tiny"], ["bundled"])
+    batches = pick(args.batches, [16, 64, 128], [4, 8], [4], [16, 32])
+    news = pick(args.new, [128], [8], [8], [32, 512])
+    kinds = pick(args.kinds, list(LADDER), list(LADDER), ["base", "lerpray"], ["base", "lerpray"])
+    prompt_tokens = pick(args.prompt_tokens, 128, 16, 32, 32)
+    repeats = pick(args.repeats, 2, 1, 2, 2)
+    long_prompt, itl_new = pick(args.long_prompt, 1500, 64, 1500, 1500), pick(args.itl_new, 64, 12, 160, 160)
+    dtype = torch.bfloat16 if gpu_like else torch.float32
+    default_out = HERE / "results" / ("engine_gpu.json" if args.gpu else "engine_cpu.json")
+    if rehearsal or args.quick:
+        default_out = Path(tempfile.gettempdir()) / "lerpray-bench" / "engine_cpu_rehearsal.json"
+    out = Path(args.out) if args.out else default_out
+    result = {"machine": machine_description(device), "args": vars(args), "decode_mode": mode or "default",
+              "models": {}}
+    started = time.perf_counter()
+
+    def over_budget() -> bool:
+        return args.gpu and time.perf_counter() - started > args.budget_s
+
     with torch.inference_mode():
         for name in models:
-            workdir = Path(tempfile.mkdtemp())
             w = build_workload(name, num_anchors=10, rank=32, lora_alpha=16.0, max_requests=max(batches),
-                               prompt_tokens=prompt_tokens, device=device, dtype=dtype, workdir=workdir)
+                               prompt_tokens=prompt_tokens, device=device, dtype=dtype,
+                               workdir=Path(tempfile.mkdtemp()))
             del w.peft  # only the PEFT methods of bench_core need it
             entry = result["models"][name] = {"throughput": {}, "prompt_tokens": prompt_tokens}
             for new in news:
                 for batch in batches:
-                    row = {kind: throughput(w, kind, batch, new, args.repeats) for kind in kinds}
-                    if args.gpu and batch == max(batches):
-                        row["hf_generate"] = hf_generate(w, batch, new, args.repeats)
-                    for other in ("no_anchors", "previous"):
-                        if other in row:
-                            row[f"lerpray_over_{other}"] = round(
-                                row["lerpray"]["tokens_per_s"] / row[other]["tokens_per_s"], 3)
-                            row[f"lerpray_over_{other}_cpu"] = round(
-                                row["lerpray"]["tokens_per_cpu_s"] / row[other]["tokens_per_cpu_s"], 3)
+                    if over_budget():
+                        entry["throughput"][f"batch{batch}_new{new}"] = "skipped: time budget"
+                        continue
+                    row = throughput(w, batch, new, repeats, kinds, mode)
+                    if gpu_like and batch == max(batches):
+                        row["hf_generate"] = hf_generate(w, batch, new, repeats)
+                    for kind in ("base", "hf_generate"):
+                        if kind in row and "lerpray" in row:
+                            row[f"lerpray_over_{kind}"] = round(
+                                row["lerpray"]["tokens_per_s"] / row[kind]["tokens_per_s"], 3)
                     entry["throughput"][f"batch{batch}_new{new}"] = row
                     print(name, batch, new, {k: v["tokens_per_s"] for k, v in row.items() if isinstance(v, dict)},
                           flush=True)
-                    write_json(out, result)
-            if not (args.quick or args.no_itl):
-                entry["prefill_itl"] = {kind: prefill_itl(w, kind, args.long_prompt, args.itl_new)
-                                        for kind in ("lerpray", "previous")}
+                    write_json(out, result, device)
+            if not (args.quick or args.no_itl or over_budget()):
+                entry["prefill_itl"] = prefill_itl(w, long_prompt, itl_new, mode)
                 print(name, entry["prefill_itl"], flush=True)
-            if args.gpu:
-                entry["decode_step"] = decode_step(w, 64)
-                entry["cuda_graphs"] = new_mix_captures(w, 16)
-            write_json(out, result)
+            if gpu_like and not over_budget():
+                entry["decode_step"] = decode_step(w, max(batches) if rehearsal else 64, mode,
+                                                   2**24 if rehearsal else 2**30)
+                entry["graphs"] = new_mix_captures(w, min(batches) if rehearsal else 16, mode)
+                print(name, entry["decode_step"], entry["graphs"], flush=True)
+            write_json(out, result, device)
             del w
-    print(f"wrote {out}")
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    print(f"wrote {out} in {time.perf_counter() - started:.0f} s")
     return 0
 
 

@@ -4,13 +4,15 @@
                                                                  # on an H100: ~1B and 8B Llama shapes, bf16)
     PYTHONPATH=. python3 benchmarks/gpu_core.py --methods        # also bench_core's methods: results/gpu/core_gpu.json
     ... --out-dir DIR                                            # write there instead
-    PYTHONPATH=. python3 benchmarks/gpu_core.py --tiny           # CPU rehearsal of bench_core: tiny Llama in bf16
+    PYTHONPATH=. python3 benchmarks/gpu_core.py --cpu-rehearsal  # the same phases on the CPU, tiny Llama in bf16
+                                                                 # (engine; --methods also bench_core), < 2 min
 
-Engine targets (random weights: throughput does not depend on their values): lerpray's engine against the
-same engine without anchors at batch 16/32/64 (128 prompt + 128 new tokens, 10 anchors r=32 on q,k,v,o, a mix per
-row), HF `generate` at batch 64, the decode step at batch 64 against one read of the weights at the measured copy
-bandwidth, and CUDA-graph captures before/after never-seen mixes. Needs torch (CUDA), transformers, peft,
-safetensors, pydantic, tokenizers; no Ray, boto3 or gguf.
+Engine targets (random weights: throughput does not depend on their values): the ladder base / anchors loaded
+but unused / one anchor / a mix per row at batch 16/64/128 (128 prompt + 128 new tokens, 10 anchors r=32 on
+q,k,v,o), HF `generate` at batch 128, the decode step at batch 64 against one read of the weights at the measured
+copy bandwidth, and CUDA-graph captures (all at start-up) before/after never-seen mixes. Needs torch (CUDA),
+transformers, peft, safetensors, pydantic, tokenizers (the GPU image lacks pydantic: scripts/gpu_setup.sh installs
+it from gpu-wheels/, `make gpu-wheels`); no Ray, boto3, gguf, network or git.
 
 bench_core's methods (per-mix merging, the paper's method, PEFT cat) on LlamaConfig(hidden 2048, 16 layers, 32
 heads, 8 KV heads, intermediate 5632, vocab 32000), 32 prompt + 32 new tokens; `--budget-s 100` stops further
@@ -40,8 +42,9 @@ TINY_DEFAULTS = [
 
 
 def main(argv: list[str]) -> int:
-    tiny, methods = "--tiny" in argv, "--methods" in argv
-    argv = [a for a in argv if a not in ("--tiny", "--methods")]
+    tiny = "--tiny" in argv or "--cpu-rehearsal" in argv
+    methods = "--methods" in argv or "--tiny" in argv  # --tiny: bench_core's rehearsal, as before
+    argv = [a for a in argv if a not in ("--tiny", "--cpu-rehearsal", "--methods")]
     out_dir = Path(tempfile.gettempdir()) / "lerpray-bench" if tiny else Path(bench_core.HERE) / "results" / "gpu"
     if "--out-dir" in argv:
         i = argv.index("--out-dir")
@@ -52,13 +55,15 @@ def main(argv: list[str]) -> int:
         import torch
 
         if not torch.cuda.is_available():
-            print("no CUDA device: run with --tiny for the CPU rehearsal", file=sys.stderr)
+            print("no CUDA device: run with --cpu-rehearsal for the same phases on the CPU", file=sys.stderr)
             return 2
-        import bench_engine
+    import bench_engine
 
-        code = bench_engine.main(["--gpu", "--out", str(out_dir / "engine_gpu.json")])
-        if code or not methods:
-            return code
+    engine_run = ["--cpu-rehearsal", "--out", str(out_dir / "engine_cpu_rehearsal.json")] if tiny else [
+        "--gpu", "--out", str(out_dir / "engine_gpu.json")]
+    code = bench_engine.main(engine_run)
+    if code or not methods:
+        return code
     # Later flags win in argparse, so the caller's own flags override these defaults.
     return bench_core.main([*(TINY_DEFAULTS if tiny else GPU_DEFAULTS), *outputs, *argv])
 

@@ -1,7 +1,7 @@
 """One anchor's LoRA training step on a GPU: tokens/s and model FLOPs utilisation (MFU), with the card named.
 
     PYTHONPATH=. python3 benchmarks/gpu_train.py           # on a GPU: benchmarks/results/gpu/train_gpu.json (~2 min)
-    PYTHONPATH=. python3 benchmarks/gpu_train.py --tiny    # CPU rehearsal on a tiny Llama (to $TMPDIR)
+    PYTHONPATH=. python3 benchmarks/gpu_train.py --cpu-rehearsal   # the same step on a tiny Llama, CPU (to $TMPDIR)
 
 The step is lerpray's worker step without Ray around it (what lerpray.train.strategies.TorchStrategy does on one
 GPU): PEFT LoRA r=32, lora_alpha=16, dropout 0.1 on q/k/v/o (the paper's settings), bf16 autocast over fp32 weights,
@@ -126,7 +126,8 @@ def peak_flops(device: str) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tiny", action="store_true", help="CPU rehearsal on a tiny Llama")
+    p.add_argument("--tiny", "--cpu-rehearsal", dest="tiny", action="store_true",
+                   help="CPU rehearsal: the same step and phases on a tiny Llama")
     p.add_argument("--seconds", type=float, default=10.0, help="timed seconds per point")
     p.add_argument("--budget-s", type=float, default=150.0, help="start no further point after this many seconds")
     p.add_argument("--out-dir", type=Path, default=None,
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     device = "cpu" if args.tiny else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
-        print("no CUDA device: run with --tiny for the CPU rehearsal", file=sys.stderr)
+        print("no CUDA device: run with --cpu-rehearsal for the same step on the CPU", file=sys.stderr)
         return 2
     out_dir = args.out_dir or (Path(tempfile.gettempdir()) / "lerpray-bench" if args.tiny else RESULTS_GPU)
     started, points = time.perf_counter(), []
