@@ -26,6 +26,7 @@ from lerpray.quickstart.steps import (
     reusable_set,
     send_requests,
     start_server,
+    stop_server,
     training_config,
 )
 from lerpray.quickstart.summary import Trend, side_by_side, trend, write_outputs
@@ -77,7 +78,6 @@ def run_quickstart(plan: Plan, stream=None) -> QuickstartReport:
         _train(config, stages, report)
         _publish(plan.workdir / "anchors", stages, report)
         with stages.stage("serve", "starting Ray Serve on 127.0.0.1 with the anchor set"):
-            running.callback(_stop_serve)
             requests = len(plan.prompts) * plan.samples * len(ALPHAS)
             report.url = start_server(
                 plan.workdir / "anchors",
@@ -87,6 +87,7 @@ def run_quickstart(plan: Plan, stream=None) -> QuickstartReport:
                 max_batch_size=min(requests, MAX_BATCH),
                 max_queue=requests,
             )
+            running.callback(stop_server)  # before Ray's own shutdown; a half-started Serve ends with Ray
             stages.note("serve", f"{report.url}/v1")
         alphas = ", ".join(f"{a:g}" for a in ALPHAS)
         n = len(plan.prompts) * plan.samples
@@ -185,9 +186,3 @@ def _publish(anchors: Path, stages: Stages, report: QuickstartReport) -> None:
         if report.problems:
             raise ValueError(f"the anchor set at {anchors} does not verify: {report.problems}; rerun with --fresh")
         stages.note("publish", f"version {manifest.version}, every sha256 verified")
-
-
-def _stop_serve() -> None:
-    from ray import serve
-
-    serve.shutdown()

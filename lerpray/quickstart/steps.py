@@ -200,6 +200,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+APP = "lerpray"  # the Serve application's name
+
+
 def start_server(
     anchors_dir: Path, *, base_model: str | None, port: int, cpus: int, max_batch_size: int, max_queue: int
 ) -> str:
@@ -223,10 +226,25 @@ def start_server(
     serve_log.setLevel(logging.WARNING)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(make_app(args), name="lerpray", route_prefix="/")
+        serve.run(make_app(args), name=APP, route_prefix="/")
     finally:
         serve_log.setLevel(level)
     return f"http://127.0.0.1:{port}"
+
+
+def stop_server() -> None:
+    """Delete the app (its replica drains and stops); Serve's controller and proxy end with the private Ray cluster
+    right after. Not serve.shutdown(): its controller ends the call that asked it to stop by killing itself, which
+    Ray reports as "Task ServeController.graceful_shutdown failed ... will be retried", an error that is none."""
+    from ray import serve
+
+    serve_log = logging.getLogger("ray.serve")
+    level = serve_log.level
+    serve_log.setLevel(logging.WARNING)  # no "Deleting app" INFO line
+    try:
+        serve.delete(APP)
+    finally:
+        serve_log.setLevel(level)
 
 
 @dataclass(frozen=True)

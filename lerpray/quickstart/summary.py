@@ -49,14 +49,15 @@ class Trend:
         )
         steps = ", ".join(f"{a:g}->{b:g} {d:+.2f} ± {s:.2f}{'' if ok else ' (not resolved)'}"
                           for a, b, d, s, ok in self.steps)  # fmt: skip
-        z = self.change / self.change_se if self.change_se > 0 else math.nan
+        z = self.change / self.change_se if self.change_se > 0 else math.nan  # no spread (a tiny run): no z
+        in_ses = f" = {z:.1f} SE" if math.isfinite(z) else ""
         low, high = self.slope_ci
         return [
             f"summary: mean VADER ± SE per alpha: {per_alpha}",
             f"  steps (± SE; resolved = |step| > 1.96 SE): {steps}",
             f"  verdict: {self.verdict}",
             f"  slope {self.slope:+.2f} per unit alpha, 95 % CI [{low:+.2f}, {high:+.2f}] (bootstrap over "
-            f"{self.boot_unit}s); change 0->1 {self.change:+.2f} ± {self.change_se:.2f} = {z:.1f} SE",
+            f"{self.boot_unit}s); change 0->1 {self.change:+.2f} ± {self.change_se:.2f}{in_ses}",
         ]
 
 

@@ -25,6 +25,19 @@ def quickstart_args(*flags: str) -> argparse.Namespace:
     return build_parser().parse_args(["quickstart", *flags])
 
 
+NOISE = ("Traceback", "Error", "error", "WARNING", "Warning", "(raylet)")  # what a user would take for a failure
+
+
+def quiet_shutdown(captured) -> str:
+    """The run's stdout, after checking that nothing from the shutdown stage on, and nothing on stderr, looks like a
+    failure (Ray's INFO line and the progress bars on stderr are fine)."""
+    shutdown = captured.out[captured.out.index(f"[{len(STAGES)}/{len(STAGES)}] shutdown:"):]
+    for text, where in ((shutdown, "stdout from the shutdown on"), (captured.err, "stderr")):
+        noisy = [line for line in text.splitlines() if any(word in line for word in NOISE)]
+        assert noisy == [], f"the quickstart printed to {where}: {noisy}"
+    return captured.out
+
+
 @pytest.mark.integration
 def test_tiny_quickstart_runs_end_to_end_and_a_second_run_reuses_it(tmp_path, capsys):
     from lerpray.anchors import open_store, read_manifest, verify_anchor_set
@@ -35,7 +48,7 @@ def test_tiny_quickstart_runs_end_to_end_and_a_second_run_reuses_it(tmp_path, ca
     plan = plan_from_args(quickstart_args("--tiny", "--workdir", str(workdir), "--steps", "2"))
 
     first = run_quickstart(plan)
-    out = capsys.readouterr().out
+    out = quiet_shutdown(capsys.readouterr())
     for number, stage in enumerate(STAGES, 1):
         assert f"[{number}/{len(STAGES)}] {stage}:" in out and f"{stage} done in" in out
     assert not first.corpora_reused and not first.anchors_reused
@@ -60,7 +73,7 @@ def test_tiny_quickstart_runs_end_to_end_and_a_second_run_reuses_it(tmp_path, ca
     assert first.table.read_text().count("\n") == 1 + len(first.generations)
 
     second = run_quickstart(plan)
-    out = capsys.readouterr().out
+    out = quiet_shutdown(capsys.readouterr())
     assert second.corpora_reused and second.anchors_reused
     assert "train done in" in out and f"reused: version {manifest.version} verifies" in out
     assert "training (" not in out  # no training started
