@@ -17,7 +17,19 @@ In loop form, for a batch x [N, T, d_in] and coefficients C [N, K] (the tests' `
 
     delta = ((x @ A_cat.T) * C_r[:, None, :]) @ B_cat.T        C_r[n, j] = C[n, owner[j]] * col_scale[j]
 
-This equals PEFT's `add_weighted_adapter(..., combination_type="cat")`. Blending A and B separately (PEFT's or
+This equals PEFT's `add_weighted_adapter(..., combination_type="cat")`.
+
+Cost by active anchors: an anchor whose coefficient column is zero in every row adds exactly nothing, so a step
+needs only the rank columns of the anchors its rows use. `active_anchors(C)` lists them and
+`gather_anchors(stacked, anchors)` keeps only their columns (owner still indexes C's K axis), so
+
+    for n in range(N):
+        for k in anchors:                     # instead of range(K): the skipped terms are C[n, k] * ... = 0
+            delta[n] += C[n, k] * s_k * (x[n] @ A_k.T) @ B_k.T
+
+is `stacked_delta(x, C, gather_anchors(stacked, active_anchors(C)))`: the same sum over fewer columns (equal to
+the full stacked path up to float summation order; bit-equal to a layer that loads only those anchors). A
+`capacity` pads the gathered columns to a static width with zero columns (scale 0) for CUDA graphs. Blending A and B separately (PEFT's or
 LoRAX's "linear" merge) is a different, approximate model: it adds cross terms B_i A_j. Never blend factors.
 Pure torch: no I/O, no HF, no Ray.
 """
@@ -34,6 +46,8 @@ from torch import Tensor
 __all__ = [
     "CoeffsShapeError",
     "StackedLora",
+    "active_anchors",
+    "gather_anchors",
     "column_weights",
     "lora_scale",
     "expand_add_",
@@ -102,6 +116,50 @@ def stack_factors(factors: Sequence[Factors | None]) -> StackedLora | None:
     owner = torch.cat([torch.full((A.shape[0],), k, dtype=torch.long) for k, (A, _, _) in present])  # [R]
     col_scale = torch.cat([torch.full((A.shape[0],), float(s)) for _, (A, _, s) in present])  # [R]
     return StackedLora(A_cat, B_cat, owner.to(first_A.device), col_scale.to(first_A.device), len(factors))
+
+
+def active_anchors(coeffs: Tensor) -> list[int]:
+    """The anchors some row uses: indices of the columns of coeffs [N, K] that are not all zero, ascending.
+
+    Reads the coefficients on the host (a device sync on CUDA): call it outside a captured CUDA graph.
+    """
+    if coeffs.dim() != 2:
+        raise CoeffsShapeError(f"coefficients must have shape [N, K], got {list(coeffs.shape)}")
+    return torch.nonzero((coeffs != 0).any(0)).flatten().tolist()
+
+
+def gather_anchors(stacked: StackedLora, anchors: Sequence[int], capacity: int | None = None) -> StackedLora:
+    """The rank columns of `anchors` only, in stacked order; `owner` keeps indexing the full K coefficient axis.
+
+    Args:
+        stacked: the layer's stacked factors over all K anchors.
+        anchors: anchor indices in [0, K) (any order, duplicates ignored); anchors absent from this layer add
+            no column.
+        capacity: pad to this many columns with zero columns (A rows and B columns zero, owner 0, scale 0), so
+            the shapes stay static while the anchors change; None keeps exactly the anchors' columns.
+
+    Returns:
+        StackedLora with R' = sum of the kept anchors' ranks (or `capacity`) columns, num_anchors K.
+    """
+    bad = [k for k in anchors if not 0 <= k < stacked.num_anchors]
+    if bad:
+        raise CoeffsShapeError(f"anchor indices {bad} are outside [0, {stacked.num_anchors})")
+    wanted = torch.zeros(stacked.num_anchors, dtype=torch.bool, device=stacked.owner.device)
+    wanted[list(anchors)] = True
+    cols = torch.nonzero(wanted[stacked.owner]).flatten()  # [R']
+    A = stacked.A_cat.index_select(0, cols)  # [R', d_in]
+    B = stacked.B_cat.index_select(1, cols)  # [d_out, R']
+    owner, scale = stacked.owner[cols], stacked.col_scale[cols]
+    if capacity is not None:
+        pad = capacity - cols.numel()
+        if pad < 0:
+            raise CoeffsShapeError(f"the anchors {list(anchors)} need {cols.numel()} rank columns, over the "
+                                   f"capacity of {capacity}: raise the capacity or activate fewer anchors")
+        A = torch.cat([A, A.new_zeros(pad, A.shape[1])])
+        B = torch.cat([B, B.new_zeros(B.shape[0], pad)], dim=1)
+        owner = torch.cat([owner, owner.new_zeros(pad)])
+        scale = torch.cat([scale, scale.new_zeros(pad)])
+    return StackedLora(A, B, owner, scale, stacked.num_anchors)
 
 
 def column_weights(coeffs: Tensor, stacked: StackedLora) -> Tensor:

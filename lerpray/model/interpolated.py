@@ -2,7 +2,8 @@
 
 `interpolate(model, anchor_set)` replaces each adapted nn.Linear (or GPT-2 Conv1D) in place by an
 `InterpolatedLinear` that computes y = W0 x + stacked_delta(x, coeffs, stacked) (see lerpray.lora_math; siblings that
-read one input share the shrink, lora_groups.py), and returns
+read one input share the shrink, lora_groups.py; each forward pays only for the anchors its rows use, mix_state.py),
+and returns
 an `InterpolatedModel` through which callers set the coefficients before their forward passes:
 
     imodel = interpolate(model, anchor_set)
@@ -27,18 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lerpray.lora_math import (
-    CoeffsShapeError,
-    Factors,
-    StackedLora,
-    column_weights,
-    expand_add_,
-    merged_delta,
-    shrink,
-    stack_factors,
-)
+from lerpray.lora_math import CoeffsShapeError, Factors, StackedLora, expand_add_, merged_delta, shrink, stack_factors
 from lerpray.model.base import ModelMismatchError, check_model_fits
 from lerpray.model.lora_groups import ShrinkGroup, group_siblings
+from lerpray.model.mix_state import CoeffsNotSetError, MixState, column_pattern
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -47,39 +40,6 @@ if TYPE_CHECKING:
     from lerpray.mixing import AnchorLayout
 
 __all__ = ["CoeffsNotSetError", "InterpolatedLinear", "InterpolatedModel", "interpolate"]
-
-
-class CoeffsNotSetError(ValueError):
-    """A forward pass ran before any coefficients were set."""
-
-
-class _MixState:
-    """Shared by all layers of one InterpolatedModel: the coefficients of the next forward passes.
-
-    Most layers stack the same anchors with the same ranks and scales, so their per-column weights C_r are equal:
-    they are computed once per forward and pattern (not once per layer), which keeps the per-layer hot path to
-    three kernels. They are recomputed at the start of every forward from `coeffs`, so a caller may update the
-    coefficient tensor in place between forwards (a captured CUDA graph reads it as a static input).
-    """
-
-    def __init__(self) -> None:
-        self.coeffs: Tensor | None = None  # [N, K] float32
-        self._columns: dict[tuple, Tensor] = {}  # layer or group pattern -> C_r [N, R] in the layers' dtype
-
-    def set(self, coeffs: Tensor) -> None:
-        self.coeffs = coeffs
-        self._columns.clear()
-
-    def new_forward(self, *_) -> None:
-        self._columns.clear()
-
-    def columns(self, owner: InterpolatedLinear | ShrinkGroup) -> Tensor:
-        if self.coeffs is None:
-            raise CoeffsNotSetError("no coefficients set: call set_coeffs(coeffs [N, K]) or use merged(coeffs [K])")
-        col = self._columns.get(owner.pattern)
-        if col is None:
-            col = self._columns[owner.pattern] = column_weights(self.coeffs, owner.stacked).to(owner.A_cat.dtype)
-        return col
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -100,7 +60,7 @@ def _in_out(module: nn.Module) -> tuple[int, int] | None:
 class InterpolatedLinear(nn.Module):
     """A Linear/Conv1D plus the stacked updates of all anchors that adapt it."""
 
-    def __init__(self, base: nn.Module, stacked: StackedLora, state: _MixState) -> None:
+    def __init__(self, base: nn.Module, stacked: StackedLora, state: MixState) -> None:
         super().__init__()
         self.fan_in_fan_out = _is_conv1d(base)  # weight is [d_in, d_out] (GPT-2 Conv1D)
         self.weight = base.weight
@@ -112,8 +72,10 @@ class InterpolatedLinear(nn.Module):
         self.register_buffer("owner", stacked.owner.to(like["device"]), persistent=False)  # [R]
         self.register_buffer("col_scale", stacked.col_scale.to(like["device"]), persistent=False)  # [R] float32
         self.num_anchors = stacked.num_anchors
-        # Layers with equal patterns share their per-column weights within a forward (see _MixState).
-        self.pattern = (tuple(stacked.owner.tolist()), tuple(stacked.col_scale.tolist()), like["dtype"])
+        # Layers with equal patterns share their per-column weights within a forward (see MixState).
+        self.full_pattern = column_pattern(self.stacked)
+        self.pattern = self.full_pattern  # of the columns in use this forward
+        self.active: StackedLora | None = None  # the active anchors' gathered columns (MixState); None: all anchors
         self._state = state
         self.group: ShrinkGroup | None = None  # siblings sharing this layer's input share one shrink matmul
         self.merged_weight: Tensor | None = None  # [d_out, d_in] while InterpolatedModel.merged() is active
@@ -122,6 +84,10 @@ class InterpolatedLinear(nn.Module):
     def stacked(self) -> StackedLora:
         return StackedLora(self.A_cat, self.B_cat, self.owner, self.col_scale, self.num_anchors)
 
+    def factors(self) -> StackedLora:
+        """The stacked factors in use this forward: the active anchors' columns, or all of them."""
+        return self.active if self.active is not None else self.stacked
+
     def base_weight(self) -> Tensor:
         """W0 in nn.Linear layout [d_out, d_in] (a view for Conv1D, no copy)."""
         return self.weight.T if self.fan_in_fan_out else self.weight
@@ -129,15 +95,21 @@ class InterpolatedLinear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # x [N, T, d_in] -> [N, T, d_out]
         if self.merged_weight is not None:
             return F.linear(x, self.merged_weight, self.bias)
-        col = self._state.columns(self.group or self)  # [N, R] (the group's columns when grouped)
-        if x.shape[0] != col.shape[0]:
+        rows = self._state.rows()
+        if x.shape[0] != rows:
             raise CoeffsShapeError(
-                f"coefficients have {col.shape[0]} rows but the batch has {x.shape[0]}: "
-                "set one coefficient row per batch row"
+                f"coefficients have {rows} rows but the batch has {x.shape[0]}: set one coefficient row per batch row"
             )
         y = F.linear(x, self.base_weight(), self.bias)  # [N, T, d_out]
-        h = self.group.projection(self, x, col) if self.group is not None else shrink(x, self.A_cat, col)  # [N, T, r]
-        return expand_add_(y, h, self.B_cat)  # y += h @ B_cat.T, in place
+        unit = self.group or self  # a group shares one shrink over its members' columns
+        if unit.factors().A_cat.shape[0] == 0:  # no anchor used this forward adapts this layer: no LoRA work
+            return y
+        col = self._state.columns(unit)  # [N, R] (the group's columns when grouped)
+        factors = self.factors()
+        h = self.group.projection(self, x, col) if self.group is not None else shrink(x, factors.A_cat, col)
+        if h.shape[-1] == 0:  # grouped, but none of this forward's anchors adapts this member
+            return y
+        return expand_add_(y, h, factors.B_cat)  # y += h @ B_cat.T, in place
 
     @torch.no_grad()
     def merge(self, coeffs: Tensor) -> Tensor:
@@ -161,7 +133,7 @@ class InterpolatedModel:
     """
 
     def __init__(
-        self, model: PreTrainedModel, layout: AnchorLayout, layers: dict[str, InterpolatedLinear], state: _MixState,
+        self, model: PreTrainedModel, layout: AnchorLayout, layers: dict[str, InterpolatedLinear], state: MixState,
         merge_cache_size: int = 4,
     ) -> None:
         self.model = model
@@ -235,13 +207,17 @@ class InterpolatedModel:
         return weights
 
 
-def interpolate(model: PreTrainedModel, anchor_set: AnchorSet, *, merge_cache_size: int = 4) -> InterpolatedModel:
+def interpolate(
+    model: PreTrainedModel, anchor_set: AnchorSet, *, merge_cache_size: int = 4, gather_active: bool = True
+) -> InterpolatedModel:
     """Replace every layer that some anchor adapts by an InterpolatedLinear (in place) and wrap the model.
 
     Args:
         model: an HF causal LM (Llama, Qwen2, Mistral, GPT-2, ...), not yet interpolated.
         anchor_set: its anchors; coefficient k belongs to anchor_set.anchors[k].
         merge_cache_size: LRU size of `InterpolatedModel.merged` (0 disables caching).
+        gather_active: each forward runs only the anchors with a non-zero coefficient in some row (mix_state.py);
+            False runs every anchor's columns always (the same sums, to float rounding).
 
     Raises:
         ModelMismatchError: the model is not the anchors' base model, or a module path or shape does not fit.
@@ -261,13 +237,13 @@ def interpolate(model: PreTrainedModel, anchor_set: AnchorSet, *, merge_cache_si
             f"the anchors do not fit this model ({len(problems)} problem(s)): " + "; ".join(problems[:8])
             + ". Use the base model the anchors were trained on."
         )
-    state = _MixState()
+    state = MixState(gather=gather_active)
     layers = {}
     for path, factors in per_layer.items():
         layers[path] = InterpolatedLinear(model.get_submodule(path), stack_factors(factors), state)
         parent, _, child = path.rpartition(".")
         setattr(model.get_submodule(parent), child, layers[path])
-    group_siblings(layers)
+    state.attach(list(layers.values()), group_siblings(layers))
     model.register_forward_pre_hook(state.new_forward)
     return InterpolatedModel(model, layout, layers, state, merge_cache_size)
 

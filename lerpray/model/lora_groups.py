@@ -10,6 +10,9 @@ fatter kernels: what matters on a GPU, where a decode step is launch-bound.
 Members recognise "the same input" by tensor identity: HF passes one hidden-states tensor to all of them. A member
 called with another input (or out of order) computes its own slice, so a model that does not share inputs is
 still exact, just not fused.
+
+Per forward a group may run over the columns of the anchors its rows use only (`use`, driven by mix_state.py):
+its shrink is then one matmul over the members' gathered A, each member taking its slice.
 """
 
 from __future__ import annotations
@@ -39,7 +42,9 @@ class ShrinkGroup:
         lead.register_buffer("group_A_cat", torch.cat([m.A_cat for m in members]), persistent=False)  # [R_g, d_in]
         lead.register_buffer("group_owner", torch.cat([m.owner for m in members]), persistent=False)  # [R_g]
         lead.register_buffer("group_col_scale", torch.cat([m.col_scale for m in members]), persistent=False)
-        self.pattern = (tuple(lead.group_owner.tolist()), tuple(lead.group_col_scale.tolist()), lead.A_cat.dtype)
+        self.full_pattern = (tuple(lead.group_owner.tolist()), tuple(lead.group_col_scale.tolist()), lead.A_cat.dtype)
+        self.pattern = self.full_pattern  # of the columns in use (all anchors, or this forward's active ones)
+        self.active: StackedLora | None = None  # the active anchors' gathered shrink side; None: all anchors
         self.slices: dict[int, slice] = {}
         start = 0
         for member in members:
@@ -48,6 +53,7 @@ class ShrinkGroup:
             member.A_cat = lead.group_A_cat[start : start + rank]  # a view: A is stored once
             member.group = self
             start += rank
+        self.active_slices = self.slices
         self._input: Tensor | None = None
         self._projected: Tensor | None = None  # [N, T, R_group], already weighted per column
         self._pending = 0  # members yet to take their slice of _projected
@@ -63,11 +69,27 @@ class ShrinkGroup:
         return StackedLora(lead.group_A_cat, lead.group_A_cat.new_empty(0), lead.group_owner, lead.group_col_scale,
                            lead.num_anchors)
 
+    def factors(self) -> StackedLora:
+        """The shrink side in use this forward: the active anchors' gathered columns, or all of them."""
+        return self.active if self.active is not None else self.stacked
+
+    def use(self, active: tuple[StackedLora, tuple] | None) -> None:
+        """Run over `active` = (gathered factors, pattern), the members' own `active` set first; None: all anchors."""
+        if active is None:
+            self.active, self.pattern, self.active_slices = None, self.full_pattern, self.slices
+        else:
+            (self.active, self.pattern), start, self.active_slices = active, 0, {}
+            for member in self.members:
+                rank = member.active.A_cat.shape[0]
+                self.active_slices[id(member)] = slice(start, start + rank)
+                start += rank
+        self._input = self._projected = None
+
     def projection(self, member: nn.Module, x: Tensor, col: Tensor) -> Tensor:
         """(x @ A_member.T) * col_member [N, T, r_member]; `col` [N, R_group] is the group's column weights."""
         if self._input is not x:
-            self._input, self._projected, self._pending = x, shrink(x, self.A_cat, col), len(self.members)
-        part = self._projected[..., self.slices[id(member)]]
+            self._input, self._projected, self._pending = x, shrink(x, self.factors().A_cat, col), len(self.members)
+        part = self._projected[..., self.active_slices[id(member)]]
         self._pending -= 1
         if self._pending == 0:  # every member served: drop the input so its memory can go
             self._input = self._projected = None

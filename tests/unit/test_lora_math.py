@@ -9,6 +9,8 @@ import torch
 
 from lerpray.lora_math import (
     CoeffsShapeError,
+    active_anchors,
+    gather_anchors,
     column_weights,
     expand_add_,
     lora_scale,
@@ -136,3 +138,53 @@ def test_bf16_inputs_stay_bf16_and_close_to_fp32():
     assert got.dtype == torch.bfloat16
     want = stacked_delta(x, c, stacked32)
     torch.testing.assert_close(got.float(), want, rtol=5e-2, atol=5e-2 * want.abs().max().item())
+
+
+def test_active_anchors_are_the_columns_some_row_uses():
+    coeffs = torch.tensor([[0.0, 1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, -2.0, 0.0], [0.0, 0.5, 0.0, 0.0, 0.0]])
+    assert active_anchors(coeffs) == [1, 3]
+    assert active_anchors(torch.zeros(2, 3)) == []
+    with pytest.raises(CoeffsShapeError, match=r"\[N, K\]"):
+        active_anchors(torch.zeros(3))
+
+
+@pytest.mark.parametrize("ranks", [(2, 4, 8, 1, 3), (3, None, 5, None, 2)])
+def test_gathered_active_anchors_equal_the_full_stacked_path_and_the_loop(ranks):
+    """Rows with disjoint active subsets; the union's columns alone give every row's full sum."""
+    factors = _factors(ranks, 12, 10)
+    stacked = stack_factors(factors)
+    coeffs = torch.tensor([[0.7, 0.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.5, -0.4, 0.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    x = torch.randn(3, 4, 12)
+    anchors = active_anchors(coeffs)
+    gathered = gather_anchors(stacked, anchors)
+    kept = sum(r for k, r in enumerate(ranks) if r is not None and k in anchors)
+    assert gathered.A_cat.shape == (kept, 12) and gathered.B_cat.shape == (10, kept)
+    assert set(gathered.owner.tolist()) <= set(anchors)
+    got = stacked_delta(x, coeffs, gathered)
+    torch.testing.assert_close(got, stacked_delta(x, coeffs, stacked), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.double(), reference_delta(x, coeffs, factors), rtol=1e-5, atol=1e-4)
+
+
+def test_gathered_columns_are_bit_equal_to_a_layer_holding_only_those_anchors():
+    """A zero-coefficient anchor changes nothing: gathering drops its columns, leaving the smaller layer exactly."""
+    factors = _factors((2, 4, 8, 4), 16, 8)
+    coeffs = torch.tensor([[0.0, 0.3, 0.0, -1.2], [0.0, 2.0, 0.0, 0.5]])
+    x = torch.randn(2, 3, 16)
+    small = stacked_delta(x, coeffs[:, [1, 3]], stack_factors([factors[1], factors[3]]))
+    assert torch.equal(stacked_delta(x, coeffs, gather_anchors(stack_factors(factors), active_anchors(coeffs))), small)
+
+
+def test_capacity_pads_with_zero_columns_that_change_nothing():
+    factors = _factors((2, 4, 8), 16, 8)
+    stacked = stack_factors(factors)
+    coeffs = torch.tensor([[0.0, 1.0, 0.0], [0.0, -0.5, 0.0]])
+    padded = gather_anchors(stacked, [1], capacity=10)
+    assert padded.A_cat.shape == (10, 16) and padded.B_cat.shape == (8, 10)
+    assert padded.col_scale[4:].eq(0).all() and padded.A_cat[4:].eq(0).all()
+    x = torch.randn(2, 3, 16)
+    torch.testing.assert_close(stacked_delta(x, coeffs, padded), stacked_delta(x, coeffs, stacked), rtol=1e-5,
+                               atol=1e-5)
+    with pytest.raises(CoeffsShapeError, match="raise the capacity"):
+        gather_anchors(stacked, [1, 2], capacity=10)
+    with pytest.raises(CoeffsShapeError, match="outside"):
+        gather_anchors(stacked, [3])
