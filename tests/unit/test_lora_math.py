@@ -10,9 +10,9 @@ import torch
 from lerpray.lora_math import (
     CoeffsShapeError,
     active_anchors,
-    gather_anchors,
     column_weights,
     expand_add_,
+    gather_anchors,
     lora_scale,
     merged_delta,
     shrink,
