@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-all venv browser debian-lists lint bench clean
+.PHONY: demo test test-all venv browser debian-lists lint bench clean gpu-wheels gpu-rehearsal test-gpu-stack
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,46 @@ test-all: $(STAMP) browser debian-lists
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lerpray tests benchmarks jobs
+
+# ---- the GPU path without a GPU ------------------------------------------------------------------------------------
+# What the GPU image lacks that lerpray.model needs (pydantic and its dependencies; see docs/performance.md), pinned,
+# as cp$(GPU_PY) manylinux wheels in gpu-wheels/ (~3 MB, gitignored; carry it to the GPU machine, where
+# benchmarks/gpu_setup.sh installs it with --no-index).
+GPU_PY ?= 3.12
+GPU_WHEEL_PINS := pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
+	typing-extensions==4.16.0
+gpu-wheels: $(STAMP)
+	rm -rf gpu-wheels && mkdir -p gpu-wheels
+	$(PIP) download -q --only-binary :all: --python-version $(GPU_PY) --implementation cp \
+	  --abi cp$(subst .,,$(GPU_PY)) --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+	  -d gpu-wheels $(GPU_WHEEL_PINS)
+	du -sh gpu-wheels
+
+# The CPU rehearsal of every GPU script, from a copy of the tree without .git (as the GPU machine gets it): ~4 min.
+NOGIT := $(or $(TMPDIR),/tmp)/lerpray-nogit
+gpu-rehearsal: $(STAMP)
+	rm -rf $(NOGIT) && mkdir -p $(NOGIT)
+	tar -C $(CURDIR) --exclude=./.git --exclude=./.venv --exclude=./.venv-gpu-stack -cf - . | tar -C $(NOGIT) -xf -
+	cd $(NOGIT) && PYTHONPATH=. $(CURDIR)/$(PY) benchmarks/gpu_core.py --cpu-rehearsal --methods
+	cd $(NOGIT) && PYTHONPATH=. $(CURDIR)/$(PY) benchmarks/gpu_train.py --cpu-rehearsal
+
+# The engine, interpolation and benchmark-rehearsal tests under the GPU image's libraries (transformers 5.17.0,
+# peft 0.21.0, tokenizers 0.23.2, huggingface_hub 1.33.0) over .venv's packages (torch stays the CPU wheel): ~5 min.
+GPU_STACK := .venv-gpu-stack
+GPU_STACK_PINS := transformers==5.17.0 peft==0.21.0 tokenizers==0.23.2 huggingface_hub==1.33.0
+$(GPU_STACK)/.installed: $(STAMP)
+	rm -rf $(GPU_STACK) && $(PYTHON) -m venv $(GPU_STACK)
+	$(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])" > \
+	  "$$($(GPU_STACK)/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")/_lerpray_venv.pth"
+	PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(GPU_STACK)/bin/python -m pip install -q --no-deps $(GPU_STACK_PINS)
+	touch $@
+
+test-gpu-stack: $(GPU_STACK)/.installed
+	$(GPU_STACK)/bin/python -c "import transformers, peft; print('transformers', transformers.__version__, 'peft', peft.__version__)"
+	$(GPU_STACK)/bin/python -m pytest -q tests/component/test_engine.py tests/component/test_engine_slots.py \
+	  tests/component/test_engine_features.py tests/component/test_engine_gpu_path.py \
+	  tests/component/test_exactness.py tests/component/test_interpolated.py
+	PYTHONPATH=. $(GPU_STACK)/bin/python benchmarks/bench_engine.py --cpu-rehearsal
 
 clean:
 	rm -rf $(VENV) .pytest_cache
