@@ -76,7 +76,8 @@ def parse_pairs(values: list[str], flag: str) -> dict[str, str]:
 
 def _build(args: argparse.Namespace) -> int:
     from lerpray.anchors import AttributePoles, build_anchor_set
-    from lerpray.model.base import load_base_model, model_identity
+    from lerpray.anchors.format import model_identity
+    from lerpray.hf_models import load_base_model
 
     adapters = parse_pairs(args.anchor, "--anchor")
     attributes = {}

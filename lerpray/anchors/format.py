@@ -35,7 +35,7 @@ class _Model(BaseModel):
 
 
 class BaseModelIdentity(_Model):
-    """The base model an anchor set was trained on (see lerpray.model.base.model_identity)."""
+    """The base model an anchor set was trained on (see model_identity below)."""
 
     name: str = Field(min_length=1)
     revision: str | None = None
@@ -192,3 +192,29 @@ def check_compatible(manifest: Manifest, identity: BaseModelIdentity) -> None:
     if diffs:
         raise AnchorSetError(f"the anchor set was built for base model {want.name!r}; {identity.name!r} differs in "
                              + "; ".join(diffs) + ". Use the set's base model, or rebuild the anchors on this one.")
+
+
+def model_identity(model, name: str, revision: str | None = None) -> BaseModelIdentity:
+    """What an anchor set records about its base model, and what `lerpray.model.base.check_model_fits` compares.
+
+    Args:
+        model: the base causal LM, a transformers PreTrainedModel (interpolated or not: injection keeps parameter
+            names and shapes).
+        name: how the model was named when loaded (hub id, folder or BUNDLED_MODEL).
+        revision: hub revision if known; defaults to the commit hash transformers recorded, if any.
+
+    Returns:
+        BaseModelIdentity; checksum = sha256 over the sorted "name:shape" lines of the parameters (dtype-free, so
+        fp32 and bf16 copies of one model agree).
+    """
+    config = model.config.get_text_config()
+    lines = sorted(f"{n}:{tuple(p.shape)}" for n, p in model.named_parameters())
+    return BaseModelIdentity(
+        name=name,
+        revision=revision or getattr(model.config, "_commit_hash", None),
+        checksum=hashlib.sha256("\n".join(lines).encode()).hexdigest(),
+        architecture=type(model).__name__,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_hidden_layers,
+        vocab_size=config.vocab_size,
+    )
