@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from lerpray.anchors import AnchorSet
     from lerpray.mixing import AnchorLayout
 
-__all__ = ["CoeffsNotSetError", "InterpolatedLinear", "InterpolatedModel", "interpolate"]
+__all__ = ["CoeffsNotSetError", "InterpolatedLinear", "InterpolatedModel", "inject", "interpolate"]
 
 
 def _is_conv1d(module: nn.Module) -> bool:
@@ -130,14 +130,17 @@ class InterpolatedModel:
         model: the wrapped causal LM (modified in place by `interpolate`).
         layout: anchor order and attributes (coefficient order everywhere).
         layers: module path -> InterpolatedLinear.
+        blocks: anchor set name -> its anchors' range of the coefficient axis (several sets over one base,
+            multi_set.py); one block named "" for a single set.
     """
 
     def __init__(
         self, model: PreTrainedModel, layout: AnchorLayout, layers: dict[str, InterpolatedLinear], state: MixState,
-        merge_cache_size: int = 4,
+        merge_cache_size: int = 4, blocks: dict[str, range] | None = None,
     ) -> None:
         self.model = model
         self.layout = layout
+        self.blocks = blocks if blocks is not None else {"": range(len(layout.anchors))}
         self.layers = layers
         self._state = state
         self._merge_cache_size = merge_cache_size
@@ -227,9 +230,20 @@ def interpolate(
     names = [anchor.entry.name for anchor in anchor_set.anchors]
     if not names or list(layout.anchors) != names:
         raise ModelMismatchError(f"anchor set holds anchors {names} but its manifest lists {list(layout.anchors)}")
+    return inject(model, layout, [anchor.modules for anchor in anchor_set.anchors], merge_cache_size=merge_cache_size,
+                  gather_active=gather_active)
+
+
+def inject(
+    model: PreTrainedModel, layout: AnchorLayout, modules: Sequence[dict[str, Factors]], *, merge_cache_size: int = 4,
+    gather_active: bool = True, blocks: dict[str, range] | None = None,
+) -> InterpolatedModel:
+    """`interpolate` once the anchors are checked against the model's identity: modules[k] (module path ->
+    factors) is the anchor layout.anchors[k]. Raises ModelMismatchError for a path or shape that does not fit."""
+    names = list(layout.anchors)
     per_layer: dict[str, list[Factors | None]] = {}
-    for k, anchor in enumerate(anchor_set.anchors):
-        for path, factors in anchor.modules.items():
+    for k, anchor_modules in enumerate(modules):
+        for path, factors in anchor_modules.items():
             per_layer.setdefault(path, [None] * len(names))[k] = factors
     problems = [p for path, factors in per_layer.items() for p in _check_layer(model, path, factors, names)]
     if problems:
@@ -245,7 +259,7 @@ def interpolate(
         setattr(model.get_submodule(parent), child, layers[path])
     state.attach(list(layers.values()), group_siblings(layers))
     model.register_forward_pre_hook(state.new_forward)
-    return InterpolatedModel(model, layout, layers, state, merge_cache_size)
+    return InterpolatedModel(model, layout, layers, state, merge_cache_size, blocks)
 
 
 def _check_layer(model: nn.Module, path: str, factors: list[Factors | None], names: list[str]) -> list[str]:
