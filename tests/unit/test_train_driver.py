@@ -1,5 +1,6 @@
 """The driver's fan-out (no Ray): anchors run `width` at a time, a failure stops queued anchors, and the worker
-arguments carry the config's values with relative paths pinned to the driver's folder."""
+arguments carry the config's values with relative paths pinned to the driver's folder. The driver's progress
+reader (ray.wait / ray.get replaced by fakes): it never blocks, and a dead board is one warning, not an error."""
 
 from __future__ import annotations
 
@@ -85,3 +86,75 @@ def test_worker_args_take_overrides_and_pin_relative_paths(tmp_path, monkeypatch
     assert (pos.deepspeed_stage, pos.offload_optimizer) == (3, True)
     assert pos.s3_options == {"endpoint_url": "http://127.0.0.1:9000"}
     assert pos.base_model is None  # the bundled model
+
+
+
+class Ref:
+    """A fake object ref: what ray.get gives (a value, or an error it raises), and whether ray.wait finds it ready."""
+
+    def __init__(self, value, ready: bool = True):
+        self.value, self.ready = value, ready
+
+
+class FakeBoard:
+    """A board handle: board.snapshot.remote() and board.checkpoints.remote() hand out `refs` in order."""
+
+    def __init__(self, refs: list[Ref]):
+        self.refs = list(refs)
+        self.calls = 0
+        self.snapshot = self.checkpoints = self
+
+    def remote(self) -> Ref:
+        self.calls += 1
+        return self.refs.pop(0)
+
+
+@pytest.fixture
+def fake_ray(monkeypatch):
+    import ray
+
+    def get(ref: Ref, timeout=None):
+        if isinstance(ref.value, BaseException):
+            raise ref.value
+        return ref.value
+
+    monkeypatch.setattr(ray, "wait", lambda refs, timeout: ([r for r in refs if r.ready], []))
+    monkeypatch.setattr(ray, "get", get)
+    return ray
+
+
+def test_board_reader_never_blocks_and_hands_each_snapshot_once(fake_ray):
+    from lerpray.train.progress import BoardReader
+
+    first = Ref({"a": {"step": 3}}, ready=False)
+    board = FakeBoard([first, Ref({"a": {"step": 4}}, ready=False)])
+    reader = BoardReader(board)
+    assert reader.poll() is None and board.calls == 1  # asked, not answered yet: no waiting
+    first.ready = True
+    assert reader.poll() == {"a": {"step": 3}} and board.calls == 2  # the answer, and the next question
+    assert reader.poll() is None and board.calls == 2 and reader.lost is None
+
+
+def test_a_dead_board_is_one_warning_and_no_more_progress(fake_ray, caplog):
+    from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+    from lerpray.train.progress import BoardReader
+
+    board = FakeBoard([Ref(ActorUnavailableError("restarting", None)), Ref(ActorDiedError()), Ref("unused")])
+    reader = BoardReader(board)
+    assert reader.poll() is None and reader.lost is None  # unavailable for a moment: ask again, not lost
+    assert reader.poll() is None
+    assert reader.lost == "ActorDiedError: The actor died unexpectedly before finishing this task."
+    calls = board.calls
+    assert reader.poll() is None and reader.final() == ({}, {}) and board.calls == calls  # never asked again
+    assert [r.levelname for r in caplog.records if "progress board is gone" in r.getMessage()] == ["WARNING"]
+
+
+def test_a_board_that_does_not_answer_at_the_end_counts_as_lost(fake_ray):
+    from ray.exceptions import GetTimeoutError
+
+    from lerpray.train.progress import BoardReader
+
+    reader = BoardReader(FakeBoard([Ref({"a": {"step": 9}}), Ref(GetTimeoutError("Get timed out"))]), timeout_s=0.1)
+    assert reader.final() == ({"a": {"step": 9}}, {})
+    assert reader.lost == "GetTimeoutError: Get timed out"
