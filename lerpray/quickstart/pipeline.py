@@ -2,8 +2,9 @@
 
 It reads top to bottom: parse -> local Ray -> corpora -> base model -> train (two anchors at once on Ray Train)
 -> publish (verify the set) -> serve (Ray Serve on 127.0.0.1) -> requests (alpha 0..1, batched together)
--> summary -> shutdown. Everything it builds lives in --workdir; a second run reuses the corpus, and the anchor set
-when its manifest verifies and it was trained with the same config and data (run id = their hash).
+-> summary -> targets (calibrate from those requests, ask three targets on held-out prompts) -> shutdown.
+Everything it builds lives in --workdir; a second run reuses the corpus, and the anchor set when its manifest
+verifies and it was trained with the same config and data (run id = their hash).
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from lerpray.quickstart.steps import (
     training_config,
 )
 from lerpray.quickstart.summary import Trend, side_by_side, trend, write_outputs
+from lerpray.quickstart.target_demo import LEVELS as TARGET_LEVELS
+from lerpray.quickstart.target_demo import run_target_demo
 
 __all__ = ["STAGES", "QuickstartReport", "run_quickstart"]
 
 MAX_BATCH = 64  # engine rows per decode step: big batches are what makes many samples per alpha cheap on a CPU
-STAGES = ("ray", "corpora", "base model", "train", "publish", "serve", "requests", "summary", "shutdown")
+STAGES = ("ray", "corpora", "base model", "train", "publish", "serve", "requests", "summary", "targets", "shutdown")
 
 
 @dataclass
@@ -49,6 +52,7 @@ class QuickstartReport:
     trend: Trend = field(default_factory=Trend)
     plot: Path | None = None  # scores_vs_alpha.png in the work dir
     table: Path | None = None  # generations.csv in the work dir
+    targets: list = field(default_factory=list)  # TargetOutcome per target asked ([]: the calibration was refused)
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> wall seconds
     total_s: float = 0.0
 
@@ -105,6 +109,11 @@ def run_quickstart(plan: Plan, stream=None) -> QuickstartReport:
             report.table, report.plot = write_outputs(report.generations, plan.workdir)
             stages.say(f"  every generation: {report.table}")
             stages.say(f"  plot (mean VADER vs alpha, 95 % error bars): {report.plot}")
+        with stages.stage("targets", f"calibrate from the requests above, then {len(TARGET_LEVELS)} targets on "
+                          "held-out prompts (lerpray/quickstart/target_demo.py)"):  # fmt: skip
+            report.targets = run_target_demo(report.url, plan.workdir / "anchors", report.generations,
+                                             prompts=plan.target_prompts, samples=plan.target_samples,
+                                             max_tokens=plan.max_tokens, say=stages.say)  # fmt: skip
         with stages.stage("shutdown", "stopping Serve and Ray"):
             running.close()
     report.seconds, report.total_s = dict(stages.seconds), time.monotonic() - started
