@@ -246,7 +246,7 @@ class LerpServer:
         body = await _read_body(request, self.args.max_body_bytes)
         schema = ChatCompletionRequest if route == "chat" else CompletionRequest
         parsed = schema.model_validate_json(body)
-        served = live.pick(self.sets, parsed.model)
+        served = protocol.pick(self.sets, parsed.model)
         gens = protocol.generation_requests(parsed, served.args, served.mixes, served.vocab_size)
         return parsed, served, gens
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from lerpray.mixing import AnchorLayout
-from lerpray.serve import errors, protocol
+from lerpray.serve import protocol
 from lerpray.serve.batcher import Batcher, BatchObserver, EngineLike
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.replies import TokenText
@@ -26,7 +26,7 @@ from lerpray.serve.responses import ModelCard
 from lerpray.steering import MixContext
 
 __all__ = [
-    "LiveSet", "model_cards", "pick", "resolve_version", "retire", "serve_engine", "set_args", "start_engine", "start_set",
+    "LiveSet", "model_cards", "resolve_version", "retire", "serve_engine", "set_args", "start_engine", "start_set",
 ]
 
 EngineFactory = Callable[[ServeArgs], EngineLike]
@@ -158,20 +158,6 @@ def model_cards(args: ServeArgs, layout: AnchorLayout, context_length: int) -> l
         for name, preset in args.presets.items()
     ]
     return [served, *presets]
-
-
-def pick(sets: dict[str, LiveSet], model: str | None) -> LiveSet:
-    """The set a request's `model` names: its id, one of the main set's presets, or `<id>:<inline mix>`."""
-    main = next(iter(sets.values()))
-    if model is None or model in sets:
-        return sets[model] if model else main
-    if model in main.args.presets:
-        return main
-    for name, live in sets.items():
-        if model.startswith(f"{name}:"):
-            return live
-    others = [*main.args.presets, *list(sets)[1:]]
-    raise errors.unknown_model(model, main.args.model_name, others)
 
 
 async def retire(live: LiveSet, *, poll_s: float = 0.05, timeout_s: float = 600.0) -> None:

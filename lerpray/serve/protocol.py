@@ -1,8 +1,8 @@
 """OpenAI protocol -> engine: parsed requests become `GenerationRequest`s (token events become replies in
 `lerpray.serve.replies`).
 
-Pure (no Ray, no HTTP, no I/O): the deployment calls these; the rules that can refuse a request (max_tokens cap,
-n, the mix) are checked here and raise the errors `lerpray.serve.errors` maps. The request's mix is resolved once,
+Pure (no Ray, no HTTP, no I/O): the deployment calls these; the rules that can refuse a request (the served model
+id, max_tokens cap, n, the mix) are checked here and raise the errors `lerpray.serve.errors` maps. The request's mix is resolved once,
 by `lerpray.steering.resolve` (its `interpolation` if it has one, else its model id's), against the `MixContext`
 its set built when it loaded (`mix_context`: the set's layout, policy, calibration and resolved presets).
 """
@@ -10,7 +10,9 @@ its set built when it loaded (`mix_context`: the set's layout, policy, calibrati
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import replace
+from typing import TypeVar
 
 from lerpray.mixing import AnchorLayout
 from lerpray.model.requests import GenerationRequest
@@ -21,7 +23,23 @@ from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest
 from lerpray.steering import MixContext, resolve, resolve_presets
 from lerpray.targets import Calibration
 
-__all__ = ["generation_request", "generation_requests", "mix_context", "sampling_params"]
+__all__ = ["generation_request", "generation_requests", "mix_context", "pick", "sampling_params"]
+
+Served = TypeVar("Served")  # a lerpray.serve.live.LiveSet (anything with `.args`: its ServeArgs)
+
+
+def pick(sets: Mapping[str, Served], model: str | None) -> Served:
+    """The set a request's `model` names: its id, one of the main set's presets, or `<id>:<inline mix>`; 404 else."""
+    main = next(iter(sets.values()))
+    if model is None or model in sets:
+        return sets[model] if model else main
+    if model in main.args.presets:
+        return main
+    for name, served in sets.items():
+        if model.startswith(f"{name}:"):
+            return served
+    others = [*main.args.presets, *list(sets)[1:]]
+    raise errors.unknown_model(model, main.args.model_name, others)
 
 
 def mix_context(args: ServeArgs, layout: AnchorLayout, calibration: Calibration | None = None,

@@ -16,8 +16,7 @@ from lerpray.mixing import AnchorLayout, MixError, resolve_mix
 from lerpray.model_ids import format_inline_mix, inline_spec, parse_inline_mix
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.errors import ApiError, to_api_error
-from lerpray.serve.live import pick
-from lerpray.serve.protocol import generation_request, mix_context
+from lerpray.serve.protocol import generation_request, mix_context, pick
 from lerpray.serve.schemas import CompletionRequest
 from lerpray.steering import MixContext, resolve
 
