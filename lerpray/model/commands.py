@@ -16,8 +16,9 @@ def add_parsers(subparsers) -> None:
     parser = subparsers.add_parser("generate", help="generate text from an anchor set at one mix (streamed)")
     parser.add_argument("prompt", help="the prompt (raw text; with --chat, the user message)")
     parser.add_argument("--anchors", required=True, metavar="URI", help="anchor set: s3://bucket/prefix or a folder")
-    parser.add_argument("--mix", metavar="JSON", help='e.g. \'{"alpha": {"sentiment": 0.8}}\' or '
-                        '\'{"anchors": {"sentiment.positive": 1}}\' (default: alpha 0.5 on every attribute)')
+    parser.add_argument("--mix", metavar="JSON", help='any `interpolation` the server takes, e.g. \'{"alpha": '
+                        '{"sentiment": 0.8}}\', \'{"anchors": {"sentiment.positive": 1}}\', a target or a schedule '
+                        '(default: alpha 0.5 on every attribute)')
     parser.add_argument("--base", metavar="MODEL", help="base model folder or id (default: the one the set names)")
     parser.add_argument("--chat", action="store_true", help="send the prompt as a user message via the chat template")
     parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default 0.7)")
@@ -32,9 +33,12 @@ def add_parsers(subparsers) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from lerpray.mixing import ExtrapolationBounds, MixError, default_mix, resolve_mix
+    from lerpray.anchors import open_set
+    from lerpray.anchors.calibration import load_calibration
+    from lerpray.mixing import ExtrapolationBounds, MixError
     from lerpray.model import Engine, GenerationRequest
     from lerpray.model.sampling import SamplingParams
+    from lerpray.steering import MixContext, resolve
 
     try:
         mix = json.loads(args.mix) if args.mix is not None else None
@@ -46,9 +50,10 @@ def _generate(args: argparse.Namespace) -> int:
     )
     engine = Engine.from_uri(args.anchors, base_model=args.base, max_batch_size=1)
     bounds = ExtrapolationBounds() if args.allow_extrapolation else None
-    coeffs = resolve_mix(mix if mix is not None else default_mix(engine.layout), engine.layout, bounds)
+    context = MixContext(engine.layout, bounds, *load_calibration(open_set(args.anchors)))
+    resolved = resolve(context, interpolation=mix, max_tokens=args.max_tokens)  # the server's one way in
     prompt = {"messages": [{"role": "user", "content": args.prompt}]} if args.chat else {"prompt": args.prompt}
-    request = GenerationRequest(coeffs=coeffs, sampling=sampling, **prompt)
+    request = GenerationRequest(mix=resolved, sampling=sampling, **prompt)
     for event in engine.stream([request]):
         sys.stdout.write(event.text)
         sys.stdout.flush()

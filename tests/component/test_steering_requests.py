@@ -170,3 +170,18 @@ def test_a_chat_requests_mix_is_resolved_exactly_once(engine, calibrated_set, mo
     finally:
         for live in server.sets.values():
             live.batcher.close()
+
+
+def test_cli_generate_takes_a_schedule_through_the_same_entry_point(tiny_anchor_set, base_dir, capsys):
+    """`lerpray generate --mix` is resolved by lerpray.steering.resolve too: a schedule runs as the server's would."""
+    from lerpray.cli import main
+    from lerpray.model import Engine, GenerationRequest, SamplingParams
+
+    mix = {"schedule": [{"until": 3, "mix": {"alpha": {S: 1}}}, {"mix": {"alpha": {S: 0}}}]}
+    argv = ["generate", "--anchors", tiny_anchor_set, "--base", base_dir, "--mix", json.dumps(mix), "--temperature",
+            "0", "--max-tokens", "8", PROMPTS[0]]
+    assert main(argv) == 0
+    request = GenerationRequest(mix=ResolvedMix(pieces=((3, POS), (None, NEG))), prompt=PROMPTS[0],
+                                sampling=SamplingParams(temperature=0, max_tokens=8))
+    engine = Engine.from_uri(tiny_anchor_set, base_model=base_dir)
+    assert capsys.readouterr().out == engine.generate([request])[0].text + "\n"
