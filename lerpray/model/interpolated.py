@@ -179,6 +179,16 @@ class InterpolatedModel:
         """
         self._state.set(coeffs)
 
+    def pin_active(self, capacity: int) -> None:
+        """Static buffers for up to `capacity` active anchors: a CUDA graph captured from now on runs over them
+        instead of every anchor's columns. Before each replay call `prepare_active` (mix_state.py)."""
+        self._state.pin(capacity)
+
+    def prepare_active(self, coeffs: Tensor) -> bool:
+        """Fill the pinned buffers with the anchors coeffs [N, K] uses, outside any graph; False when they exceed
+        the capacity (run that step eagerly: the dynamic gather has no limit)."""
+        return self._state.prepare(coeffs)
+
     @contextmanager
     def merged(self, coeffs: Tensor | Sequence[float]) -> Iterator[InterpolatedModel]:
         """Run every row with one mix merged into the weights: W = W0 + sum_k c_k s_k B_k A_k (W0 untouched).

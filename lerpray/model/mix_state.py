@@ -8,7 +8,11 @@ keep their mixes gathers once, then runs two matmuls over only those columns per
 active: the layers read their own buffers (no copy). No anchor active: the layers skip the LoRA matmuls.
 
 While a CUDA graph is being captured the coefficients cannot be read on the host, so the captured function runs
-over all anchors' columns (correct for any coefficients it later reads from its static buffer).
+over all anchors' columns (correct for any coefficients it later reads from its static buffer), unless the model
+was pinned (`pin(capacity)`): then it runs over static buffers sized for `capacity` active anchors per layer (the
+`capacity` largest ranks), zero-padded, which `prepare(coeffs)` refills in place before each replay with the
+active anchors' columns, owners and scales (the captured column weights read those too). A step whose rows use
+more anchors than the capacity is refused by `prepare` (run it eagerly).
 
 Layers and groups are duck-typed (interpolated.py and lora_groups.py build them; this file imports neither):
 a layer has `stacked` (its full StackedLora), `group` and the attributes `active`, `pattern`; a group has
@@ -25,7 +29,15 @@ from torch import Tensor, nn
 
 from lerpray.lora_math import StackedLora, active_anchors, column_weights, gather_anchors
 
-__all__ = ["CoeffsNotSetError", "MixState", "column_pattern"]
+__all__ = ["STATIC", "CoeffsNotSetError", "MixState", "column_pattern"]
+
+STATIC = "static"  # MixState.anchors while the layers read the pinned buffers
+
+
+def _columns_for(stacked: StackedLora, capacity: int) -> int:
+    """Rank columns that any `capacity` of the layer's anchors can need: the sum of its `capacity` largest ranks."""
+    ranks = torch.bincount(stacked.owner.cpu(), minlength=stacked.num_anchors)
+    return int(ranks.sort(descending=True).values[:capacity].sum())
 
 
 class CoeffsNotSetError(ValueError):
@@ -58,6 +70,10 @@ class MixState:
         self.anchors: tuple[int, ...] | None = None  # the active anchors the layers point at; None: all of them
         self._columns: dict[tuple, Tensor] = {}  # layer or group pattern -> C_r [N, R] in the layers' dtype
         self._layouts: OrderedDict[tuple, list[tuple[StackedLora, tuple]]] = OrderedDict()
+        self.capacity = 0  # active anchors the pinned buffers hold (0: not pinned)
+        self.static_forwards = False  # run forwards over the pinned buffers, as a captured graph does (CPU tests)
+        self._pinned: list[tuple[StackedLora, tuple]] = []  # like a _layout entry, at static shapes
+        self._pinned_anchors: tuple[int, ...] | None = None
 
     def attach(self, layers: Sequence[nn.Module], groups: Sequence) -> None:
         self.layers, self.groups = list(layers), list(groups)
@@ -70,15 +86,19 @@ class MixState:
         self._columns.clear()
         if not self.gather or self.coeffs is None or not self.layers:
             return
-        capturing = self.coeffs.is_cuda and torch.cuda.is_current_stream_capturing()
-        anchors = None if capturing else tuple(active_anchors(self.coeffs))
-        if anchors is not None and len(anchors) == self.coeffs.shape[1]:
-            anchors = None  # every anchor is used: the layers' own buffers, no gathered copy
+        static = self.static_forwards or (self.coeffs.is_cuda and torch.cuda.is_current_stream_capturing())
+        if static:
+            anchors = STATIC if self.capacity else None
+        else:
+            anchors = tuple(active_anchors(self.coeffs))
+            if len(anchors) == self.coeffs.shape[1]:
+                anchors = None  # every anchor is used: the layers' own buffers, no gathered copy
         if anchors != self.anchors:
             self.use(anchors)
 
-    def use(self, anchors: tuple[int, ...] | None) -> None:
-        """Point every layer and group at the columns of `anchors` (None: all anchors, the layers' own buffers)."""
+    def use(self, anchors: tuple[int, ...] | str | None) -> None:
+        """Point every layer and group at the columns of `anchors` (None: all anchors, the layers' own buffers;
+        STATIC: the pinned buffers)."""
         self.anchors = anchors
         self._columns.clear()
         if anchors is None:
@@ -87,11 +107,39 @@ class MixState:
             for group in self.groups:
                 group.use(None)
             return
-        layout = self._layout(anchors)
+        layout = self._pinned if anchors == STATIC else self._layout(anchors)
         for layer, (stacked, pattern) in zip(self.layers, layout[: len(self.layers)], strict=True):
             layer.active, layer.pattern = stacked, pattern
         for group, (stacked, pattern) in zip(self.groups, layout[len(self.layers) :], strict=True):
             group.use((stacked, pattern))
+
+    def pin(self, capacity: int) -> None:
+        """Allocate the static buffers for up to `capacity` active anchors (see the module docstring)."""
+        if not 1 <= capacity:
+            raise ValueError(f"the pinned capacity must be at least 1 anchor, got {capacity}")
+        self._pinned = self._build(None, capacity)
+        self.capacity, self._pinned_anchors = capacity, ()
+        if self.anchors == STATIC:
+            self.use(STATIC)
+
+    def prepare(self, coeffs: Tensor) -> bool:
+        """Refill the pinned buffers, in place, with the columns of the anchors coeffs [N, K] uses. Reads coeffs on
+        the host: call it outside a graph. False when they are more than the capacity (or nothing is pinned)."""
+        anchors = tuple(active_anchors(coeffs))
+        if not self.capacity or len(anchors) > self.capacity:
+            return False
+        if anchors != self._pinned_anchors:
+            for layer, (pinned, _) in zip(self.layers, self._pinned, strict=False):
+                part = gather_anchors(layer.stacked, anchors, capacity=pinned.A_cat.shape[0])
+                for dst, src in zip((pinned.A_cat, pinned.B_cat, pinned.owner, pinned.col_scale),
+                                    (part.A_cat, part.B_cat, part.owner, part.col_scale), strict=True):
+                    dst.copy_(src)  # a grouped member's A is a view of its group's: that is refilled too
+            pinned_of = {id(layer): p for layer, (p, _) in zip(self.layers, self._pinned, strict=False)}
+            for group, (pinned, _) in zip(self.groups, self._pinned[len(self.layers) :], strict=True):
+                pinned.owner.copy_(torch.cat([pinned_of[id(m)].owner for m in group.members]))
+                pinned.col_scale.copy_(torch.cat([pinned_of[id(m)].col_scale for m in group.members]))
+            self._pinned_anchors = anchors
+        return True
 
     def _layout(self, anchors: tuple[int, ...]) -> list[tuple[StackedLora, tuple]]:
         """Every layer's gathered factors, then every group's (its members' gathered A, concatenated)."""
@@ -99,7 +147,20 @@ class MixState:
         if key in self._layouts:
             self._layouts.move_to_end(key)
             return self._layouts[key]
-        layers = [gather_anchors(layer.stacked, anchors) for layer in self.layers]
+        layout = self._build(anchors, None)
+        if self.cache_size > 0:
+            self._layouts[key] = layout
+            while len(self._layouts) > self.cache_size:
+                self._layouts.popitem(last=False)
+        return layout
+
+    def _build(self, anchors: tuple[int, ...] | None, capacity: int | None) -> list[tuple[StackedLora, tuple]]:
+        """Gathered factors of `anchors`, or (anchors None) zero buffers sized for `capacity` anchors per layer."""
+        if anchors is None:
+            layers = [gather_anchors(layer.stacked, [], capacity=_columns_for(layer.stacked, capacity))
+                      for layer in self.layers]
+        else:
+            layers = [gather_anchors(layer.stacked, anchors) for layer in self.layers]
         by_layer = {id(layer): stacked for layer, stacked in zip(self.layers, layers, strict=True)}
         groups = []
         for group in self.groups:
@@ -113,13 +174,12 @@ class MixState:
                 start += rank
             owner, scale = torch.cat([p.owner for p in parts]), torch.cat([p.col_scale for p in parts])
             groups.append(StackedLora(A, A.new_empty(0), owner, scale, group.stacked.num_anchors))
+        if anchors is None:  # static buffers: layers with equal full patterns hold equal columns for any anchors
+            return ([(by_layer[id(layer)], (STATIC, layer.full_pattern)) for layer in self.layers]
+                    + [(stacked, (STATIC, group.full_pattern)) for stacked, group in zip(groups, self.groups,
+                                                                                         strict=True)])
         layout = [(by_layer[id(layer)], column_pattern(by_layer[id(layer)])) for layer in self.layers]
-        layout += [(stacked, column_pattern(stacked)) for stacked in groups]
-        if self.cache_size > 0:
-            self._layouts[key] = layout
-            while len(self._layouts) > self.cache_size:
-                self._layouts.popitem(last=False)
-        return layout
+        return layout + [(stacked, column_pattern(stacked)) for stacked in groups]
 
     def rows(self) -> int:
         """Rows of the coefficients set (each forward's batch must have as many)."""

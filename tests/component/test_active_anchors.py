@@ -137,3 +137,26 @@ def test_switching_active_sets_back_and_forth_gives_the_same_logits(imodel, inpu
     for coeffs in (DISJOINT[[1]], torch.ones(2, len(NAMES)), DISJOINT[[0, 2]], torch.zeros(1, len(NAMES))):
         logits(imodel, coeffs, input_ids[: len(coeffs)])
     assert torch.equal(logits(imodel, DISJOINT, input_ids), first)
+
+
+def test_pinned_buffers_serve_any_active_set_within_capacity_at_fixed_addresses(base, folders, input_ids):
+    """What a captured CUDA graph runs (static_forwards: no host read of the coefficients, only the pinned
+    buffers), refilled in place by prepare_active between "replays"."""
+    anchor_set = anchor_set_from_adapters(base, folders)
+    imodel = interpolate(copy.deepcopy(base), anchor_set)
+    full = interpolate(copy.deepcopy(base), anchor_set, gather_active=False)
+    imodel.pin_active(3)
+    imodel._state.static_forwards = True
+    addresses = None
+    for coeffs in (DISJOINT[[0]], DISJOINT[[1]], DISJOINT[[0, 3]], DISJOINT[[2]], torch.zeros(1, len(NAMES))):
+        assert imodel.prepare_active(coeffs)
+        ids = input_ids[: len(coeffs)]
+        torch.testing.assert_close(logits(imodel, coeffs, ids), logits(full, coeffs, ids), rtol=0, atol=ATOL)
+        now = [t.data_ptr() for layer in imodel.layers.values() for t in (
+            layer.factors().A_cat, layer.factors().B_cat, layer.factors().owner, layer.factors().col_scale)]
+        assert addresses is None or now == addresses
+        addresses = now
+    assert not imodel.prepare_active(DISJOINT)  # 6 anchors in use, capacity 3: the caller runs this step eagerly
+    imodel._state.static_forwards = False
+    torch.testing.assert_close(logits(imodel, DISJOINT, input_ids), logits(full, DISJOINT, input_ids), rtol=0,
+                               atol=ATOL)
