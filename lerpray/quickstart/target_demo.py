@@ -93,7 +93,9 @@ def run_target_demo(
     return outcomes
 
 
-def ask_targets(url: str, targets: Sequence[float], *, prompts: int, samples: int, max_tokens: int) -> list[TargetOutcome]:
+def ask_targets(
+    url: str, targets: Sequence[float], *, prompts: int, samples: int, max_tokens: int
+) -> list[TargetOutcome]:
     """Every target on the first `prompts` held-out openings x `samples` seeds (seeds 1000+, unlike the requests')."""
     from lerpray.configs import SamplingSettings
     from lerpray.eval.backends import generate_http

@@ -58,7 +58,9 @@ def scripted(reply):
     from lerpray.model import GenerationResult
 
     def generate(engine, coeffs, prompts, jobs, sampling, *, chat=False):
-        return [GenerationResult(str(i), reply(coeffs[j.point][0], j.prompt), 3, 8, "length") for i, j in enumerate(jobs)]
+        return [
+            GenerationResult(str(i), reply(coeffs[j.point][0], j.prompt), 3, 8, "length") for i, j in enumerate(jobs)
+        ]
 
     return generate
 
