@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -74,6 +75,25 @@ def row_mixes(n: int, num_anchors: int, spread: str, seed: int) -> list[tuple[fl
     return mixes
 
 
+def random_adapters(base, names: list[str], rank: int, workdir: Path) -> dict[str, Path]:
+    """One PEFT adapter folder per name: PEFT saves the first (q,k,v,o, lora_alpha 16), the others are copies with
+    fresh random factors of the same keys, shapes and spread (PEFT's add_adapter is quadratic in the adapters held:
+    128 of them took over 10 minutes on a loaded 2-core CPU)."""
+    from safetensors.torch import load_file, save_file
+
+    peft_name = names[0].replace(".", "_")  # PEFT names cannot hold dots; a named adapter saves to <dir>/<name>
+    build_peft(copy.deepcopy(base), [peft_name], rank, 16.0, seed=0).save_pretrained(str(workdir / "peft"))
+    dirs = {names[0]: workdir / "peft" / peft_name}
+    template = load_file(str(dirs[names[0]] / "adapter_model.safetensors"))
+    gen = torch.Generator().manual_seed(0)
+    for name in names[1:]:
+        dirs[name] = workdir / name
+        shutil.copytree(dirs[names[0]], dirs[name])
+        weights = {key: torch.randn(t.shape, generator=gen) * t.float().std() for key, t in template.items()}
+        save_file(weights, str(dirs[name] / "adapter_model.safetensors"))
+    return dirs
+
+
 def time_engine(engine, prompts: list[str], mixes: list[tuple[float, ...]], new_tokens: int) -> float:
     """Generated tokens per second of one Engine.stream over these rows (prefill included)."""
     from lerpray.model import GenerationRequest, SamplingParams
@@ -97,10 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     base, tokenizer, synthetic = make_model(args.model, "cpu", torch.float32)
     top = max(args.anchors)
     names = anchor_names(top)
-    peft_names = [name.replace(".", "_") for name in names]
     workdir = Path(tempfile.mkdtemp(prefix="lerpray-active-"))
-    build_peft(copy.deepcopy(base), peft_names, args.rank, 16.0, seed=0).save_pretrained(str(workdir / "adapters"))
-    dirs = {name: workdir / "adapters" / peft for name, peft in zip(names, peft_names, strict=True)}
+    dirs = random_adapters(base, names, args.rank, workdir)
     prompts = make_prompts(tokenizer, max(args.batches), args.prompt_tokens, synthetic, seed=0)
     context = args.prompt_tokens + args.new_tokens + 8
 
@@ -152,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
                "new_tokens": args.new_tokens, "repeats_done": len(times[0]), "wall_s": time.perf_counter() - started,
                "results": rows}
     print(f"wrote {write_json(args.out, payload)} (load average {' '.join(loadavg)})")
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
