@@ -13,7 +13,7 @@ ONE, TWO, MIXED, WILD = (1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.2, 0.3, 0
 def printable_only(module, inputs, logits):
     """Let the random tiny model emit only printable ASCII bytes (ByT5 ids 35..129), so that its texts are
     non-empty and stop strings have something to match. Applied to the logits, after the interpolated layers."""
-    banned = torch.ones(logits.shape[-1], dtype=torch.bool)
+    banned = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)  # CUDA too (the gpu tests)
     banned[35:130] = False
     return logits.masked_fill(banned, -1e4)
 
