@@ -75,7 +75,8 @@ gpu-rehearsal: $(STAMP)
 	cd $(NOGIT) && PYTHONPATH=. $(CURDIR)/$(PY) benchmarks/gpu_train.py --cpu-rehearsal
 
 # The engine, interpolation and benchmark-rehearsal tests under the GPU image's libraries (transformers 5.17.0,
-# peft 0.21.0, tokenizers 0.23.2, huggingface_hub 1.33.0) over .venv's packages (torch stays the CPU wheel): ~5 min.
+# peft 0.21.0, tokenizers 0.23.2, huggingface_hub 1.33.0) over .venv's packages (torch stays the CPU wheel):
+# ~2.5 min of CPU time (15 min of wall time on a busy 2-core VM). Run it before every engine change.
 GPU_STACK := .venv-gpu-stack
 GPU_STACK_PINS := transformers==5.17.0 peft==0.21.0 tokenizers==0.23.2 huggingface_hub==1.33.0
 $(GPU_STACK)/.installed: $(STAMP)
