@@ -206,9 +206,11 @@ def _checked_curve(rows: pd.DataFrame, attr: str, col: str, *, resamples: int, s
     span = abs(curve["fit"][one] - curve["fit"][zero])
     hull = [k for k, a in enumerate(curve["alphas"]) if 0.0 <= a <= 1.0]
     widest = max(curve["hi"][k] - curve["lo"][k] for k in hull)
+    baseline_sd = float(rows[rows["x"] == 0.0].groupby("prompt_id")[col].mean().std())  # how far prompts differ
     noise = {
         "band_over_range": round(widest / span, 4) if span > 0 else None,
         "change_band_over_range": round(float(band[1][one] - band[0][one]) / span, 4) if span > 0 else None,
+        "baseline_sd_over_range": round(baseline_sd / span, 4) if span > 0 and np.isfinite(baseline_sd) else None,
     }
     return {"scorer": scorer, **curve, "change": _r(change), "change_lo": _r(band[0]), "change_hi": _r(band[1]),
             "signal": signal, "unscorable": unscorable, "noise_share": noise}  # fmt: skip

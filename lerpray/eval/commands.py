@@ -164,7 +164,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         share = {k: "-" if v is None else f"{v:.0%}" for k, v in noise.items()}
         print(f"{'':12s} alpha 0 -> 1 per prompt: {sig['change']:+.3f} (se {sig['se']:.3f}, z {sig['z']:.1f}); the "
               f"90% band takes {share['band_over_range']} of the range (per-prompt change: "
-              f"{share['change_band_over_range']}); {c['unscorable']:.0%} of replies empty or unscorable")
+              f"{share['change_band_over_range']}; prompts' alpha-0 spread: {share['baseline_sd_over_range']}); "
+              f"{c['unscorable']:.0%} of replies empty or unscorable")
     return 0
 
 

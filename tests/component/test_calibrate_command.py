@@ -99,6 +99,9 @@ def test_a_score_that_moves_with_the_anchors_is_calibrated_and_saved(sets, tmp_p
     assert curve["alphas"] == [-0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.5] and curve["increasing"] is True
     assert curve["fit"][1] < curve["fit"][5] and curve["change"][1] == 0.0 and curve["change"][5] > 0.1
     assert curve["signal"]["change"] == curve["change"][5] and curve["unscorable"] == 0.0
+    assert curve["noise_share"]["baseline_sd_over_range"] > 0.5  # "Sad." on odd prompts: baselines far apart
+    noise = curve["noise_share"]
+    assert 0 < noise["change_band_over_range"] < noise["band_over_range"]  # the baselines cancel in the change
     assert doc["prompts"] | {"sha256": None} == {
         "source": "lerpray openings (shipped), even indices", "licence": prompt_sets.OPENINGS_LICENCE, "count": 4,
         "chat": False, "domains": {"home": 1, "nature": 1, "reviews": 1, "travel": 1}, "samples": 1, "seed": 0,
