@@ -9,13 +9,14 @@ placement, and pins the board to the node it then removes.)
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.integration
 
-MAX_STEPS, EVERY = 60, 10
+MAX_STEPS, EVERY = 100, 10  # ~20 steps pass between two polls on a quiet machine
 BOARD = "doomed-progress-board"
 
 
@@ -53,7 +54,15 @@ def test_a_run_whose_progress_board_is_killed_mid_training_still_publishes(tmp_p
         seen.append(snapshot)
         if killed or not any(m["step"] >= 1 for m in snapshot.values()):
             return
-        ray.kill(ray.get_actor(BOARD))  # the actor's process dies; no restart
+        board = ray.get_actor(BOARD)
+        ray.kill(board)  # the actor's process dies; no restart
+        try:  # wait until it is dead, so that only the one request already in flight can still be answered
+            for _ in range(300):
+                ray.get(board.__ray_ready__.remote(), timeout=10)
+                time.sleep(0.1)
+            pytest.fail("the board outlived ray.kill by 30 s")
+        except ray.exceptions.RayActorError:
+            pass
         killed.update(at=len(seen), steps={a: snapshot.get(a, {}).get("step", 0) for a in config.anchor_names})
 
     with local_ray(num_cpus=2, log_to_driver=False), caplog.at_level(logging.WARNING, "lerpray.train.progress"):
