@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lerpray.configs import absolute_base_model, absolute_uri
 from lerpray.data.errors import DataError
 from lerpray.data.text_io import expand_paths
 from lerpray.train.config import AnchorSpec, TrainJobConfig
@@ -144,8 +145,8 @@ def worker_args(anchor: AnchorSpec, config: TrainJobConfig, progress=None) -> Wo
     """The flat values one anchor's workers train with."""
     lora, tr, ds = anchor.lora, anchor.training, config.deepspeed
     return WorkerArgs(
-        anchor=anchor.name, base_model=_absolute(config.base_model),
-        data_paths=tuple(map(_absolute, anchor.data.paths)), text_field=anchor.data.text_field,
+        anchor=anchor.name, base_model=absolute_base_model(config.base_model),
+        data_paths=tuple(map(absolute_uri, anchor.data.paths)), text_field=anchor.data.text_field,
         data_format=anchor.data.format,
         r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.dropout, target_modules=tuple(lora.target_modules),
         use_rslora=lora.use_rslora, block_size=tr.block_size, batch_size=tr.batch_size, grad_accum=tr.grad_accum,
@@ -155,13 +156,6 @@ def worker_args(anchor: AnchorSpec, config: TrainJobConfig, progress=None) -> Wo
         deepspeed_stage=ds.stage if ds else None, offload_optimizer=bool(ds and ds.offload_optimizer),
         use_gpu=config.resources.use_gpu, s3_options=config.s3.options(), progress=progress,
     )
-
-
-def _absolute(path: str | None) -> str | None:
-    """Workers run in other folders (and on other nodes): pin a relative local path to the driver's directory."""
-    if path is None or path.startswith("s3://") or not Path(path).expanduser().exists():
-        return path  # a hub id, or a path the worker must resolve itself
-    return str(Path(path).expanduser().absolute())
 
 
 def _trainer(anchor: AnchorSpec, config: TrainJobConfig, run_id: str, board):
@@ -278,17 +272,9 @@ def _storage(config: TrainJobConfig):
     if path is None:
         return None, None
     if not path.startswith("s3://"):
-        return str(Path(path).expanduser().absolute()), None
+        return absolute_uri(path), None
     if config.s3.endpoint_url is None and config.s3.region is None:
         return path, None  # pyarrow reads AWS_ENDPOINT_URL / AWS_REGION itself
-    from urllib.parse import urlparse
+    from lerpray.anchors.s3 import arrow_filesystem
 
-    import pyarrow.fs
-
-    endpoint = urlparse(config.s3.endpoint_url) if config.s3.endpoint_url else None
-    filesystem = pyarrow.fs.S3FileSystem(
-        endpoint_override=endpoint.netloc if endpoint else None,
-        scheme=endpoint.scheme if endpoint else "https",
-        region=config.s3.region,
-    )
-    return path.removeprefix("s3://"), filesystem
+    return path.removeprefix("s3://"), arrow_filesystem(config.s3.endpoint_url, config.s3.region)

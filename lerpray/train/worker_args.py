@@ -39,4 +39,4 @@ class WorkerArgs:
     offload_optimizer: bool = False
     use_gpu: bool = False
     s3_options: dict[str, str | None] = field(default_factory=dict)  # endpoint_url / region / profile for s3:// data
-    progress: Any = None  # a driver.ProgressBoard actor handle, or None
+    progress: Any = None  # a progress.ProgressBoard actor handle, or None

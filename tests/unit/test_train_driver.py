@@ -10,7 +10,7 @@ import time
 import pytest
 
 from lerpray.train.config import parse_train_config
-from lerpray.train.driver import TrainingFailed, run_concurrently, worker_args
+from lerpray.train.driver import TrainingFailed, _storage, run_concurrently, worker_args
 
 pytestmark = pytest.mark.unit
 
@@ -86,6 +86,18 @@ def test_worker_args_take_overrides_and_pin_relative_paths(tmp_path, monkeypatch
     assert (pos.deepspeed_stage, pos.offload_optimizer) == (3, True)
     assert pos.s3_options == {"endpoint_url": "http://127.0.0.1:9000"}
     assert pos.base_model is None  # the bundled model
+
+
+def test_ray_train_storage_on_an_explicit_s3_endpoint_uses_the_stores_settings(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = {"attributes": {"sentiment": {"high": "positive", "low": "negative"}}, "output": "out",
+            "anchors": [{"attribute": "sentiment", "pole": p, "data": {"paths": ["x.txt"]}} for p in ("positive", "negative")]}
+    path, filesystem = _storage(parse_train_config({**base, "storage_path": "runs"}))
+    assert (path, filesystem) == (str(tmp_path / "runs"), None)
+    path, filesystem = _storage(parse_train_config({**base, "storage_path": "s3://bucket/ray",
+                                                    "s3": {"endpoint_url": "http://127.0.0.1:9000", "region": "eu-west-1"}}))
+    assert path == "bucket/ray"
+    assert (type(filesystem).__name__, filesystem.region) == ("S3FileSystem", "eu-west-1")
 
 
 
