@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from lerpray.configs import SamplingSettings, StrictModel, read_yaml, validate_config
+from lerpray.configs import BaseModelOverride, SamplingSettings, StrictModel, read_yaml, validate_config
 
 if TYPE_CHECKING:
     from lerpray.eval.scorers import Scorer
@@ -104,7 +104,7 @@ class PerplexityConfig(StrictModel):
 class SweepConfig(StrictModel):
     out: Path  # folder for generations.csv, perplexity.csv, the plots and report.md
     anchors: str | None = None  # anchor-set URI: run in-process (perplexity too, even with `server`)
-    base_model: str | None = None  # override of the base model the anchor set names
+    base_model: BaseModelOverride = None
     device: str = "cpu"
     batch_size: int = Field(32, ge=1)  # in-process: rows decoded together (rows may all have different mixes)
     server: str | None = None  # e.g. http://127.0.0.1:8000: generate through a running lerpray server instead
