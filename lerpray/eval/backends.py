@@ -17,13 +17,14 @@ from lerpray.eval.grid import Job, SweepError
 
 if TYPE_CHECKING:
     from lerpray.model import Engine, GenerationResult
+    from lerpray.steering import ResolvedMix
 
 __all__ = ["generate_http", "generate_in_process"]
 
 
 def generate_in_process(
     engine: Engine,
-    coeffs: Sequence[tuple[float, ...]],
+    mixes: Sequence[ResolvedMix],
     prompts: Sequence[str],
     jobs: Sequence[Job],
     sampling: SamplingSettings,
@@ -39,7 +40,7 @@ def generate_in_process(
         params = SamplingParams(**sampling.engine_kwargs(), seed=job.seed)
         text = prompts[job.prompt]
         prompt = {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
-        requests.append(GenerationRequest(coeffs=coeffs[job.point], sampling=params, request_id=str(i), **prompt))
+        requests.append(GenerationRequest(mix=mixes[job.point], sampling=params, request_id=str(i), **prompt))
     with tqdm(total=len(requests), desc="generate", unit="gen") as bar:
         results = engine.generate(requests)
         bar.update(len(results))

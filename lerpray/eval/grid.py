@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from lerpray.eval.config import GridConfig
-from lerpray.mixing import AnchorLayout, ExtrapolationBounds, resolve_mix
+from lerpray.mixing import AnchorLayout, ExtrapolationBounds
+from lerpray.steering import MixContext, ResolvedMix, resolve
 
 __all__ = [
     "GridPoint",
@@ -49,7 +50,7 @@ class GridPoint:
         return any(not 0.0 <= a <= 1.0 for a in self.alpha.values())
 
     def mix(self) -> dict:
-        """The `interpolation` object of this point (lerpray.mixing.resolve_mix / the HTTP API)."""
+        """The `interpolation` object of this point (lerpray.steering.resolve / the HTTP API)."""
         spec: dict = {"alpha": dict(self.alpha), "lambda": dict(self.lam)}
         return {**spec, "extrapolate": True} if self.extrapolate else spec
 
@@ -113,11 +114,12 @@ def build_grid(grids: Sequence[GridConfig], known_attributes: Sequence[str] | No
     return list(points.values())
 
 
-def resolve_points(points: Sequence[GridPoint], layout: AnchorLayout) -> list[tuple[float, ...]]:
-    """Coefficients [K] of every point; bounds widened to the grid's alphas (this sweep's operator is its user)."""
+def resolve_points(points: Sequence[GridPoint], layout: AnchorLayout) -> list[ResolvedMix]:
+    """The mix of every point (lerpray.steering.resolve, as a request's); bounds widened to the grid's alphas (this
+    sweep's operator is its user)."""
     alphas = [a for p in points for a in p.alpha.values()]
-    bounds = ExtrapolationBounds(alpha_min=min(-1.0, *alphas), alpha_max=max(2.0, *alphas))
-    return [resolve_mix(p.mix(), layout, bounds) for p in points]
+    context = MixContext(layout, ExtrapolationBounds(alpha_min=min(-1.0, *alphas), alpha_max=max(2.0, *alphas)))
+    return [resolve(context, interpolation=p.mix()) for p in points]
 
 
 @dataclass(frozen=True)

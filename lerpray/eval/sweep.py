@@ -28,6 +28,7 @@ def run_sweep(config: SweepConfig) -> SweepOutputs:
     engine = _engine(config) if config.anchors and (config.server is None or config.perplexity) else None
     layout = engine.layout if engine is not None else _layout(config.anchors)
     points = build_grid(config.grids, list(layout.attributes) if layout is not None else None)
+    mixes = resolve_points(points, layout) if engine is not None else None  # once: generation and perplexity
     prompts = load_prompts(config.prompts)
     scorers = [spec.load() for spec in config.scorer_configs()]  # before generating: bad specs fail fast
     if len({s.name for s in scorers}) != len(scorers):
@@ -38,8 +39,7 @@ def run_sweep(config: SweepConfig) -> SweepOutputs:
                                 chat=config.prompts.chat, model=config.server_model, concurrency=config.concurrency,
                                 timeout_s=config.request_timeout_s, api_key=config.server_api_key())  # fmt: skip
     else:
-        coeffs = resolve_points(points, layout)
-        results = generate_in_process(engine, coeffs, prompts, jobs, config.sampling, chat=config.prompts.chat)
+        results = generate_in_process(engine, mixes, prompts, jobs, config.sampling, chat=config.prompts.chat)
     table = generations_table(points, prompts, jobs, results)
     for scorer in tqdm(scorers, desc="score", unit="scorer"):
         table[f"score.{scorer.name}"] = scorer.score(table["text"].tolist())
@@ -48,7 +48,7 @@ def run_sweep(config: SweepConfig) -> SweepOutputs:
         pc = config.perplexity
         texts = heldout_texts(texts=pc.texts, corpora=pc.corpora, max_texts=pc.max_texts, seed=config.prompts.seed)
         if engine is not None:
-            ppl = sweep_perplexity(engine.imodel, engine.tokenizer, points, resolve_points(points, engine.layout),
+            ppl = sweep_perplexity(engine.imodel, engine.tokenizer, points, [m.coeffs for m in mixes],
                                    texts, batch_size=pc.batch_size, max_length=pc.max_length)  # fmt: skip
         else:  # the server scores the texts (echo); the base model (all coefficients 0) is not one of its mixes
             scored = http_perplexities(config.server, texts, {p.mix_id: p.mix() for p in points},

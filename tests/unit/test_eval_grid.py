@@ -38,7 +38,7 @@ def test_alpha_grid_marks_extrapolation_and_resolves_to_pole_weights():
     assert [p.extrapolate for p in points[:9]] == [True, True, False, False, False, False, False, True, True]
     assert points[0].mix() == {"alpha": {"sentiment": -1.0}, "lambda": {"sentiment": 1.0}, "extrapolate": True}
     assert "extrapolate" not in points[3].mix()
-    coeffs = resolve_points(points, LAYOUT)
+    coeffs = [m.coeffs for m in resolve_points(points, LAYOUT)]
     assert coeffs[0] == (-1.0, 2.0, 0.0, 0.0, 0.0, 0.0)  # alpha -1: high pole -1, low pole 2
     assert coeffs[3] == (0.25, 0.75, 0.0, 0.0, 0.0, 0.0)
     assert coeffs[9 + 8] == (0.0, 0.0, 2.0, -1.0, 0.0, 0.0)  # formality at alpha 2
@@ -48,7 +48,7 @@ def test_lambda_grid_splits_weight_between_two_attributes():
     points = lambda_grid(["sentiment", "humor"], [0.0, 0.3, 1.0], {"humor": 0.0})
     assert [p.mix_id for p in points][1] == "lambda:sentiment=0.3,humor=0.7"  # no 0.7000000000000001
     assert points[1].alpha == {"sentiment": 1.0, "humor": 0.0}
-    coeffs = resolve_points(points, LAYOUT)
+    coeffs = [m.coeffs for m in resolve_points(points, LAYOUT)]
     assert coeffs[1] == pytest.approx((0.3, 0.0, 0.0, 0.0, 0.0, 0.7))  # sentiment high, humor low pole
 
 
@@ -60,7 +60,7 @@ def test_simplex_grid_covers_the_simplex_once():
         assert math.isnan(p.x) and not p.extrapolate
     corners = [p for p in points if max(p.lam.values()) == 1.0]
     assert len(corners) == 3
-    assert sum(resolve_points(points, LAYOUT)[7]) == pytest.approx(1.0)  # inside the convex hull
+    assert sum(resolve_points(points, LAYOUT)[7].coeffs) == pytest.approx(1.0)  # inside the convex hull
 
 
 def test_build_grid_checks_attributes_and_drops_duplicates():
