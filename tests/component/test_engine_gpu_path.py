@@ -173,3 +173,28 @@ def test_graph_mode_needs_cuda_and_unknown_modes_are_refused(imodel):
             Engine(imodel, tiny_tokenizer(), decode_mode=mode)
     assert length_buckets(512) == [256, 512] and length_buckets(1000) == [256, 512, 1000]
     assert length_buckets(100) == [100]
+
+
+def test_prefill_padding_needs_no_cache_room_past_the_real_tokens(imodel, monkeypatch):
+    """A 41-token prompt with max_tokens 1 fills a 42-token context exactly. Its last chunk is prefilled beside a
+    longer chunk of another prompt, so it carries padding queries; had they taken the positions after its end (as
+    before), they would need room past position 42. They write to the scratch slot at real positions, so the cache
+    holds exactly the context and every row matches its reference."""
+    import lerpray.model.engine as engine_module
+
+    reach = []
+
+    def spy(chunks, starts, *args):
+        reach.append(max(start + max(len(c) for c in chunks) for start in starts))
+        return chunk_inputs(chunks, starts, *args)
+
+    monkeypatch.setattr(engine_module, "chunk_inputs", spy)
+    engine = Engine(imodel, tiny_tokenizer(), max_batch_size=3, prefill_chunk=8, context_length=42)
+    assert engine._cache.capacity == 42
+    requests = [req("q", ONE, rid="bg", max_tokens=20), req("y" * 41, TWO, rid="full", max_tokens=1),
+                req("z" * 12, WILD, rid="late", max_tokens=2)]
+    assert len(engine.encode(requests[1])) == 41
+    tokens = drive(engine, {0: requests[:1], 1: requests[1:2], 5: requests[2:]})
+    assert max(reach) > 42  # the padded chunk happened
+    for r in requests:
+        assert tokens[r.request_id] == reference_greedy(engine, r), r.request_id
