@@ -57,7 +57,7 @@ class Engine:
             "eager" (rows [0, hi) only, reading what they need; the default on the CPU).
         cuda_graphs: the older switch: True is decode_mode "graph", False "eager".
         kv_cache_bytes, kv_cache_fraction: the KV-cache budget (kv_budget.py): bytes, or the fraction of free
-            device memory on CUDA (default 0.8); on the CPU the default is 1 GiB.
+            device memory on CUDA (default 0.8); on the CPU the default is 4 GiB of address space.
     """
 
     def __init__(

@@ -2,7 +2,7 @@
 
     budget      `kv_cache_bytes` when given; on CUDA `kv_cache_fraction` (default 0.8) of the device memory free
                 once the model is loaded (torch.cuda.mem_get_info, plus what torch's allocator holds unused); on the
-                CPU DEFAULT_CPU_BYTES (1 GiB)
+                CPU DEFAULT_CPU_BYTES (4 GiB of address space: pages are committed as rows write them)
     per token   measured, not guessed: one forward writes one token into a one-token cache and its bytes are
                 counted (every layer's keys and values, in the model's dtype and head layout)
     capacity    min(context wanted, budget // (per token x (slots + 1 scratch slot)))
@@ -21,7 +21,7 @@ from lerpray.model.requests import EngineError, PromptTooLongError
 
 __all__ = ["DEFAULT_CPU_BYTES", "DEFAULT_GPU_FRACTION", "KVCacheFullError", "build_cache", "check_fits", "kv_budget"]
 
-DEFAULT_CPU_BYTES = 2**30
+DEFAULT_CPU_BYTES = 4 * 2**30  # address space: CPU pages are committed as rows write them (kv_cache.py)
 DEFAULT_GPU_FRACTION = 0.8
 MIN_CAPACITY = 16
 

@@ -19,6 +19,10 @@ state object with the cache (not the cache itself), so dropping the cache frees 
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+import torch
 from torch import Tensor
 from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -63,8 +67,8 @@ class _SlotLayer(CacheLayerMixin):
 
     def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
         shape = (self._state.num_slots + 1, key_states.shape[1], self._state.capacity)  # [S + 1, H, C]
-        self.keys = key_states.new_zeros((*shape, key_states.shape[-1]))
-        self.values = value_states.new_zeros((*shape, value_states.shape[-1]))
+        self.keys = _zeros(key_states, (*shape, key_states.shape[-1]))
+        self.values = _zeros(value_states, (*shape, value_states.shape[-1]))
         self.is_initialized = True
 
     def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
@@ -86,6 +90,15 @@ class _SlotLayer(CacheLayerMixin):
 
     def get_max_length(self) -> int:
         return self._state.capacity
+
+
+def _zeros(like: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Zeros of `like`'s dtype and device. On the CPU from calloc (numpy), so pages are committed as positions are
+    written: a large budget costs address space, not memory, until rows use it. On a GPU, torch's allocator."""
+    if like.device.type != "cpu":
+        return like.new_zeros(shape)
+    nbytes = math.prod(shape) * like.element_size()
+    return torch.from_numpy(np.zeros(nbytes, dtype=np.uint8)).view(like.dtype).view(shape)
 
 
 class SlotCache(Cache):

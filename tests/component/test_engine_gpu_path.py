@@ -198,3 +198,18 @@ def test_prefill_padding_needs_no_cache_room_past_the_real_tokens(imodel, monkey
     assert max(reach) > 42  # the padded chunk happened
     for r in requests:
         assert tokens[r.request_id] == reference_greedy(engine, r), r.request_id
+
+
+def test_cpu_cache_storage_takes_memory_only_where_rows_write():
+    """The CPU budget is address space: a 1 GiB cache adds almost nothing to the process until it is written."""
+    import psutil
+
+    from lerpray.model.kv_cache import _zeros
+
+    process = psutil.Process()
+    before = process.memory_info().rss
+    keys = _zeros(torch.empty(1, dtype=torch.bfloat16), (4, 2, 2**26, 1))  # 1 GiB of zeros
+    assert keys.dtype == torch.bfloat16 and keys.shape == (4, 2, 2**26, 1) and keys.is_contiguous()
+    keys[1, 0, :1000] = 1.5
+    assert process.memory_info().rss - before < 64 * 2**20
+    assert float(keys[1, 0, :1001].float().sum()) == 1500.0 and not keys[3, 1, -4096:].any()  # zeros elsewhere
