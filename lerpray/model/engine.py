@@ -220,7 +220,7 @@ class Engine:
             ids, positions, writes = torch.tensor(inputs, device=self.device)[..., None]  # [hi, 1] each
             self._cache.plan(self._slot_range[:hi], positions, needed, first_slot=0, write_slots=writes)
             logits = self._forward(ids, positions, self._coeffs[:hi], needed, last_only=True,
-                                   merged=self._coeffs[rows[0].slot] if shared else None)
+                                   merged=rows[0].mix() if shared else None)  # host values: no device sync
         logits = logits[:, -1].index_select(0, torch.tensor([r.slot for r in rows], device=self.device))
         return self._advance(rows, logits)
 
@@ -239,7 +239,7 @@ class Engine:
         contiguous = [row.slot for row in rows] == list(range(first, first + len(rows)))
         self._cache.plan(slots, positions, length, first_slot=first if contiguous else None, write_slots=writes)
         every = any(row.prompt_logprobs is not None for row in rows)  # scoring the prompt needs every position
-        merged = self._coeffs[rows[0].slot] if self._shared(rows) else None
+        merged = rows[0].mix() if self._shared(rows) else None
         logits = self._forward(ids, positions, self._coeffs.index_select(0, slots), length, last_only=not every,
                                merged=merged)  # [M, 1 or Q, V]; chunks are left-padded: each ends in the last column
         for m, (row, n) in enumerate(chunks):

@@ -12,6 +12,7 @@ column (prefill chunks are left-padded, step_inputs.py), so no per-row gather is
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 from contextlib import nullcontext
 
 import torch
@@ -42,11 +43,11 @@ class ModelForward:
         return ModelForward(self.imodel, cache)
 
     def __call__(self, ids: Tensor, positions: Tensor, coeffs: Tensor, length: int, *, last_only: bool,
-                 merged: Tensor | None = None) -> Tensor:
+                 merged: Sequence[float] | None = None) -> Tensor:
         """ids, positions [N, Q] long; coeffs [N, K] (bound as is); `length` cache entries read per row.
 
-        Returns logits [N, 1, V] (`last_only`: each row's last column) or [N, Q, V]. `merged` [K]: every row runs
-        on weights merged with that one mix instead.
+        Returns logits [N, 1, V] (`last_only`: each row's last column) or [N, Q, V]. `merged` [K] (host values):
+        every row runs on weights merged with that one mix instead.
         """
         self.imodel.bind_coeffs(coeffs)
         kwargs = {"logits_to_keep": 1 if last_only else 0} if self._keeps_logits else {}
