@@ -55,7 +55,8 @@ class DecodeGraphs:
         self.ids, self.positions, self.write_slots = self._static
         self.write_slots.fill_(self.scratch)
         self.read_slots = torch.arange(slots, device=device)
-        self._host = torch.empty(3, slots, 1, dtype=torch.long, pin_memory=device.type == "cuda")
+        self._host = self._static.cpu()  # staging for one copy per step: pinned on CUDA
+        self._host = self._host.pin_memory() if device.type == "cuda" else self._host
         self.buckets, self.lengths = batch_buckets(slots), length_buckets(cache.capacity)
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor]] = {}
         self.captures = 0
@@ -75,9 +76,8 @@ class DecodeGraphs:
         if bucket not in self.buckets:
             raise ValueError(f"a decode step must fill a whole bucket {self.buckets}, got {bucket} rows")
         length = next(n for n in self.lengths if n >= needed)
-        host = self._host[:, :bucket, 0]
-        host.copy_(torch.tensor([ids, positions, write_slots], dtype=torch.long))
-        self._static[:, :bucket, 0].copy_(host, non_blocking=True)
+        self._host[:, :bucket, 0] = torch.tensor([ids, positions, write_slots], dtype=torch.long)
+        self._static.copy_(self._host, non_blocking=True)  # one contiguous copy; rows past the bucket go unread
         if not self.graphs:
             return self.step(bucket, length)
         graph, logits = self.graphs[bucket, length]
