@@ -45,7 +45,7 @@ def add_parsers(subparsers) -> None:
                            help="comma-separated scorer specs, one per attribute (vader, fkgl, a classifier .json; "
                            "spec=ATTRIBUTE to name the attribute it measures)")
     calibrate.add_argument("--out", required=True, metavar="DIR", help="the sweep, calibration.json and its plot")
-    calibrate.add_argument("--alphas", help="comma-separated alphas; must cover [0, 1] (default -0.5,0,.25,...,1.5)")
+    calibrate.add_argument("--alphas", help="comma-separated alphas; must include 0 and 1 (default -0.5,0,.25,...,1.5)")
     calibrate.add_argument("--prompts", metavar="FILE",
                            help="prompt file: one per line, or JSONL with text and domain (default: lerpray's 312 "
                            "shipped completion openings in 13 domains)")
