@@ -94,3 +94,11 @@ def test_a_held_out_domain_and_user_files(tmp_path):
     assert load_prompt_set(tmp_path / "p.txt", "odd").texts == ("two",)
     with pytest.raises(SweepConfigError, match="does not exist"):
         load_prompt_set(tmp_path / "missing.txt")
+
+
+def test_calibration_alphas_must_include_0_and_1(tmp_path):
+    from lerpray.eval.calibrate import calibrate
+
+    with pytest.raises(ValueError, match=r"must include 0 and 1 .* got \[-0.5, 0.5, 1.5\]"):
+        calibrate("unused", [], tmp_path, alphas=[-0.5, 0.5, 1.5])
+    assert list(tmp_path.iterdir()) == []  # refused before anything is written
