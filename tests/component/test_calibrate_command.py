@@ -54,12 +54,14 @@ def readme_command(anchors: str, out: Path) -> list[str]:
 
 
 def scripted(reply):
-    """A stand-in for the in-process generator: reply(positive coefficient, prompt index) per job."""
+    """A stand-in for the in-process generator: reply(positive coefficient, prompt index) per job (mixes are the
+    grid points' ResolvedMix values, lerpray.steering)."""
     from lerpray.model import GenerationResult
 
-    def generate(engine, coeffs, prompts, jobs, sampling, *, chat=False):
+    def generate(engine, mixes, prompts, jobs, sampling, *, chat=False):
         return [
-            GenerationResult(str(i), reply(coeffs[j.point][0], j.prompt), 3, 8, "length") for i, j in enumerate(jobs)
+            GenerationResult(str(i), reply(mixes[j.point].coeffs[0], j.prompt), 3, 8, "length")
+            for i, j in enumerate(jobs)
         ]
 
     return generate
