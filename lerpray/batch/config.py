@@ -24,6 +24,7 @@ from lerpray.configs import (
     read_yaml,
     validate_config,
 )
+from lerpray.kv_config import KVCacheArgs
 
 __all__ = ["BatchConfigError", "BatchJobConfig", "load_batch_config", "parse_batch_config"]
 
@@ -58,7 +59,9 @@ class BatchSampling(SamplingSettings):
     seed: int = Field(0, ge=0)  # base seed: row i samples with hash(seed, i) unless the row gives its own
 
 
-class ResourceSpec(StrictModel):
+class ResourceSpec(StrictModel, KVCacheArgs):
+    """The actor pool, and each actor's engine (its KV-cache budget and context length: lerpray.kv_config)."""
+
     num_actors: int = Field(1, ge=1)  # fixed size of the actor pool; each actor loads the engine once
     batch_size: int = Field(16, ge=1)  # rows per actor call, decoded together (the engine's max batch size)
     num_cpus_per_actor: float = Field(1.0, gt=0)
@@ -91,6 +94,14 @@ class BatchJobConfig(StrictModel):
     @model_validator(mode="after")
     def _known_format(self) -> BatchJobConfig:
         self.input.resolved_format()
+        return self
+
+    @model_validator(mode="after")
+    def _kv_fits_device(self) -> BatchJobConfig:
+        res = self.resources
+        on_cuda = res.num_gpus_per_actor > 0
+        res.check_kv_device(on_cuda, "cuda" if on_cuda else "the CPU (resources.num_gpus_per_actor is 0)",
+                            ("sampling.max_tokens", self.sampling.max_tokens), prefix="resources.")
         return self
 
     @field_validator("s3")

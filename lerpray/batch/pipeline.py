@@ -176,7 +176,7 @@ def _actor_kwargs(config, engine_factory: Callable, s3: dict) -> dict:
         "engine_factory": engine_factory,
         "engine_kwargs": {"anchors": absolute_uri(config.anchors), "base_model": base, "dtype": res.dtype,
                           "device": "cuda" if res.num_gpus_per_actor > 0 else "cpu",
-                          "max_batch_size": res.batch_size, **s3},
+                          "max_batch_size": res.batch_size, **res.kv_engine_kwargs(), **s3},
         "sampling": config.sampling.engine_kwargs(),
         "chat": config.input.chat,
     }

@@ -2,7 +2,8 @@
 
     lerpray generate --anchors s3://bucket/sets/sentiment \\
         --mix '{"alpha": {"sentiment": 0.9}}' [--base MODEL] [--chat] [--temperature 0.7] [--top-p 0.9] \\
-        [--top-k 0] [--max-tokens 128] [--seed 0] [--stop "\\n\\n"] [--allow-extrapolation] "Write a review:"
+        [--top-k 0] [--max-tokens 128] [--seed 0] [--stop "\\n\\n"] [--allow-extrapolation] \\
+        [--kv-cache-bytes 256MiB] [--context-length 2048] "Write a review:"
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+
+from lerpray.kv_config import KVCacheArgs, add_kv_flags, kv_flags
 
 
 def add_parsers(subparsers) -> None:
@@ -29,6 +32,7 @@ def add_parsers(subparsers) -> None:
     parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     parser.add_argument("--allow-extrapolation", action="store_true",
                         help='allow mixes with "extrapolate": true within the default bounds (alpha in [-1, 2])')
+    add_kv_flags(parser, "unset", fraction=False)
     parser.set_defaults(func=_generate)
 
 
@@ -48,7 +52,9 @@ def _generate(args: argparse.Namespace) -> int:
         temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_tokens=args.max_tokens,
         stop=tuple(args.stop), seed=args.seed,
     )
-    engine = Engine.from_uri(args.anchors, base_model=args.base, max_batch_size=1)
+    kv = KVCacheArgs.model_validate(kv_flags(args))  # a bad size fails here, naming the forms it takes
+    kv.check_kv_device(False, "the CPU", ("--max-tokens", args.max_tokens))
+    engine = Engine.from_uri(args.anchors, base_model=args.base, max_batch_size=1, **kv.kv_engine_kwargs())
     bounds = ExtrapolationBounds() if args.allow_extrapolation else None
     context = MixContext(engine.layout, bounds, *load_calibration(open_set(args.anchors)))
     resolved = resolve(context, interpolation=mix, max_tokens=args.max_tokens)  # the server's one way in

@@ -97,7 +97,11 @@ class Engine:
         self._coeffs = torch.zeros(max_batch_size, len(self.layout.anchors), device=self.device)  # [S, K]
         self._slot_range = torch.arange(max_batch_size, device=self.device)
         self._scheduler = SlotScheduler(max_batch_size, self.prefill_chunk)
-        self.model_context = int(context_length or self.model.config.max_position_embeddings)
+        positions = self.model.config.max_position_embeddings
+        if context_length is not None and not 1 <= context_length <= positions:
+            raise EngineError(f"context_length must be between 1 and the model's {positions} positions "
+                              f"(max_position_embeddings), got {context_length}; lower it or leave it unset")
+        self.model_context = int(context_length or positions)
         with torch.inference_mode():  # the cache and every graph are made now: none inside step()
             self._forward = ModelForward(imodel, SlotCache(0, 0, 1))
             self._cache = build_cache(self._forward, self._coeffs, max_batch_size, self.model_context,
@@ -118,6 +122,11 @@ class Engine:
         model, tokenizer = load_base_model(base_model or anchor_set.manifest.base_model.name, dtype=dtype, device=device)
         check_model_fits(anchor_set.manifest, model)
         return cls(interpolate(model, anchor_set), tokenizer, **kw)
+
+    @property
+    def kv_cache_nbytes(self) -> int:
+        """Bytes of the KV cache allocated at start-up (every slot and the scratch slot)."""
+        return self._cache.nbytes
 
     def close(self) -> None:
         """Free the KV cache and the captured graphs now (dropping the engine does too: nothing refers back to it)."""

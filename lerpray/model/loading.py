@@ -13,9 +13,14 @@ __all__ = ["load_engine"]
 
 def load_engine(anchors: str, base_model: str | None = None, *, device: str = "cpu", dtype: str = "float32",
                 max_batch_size: int = 32, torch_threads: int | None = None, endpoint_url: str | None = None,
-                region: str | None = None) -> Engine:  # fmt: skip
+                region: str | None = None, kv_cache_bytes: int | None = None, kv_cache_fraction: float | None = None,
+                context_length: int | None = None) -> Engine:  # fmt: skip
     """The base model (the manifest's, or `base_model`) with the anchor set at `anchors` (a folder, s3:// with an
-    explicit endpoint/region or the AWS environment, or URI@VERSION), checksums verified on load."""
+    explicit endpoint/region or the AWS environment, or URI@VERSION), checksums verified on load.
+
+    The KV cache is allocated now, `max_batch_size` slots of min(`context_length`, what the budget fits) tokens; the
+    budget is `kv_cache_bytes`, else `kv_cache_fraction` of free CUDA memory, else the engine's default
+    (lerpray/model/kv_budget.py). `engine.context_length` is the capped length."""
     import torch
 
     from lerpray.anchors import open_store
@@ -25,4 +30,5 @@ def load_engine(anchors: str, base_model: str | None = None, *, device: str = "c
         torch.set_num_threads(torch_threads)
     store = open_store(anchors, endpoint_url=endpoint_url, region=region)
     return Engine.from_uri(store, base_model, dtype=getattr(torch, dtype), device=device,
-                           max_batch_size=max_batch_size)  # fmt: skip
+                           max_batch_size=max_batch_size, kv_cache_bytes=kv_cache_bytes,
+                           kv_cache_fraction=kv_cache_fraction, context_length=context_length)  # fmt: skip

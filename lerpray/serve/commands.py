@@ -1,4 +1,5 @@
-"""`lerpray serve --anchors URI [--host 127.0.0.1] [--port 8000] [--config FILE]`.
+"""`lerpray serve --anchors URI [--host 127.0.0.1] [--port 8000] [--config FILE] [--kv-cache-bytes 2GiB]
+[--kv-cache-fraction F] [--context-length N]`.
 
 Runs exactly what `serve run` runs: a Serve config (FILE, e.g. cluster/serve.yaml, or a minimal one) with the
 anchor set, host and port from the flags written into it, so the CLI and the YAML cannot drift apart. It blocks
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lerpray.configs import absolute_uri
+from lerpray.kv_config import add_kv_flags, kv_flags
 
 __all__ = ["APP_IMPORT_PATH", "add_parsers", "serve_config"]
 
@@ -32,13 +34,16 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", help=f"address to listen on (default: the config's, else {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, help=f"HTTP port (default: the config's, else {DEFAULT_PORT})")
     parser.add_argument("--config", type=Path, help="a Serve config YAML such as cluster/serve.yaml")
+    add_kv_flags(parser, "the config's")
     parser.set_defaults(func=_handle)
 
 
 def serve_config(
-    config: dict[str, Any] | None, *, anchors: str | None, host: str | None, port: int | None
+    config: dict[str, Any] | None, *, anchors: str | None, host: str | None, port: int | None,
+    engine: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The Serve config to run: `config` (or a minimal one) with the flags applied to every lerpray app.
+    """The Serve config to run: `config` (or a minimal one) with the flags applied to every lerpray app (`engine`:
+    args such as kv_cache_bytes written over the app's).
 
     Raises ValueError naming what to fix (no lerpray app, no anchor set, invalid args).
     """
@@ -55,6 +60,9 @@ def serve_config(
         args = app.setdefault("args", {})
         if anchors:
             args["anchors"] = anchors
+        if {"kv_cache_bytes", "kv_cache_fraction"} & set(engine or {}):  # a budget flag replaces the config's
+            args.pop("kv_cache_bytes", None), args.pop("kv_cache_fraction", None)
+        args.update(engine or {})
         if not args.get("anchors"):
             raise ValueError("no anchor set: pass --anchors URI or set args.anchors in the config")
         args["anchors"] = absolute_uri(args["anchors"])  # replicas do not run in this directory
@@ -76,7 +84,7 @@ def _handle(args: argparse.Namespace) -> int:
         config = yaml.safe_load(args.config.read_text())
         if not isinstance(config, dict):
             raise ValueError(f"{args.config} is not a Serve config (a YAML mapping with `applications`)")
-    merged = serve_config(config, anchors=args.anchors, host=args.host, port=args.port)
+    merged = serve_config(config, anchors=args.anchors, host=args.host, port=args.port, engine=kv_flags(args))
     ServeDeploySchema.model_validate(merged)
     with tempfile.TemporaryDirectory(prefix="lerpray-serve-") as tmp:
         path = Path(tmp) / "serve.yaml"

@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from lerpray.configs import BaseModelOverride, BoundsArgs
+from lerpray.kv_config import KVCacheArgs
 from lerpray.mixing import MIX_KEYS, ExtrapolationBounds
 
 __all__ = ["ServeArgs"]
@@ -19,8 +20,9 @@ __all__ = ["ServeArgs"]
 PRESET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")  # no ":", which starts an inline mix
 
 
-class ServeArgs(BaseModel):
-    """Everything a replica needs to load its engine and police requests."""
+class ServeArgs(KVCacheArgs):
+    """Everything a replica needs to load its engine and police requests (the KV-cache budget and context length:
+    lerpray.kv_config.KVCacheArgs)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -63,6 +65,11 @@ class ServeArgs(BaseModel):
                 f"default_max_tokens ({self.default_max_tokens}) must not exceed max_tokens_cap "
                 f"({self.max_tokens_cap}); lower it or raise the cap"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _kv_fits_device(self) -> ServeArgs:
+        self.check_kv_device(self.device.startswith("cuda"), self.device, ("default_max_tokens", self.default_max_tokens))
         return self
 
     @field_validator("presets")

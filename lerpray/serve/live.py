@@ -26,7 +26,8 @@ from lerpray.serve.responses import ModelCard
 from lerpray.steering import MixContext
 
 __all__ = [
-    "LiveSet", "model_cards", "resolve_version", "retire", "serve_engine", "set_args", "start_engine", "start_set",
+    "LiveSet", "describe_capacity", "kv_capacity", "model_cards", "resolve_version", "retire", "serve_engine",
+    "set_args", "start_engine", "start_set",
 ]
 
 EngineFactory = Callable[[ServeArgs], EngineLike]
@@ -59,7 +60,8 @@ def serve_engine(args: ServeArgs) -> EngineLike:
     from lerpray.model.loading import load_engine
 
     return load_engine(args.anchors, args.base_model, device=args.device, dtype=args.dtype,
-                       max_batch_size=args.max_batch_size, torch_threads=args.torch_threads)  # fmt: skip
+                       max_batch_size=args.max_batch_size, torch_threads=args.torch_threads,
+                       **args.kv_engine_kwargs())  # fmt: skip
 
 
 def start_engine(factory: Callable[[ServeArgs], T], args: ServeArgs) -> T:
@@ -107,7 +109,9 @@ def start_set(args: ServeArgs, factory: EngineFactory, observer: BatchObserver) 
     """Resolve, load and check one set (blocking: seconds to minutes), and start its batcher."""
     args, engine, calibration = start_engine(lambda a: _resolve_and_load(a, factory), args)
     mixes = protocol.mix_context(args, engine.layout, *calibration)  # a preset that does not fit fails the load
-    cards = model_cards(args, engine.layout, engine.context_length)
+    kv_cache = kv_capacity(engine)
+    logger.info("%s loaded from %s: %s", args.model_name, args.anchors, describe_capacity(kv_cache))
+    cards = model_cards(args, engine.layout, engine.context_length, kv_cache)
     batcher = Batcher(engine, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
                       retry_after_s=args.retry_after_s, observer=observer)
     batcher.start()
@@ -129,7 +133,29 @@ def _resolve_and_load(args: ServeArgs, factory: EngineFactory) -> tuple[ServeArg
     return resolved, engine, calibration
 
 
-def model_cards(args: ServeArgs, layout: AnchorLayout, context_length: int) -> list[ModelCard]:
+def kv_capacity(engine: EngineLike) -> dict[str, int] | None:
+    """The engine's KV cache as /v1/models shows it: slots, tokens_per_slot (its context length, capped by the
+    budget), model_context (what was wanted) and bytes; None for an engine without one (a test's)."""
+    nbytes = getattr(engine, "kv_cache_nbytes", None)
+    if nbytes is None:
+        return None
+    return {"slots": engine.max_batch_size, "tokens_per_slot": engine.context_length,
+            "model_context": engine.model_context, "bytes": nbytes}
+
+
+def describe_capacity(kv_cache: dict[str, int] | None) -> str:
+    """The startup log's account of the KV cache, e.g. "KV cache 32 slots x 2048 tokens (context 2048 of 8192
+    wanted, 1.5 GiB)"."""
+    from lerpray.kv_config import format_bytes
+
+    if kv_cache is None:
+        return "no KV cache (a test engine)"
+    return (f"KV cache {kv_cache['slots']} slots x {kv_cache['tokens_per_slot']} tokens (context "
+            f"{kv_cache['tokens_per_slot']} of {kv_cache['model_context']} wanted, {format_bytes(kv_cache['bytes'])})")
+
+
+def model_cards(args: ServeArgs, layout: AnchorLayout, context_length: int,
+                kv_cache: dict[str, int] | None = None) -> list[ModelCard]:
     """GET /v1/models' entries: the served id (the anchor set, its attributes and poles, the base model from its
     manifest) and one per preset; `fingerprint` identifies the set's manifest (system_fingerprint of replies)."""
     from lerpray.anchors import MANIFEST_NAME, open_store, read_manifest
@@ -149,6 +175,7 @@ def model_cards(args: ServeArgs, layout: AnchorLayout, context_length: int) -> l
         attributes={a: {"high": p.high, "low": p.low} for a, p in manifest.attributes.items()},
         extrapolation=None if bounds is None else vars(bounds).copy(),
         context_length=context_length,
+        kv_cache=kv_cache,
         max_tokens_cap=args.max_tokens_cap,
         default_max_tokens=args.default_max_tokens,
         fingerprint=f"v{manifest.version}-{sha256(store.read_bytes(MANIFEST_NAME))[:12]}",

@@ -141,7 +141,11 @@ class ModelCard(BaseModel):
     anchors: list[str]
     attributes: dict[str, dict[str, str]] = Field(description='attribute -> {"high": anchor, "low": anchor}')
     extrapolation: dict[str, float] | None = Field(description="bounds for extrapolate: true; null = not allowed")
-    context_length: int
+    context_length: int = Field(description="the longest prompt + max_tokens a request may have (capped by the KV "
+                                "cache's budget)")
+    kv_cache: dict[str, int] | None = Field(
+        None, description="the replica's KV cache: slots, tokens_per_slot, model_context (wanted) and bytes"
+    )
     max_tokens_cap: int = Field(description="the largest max_tokens a request may ask for")
     default_max_tokens: int = Field(description="max_tokens when a request gives none")
     fingerprint: str = Field(description="the anchor set: v<version>-<manifest sha256 prefix>, as system_fingerprint")
