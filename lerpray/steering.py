@@ -20,8 +20,9 @@ naming its field. The engine runs a ResolvedMix as is (`at(i)`); replies and bat
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from lerpray.feedback import Feedback, closed_loop
 from lerpray.mixing import (
     FIELD,
     AnchorLayout,
@@ -64,6 +65,7 @@ class ResolvedMix:
     pieces: tuple[tuple[int | None, Coeffs], ...] = ()  # ((until, coeffs), ..., (None, coeffs)); () with a ramp
     ramp: tuple[Coeffs, Coeffs, int] | None = None  # (start, end, over)
     report: dict = field(default_factory=dict, compare=False, hash=False)
+    feedback: Feedback | None = field(default=None, compare=False, hash=False)  # closed loop (lerpray.feedback)
 
     def __post_init__(self) -> None:
         if bool(self.pieces) == (self.ramp is not None) or (self.pieces and self.pieces[-1][0] is not None):
@@ -91,7 +93,8 @@ class ResolvedMix:
 
     @property
     def scheduled(self) -> bool:
-        return len(self.pieces) > 1 or self.ramp is not None
+        """Whether a row's coefficients may change between tokens: a schedule, a ramp, or feedback (Row.mix)."""
+        return len(self.pieces) > 1 or self.ramp is not None or self.feedback is not None
 
     def at(self, index: int) -> Coeffs:
         """The coefficients [K] of generated token `index` (0-based)."""
@@ -127,6 +130,8 @@ def resolve(context: MixContext, *, model: str | None = None, interpolation: obj
         raise UnknownModelError(model, context.served, list(context.presets))
     inline = None if spec is None else _inline(parse_inline_mix(spec), context)
     if interpolation is not None:
+        if isinstance(interpolation, Mapping) and "feedback" in interpolation:
+            return _closed_loop(interpolation, context, max_tokens)
         if isinstance(interpolation, Mapping) and ("schedule" in interpolation or "ramp" in interpolation):
             return _scheduled(interpolation, context, max_tokens)
         return ResolvedMix.constant(*_plain(interpolation, FIELD, context))
@@ -146,6 +151,19 @@ def resolve_presets(presets: Mapping[str, object], context: MixContext) -> dict[
         except MixError as err:
             raise ValueError(f"serve config {err.field.replace(FIELD, f'presets.{name}', 1)}: {err.message}") from None
     return out
+
+
+def _closed_loop(mix: Mapping, context: MixContext, max_tokens: int | None) -> ResolvedMix:
+    """{"target": ..., "feedback": {...}}: the open-loop target mix to start from, with its Feedback beside it."""
+    if "schedule" in mix or "ramp" in mix:
+        raise MixError(f"{FIELD}.feedback", "cannot go with a schedule or a ramp; give a target with feedback")
+    open_loop = {k: v for k, v in mix.items() if k != "feedback"}
+    if "target" not in open_loop:
+        raise MixError(f"{FIELD}.feedback", 'needs a target in the same mix: {"target": {"ATTRIBUTE": SCORE}, '
+                       '"feedback": {"every": 8}}')  # fmt: skip
+    coeffs, report = _plain(open_loop, FIELD, context)
+    feedback = closed_loop(mix["feedback"], open_loop, report, context.calibration, context.bounds, max_tokens)
+    return replace(ResolvedMix.constant(coeffs, {**report, "feedback": feedback.report()}), feedback=feedback)
 
 
 def _inline(mix: dict, context: MixContext) -> ResolvedMix:

@@ -4,6 +4,7 @@ request can raise. Plain data, shared by the engine, the server, the batch pipel
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lerpray.model.sampling import SamplingParams
@@ -31,11 +32,18 @@ class GenerationRequest:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     n: int = 1  # choices: one prefill, then n rows; choice i samples with seed + i (SamplingParams.for_choice)
     mix: ResolvedMix | None = None  # the mix of every generated token (lerpray.steering.resolve); None: coeffs
+    # Closed loop (lerpray.feedback.Steerer): called by each row after each token it generates with (choice index,
+    # its text so far, tokens generated); coefficients [K] replace the row's mix from its next token on, None keeps
+    # it. Runs in the engine's step, so it must be cheap; needs a mix that may change (`mix.scheduled`).
+    steer: Callable[[int, str, int], tuple[float, ...] | None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.mix is None:
             self.mix = ResolvedMix.constant(self.coeffs)
         self.coeffs = self.mix.coeffs
+        if self.steer is not None and not self.mix.scheduled:
+            raise EngineError("a steer hook needs a mix whose coefficients may change between tokens (a ResolvedMix "
+                              "with feedback, from lerpray.steering.resolve)")  # fmt: skip
 
 
 @dataclass

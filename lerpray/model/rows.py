@@ -42,6 +42,8 @@ class Row:
     finished: bool = False
     counts: Counter = field(default_factory=Counter)  # generated token -> occurrences (penalties)
     prompt_logprobs: list | None = None  # gathered chunk by chunk while prefilling
+    text: str = ""  # released so far (what a steer hook scores)
+    steered: tuple[float, ...] | None = None  # [K] the steer hook's latest coefficients, replacing the mix's
 
     @classmethod
     def choices(cls, request: GenerationRequest, prompt_ids: list[int], tokenizer) -> list[Row]:
@@ -71,7 +73,7 @@ class Row:
 
     def mix(self) -> tuple[float, ...]:
         """The coefficients of the row's next forward pass: its mix's at the token it will produce."""
-        return self.request.mix.at(self.generated)
+        return self.steered if self.steered is not None else self.request.mix.at(self.generated)
 
     def emit(self, token: int, eos: frozenset[int], logprob=None, top=None) -> TokenEvent:
         """Record a sampled token; returns its event (text released, finish reason)."""
@@ -84,6 +86,11 @@ class Row:
             tail, stopped = self.stream.flush()
             text, finish = text + tail, "stop" if stopped else "length"
         self.finished = finish is not None
+        if self.request.steer is not None:
+            self.text += text
+            if not self.finished:  # between steps: the next forward pass runs the new coefficients
+                coeffs = self.request.steer(self.index, self.text, self.generated)
+                self.steered = self.steered if coeffs is None else tuple(float(c) for c in coeffs)
         return self._event(token, text, finish, logprob, top)
 
     def score_only(self) -> TokenEvent:
