@@ -78,3 +78,19 @@ def test_the_serve_config_budget_reaches_the_replicas_engine_card_and_log(saved_
         assert live.cards[0].kv_cache == capacity
     finally:
         live.batcher.close()
+
+
+def test_cli_generate_takes_the_budget(saved_set, capsys):
+    from lerpray.cli import main
+
+    # 16 KiB / (256 bytes x (1 slot + the scratch slot)) = 32 tokens
+    small = ["generate", "--anchors", saved_set, "--kv-cache-bytes", "16KiB", "--temperature", "0", "--max-tokens"]
+    assert main([*small, "4", "hi"]) == 0
+    capsys.readouterr()
+    assert main([*small, "8", "x" * 30]) == 2
+    assert "holds 32 tokens per slot" in capsys.readouterr().err
+    assert main(["generate", "--anchors", saved_set, "--context-length", "8", "--max-tokens", "8", "hi"]) == 2
+    assert "context_length (8) leaves no room for a prompt with --max-tokens (8)" in capsys.readouterr().err
+    assert main(["generate", "--anchors", saved_set, "--kv-cache-bytes", "2G", "hi"]) == 2
+    assert 'kv_cache_bytes\n  Value error, must be an integer number of bytes or a size such as "2GiB"' in (
+        capsys.readouterr().err)
