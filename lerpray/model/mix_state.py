@@ -114,8 +114,9 @@ class MixState:
             group.use((stacked, pattern))
 
     def pin(self, capacity: int) -> None:
-        """Allocate the static buffers for up to `capacity` active anchors (see the module docstring)."""
-        if not 1 <= capacity:
+        """Allocate the static buffers for up to `capacity` active anchors (see the module docstring), on the
+        layers' current device and dtype: pin after moving the model, not before."""
+        if capacity < 1:
             raise ValueError(f"the pinned capacity must be at least 1 anchor, got {capacity}")
         self._pinned = self._build(None, capacity)
         self.capacity, self._pinned_anchors = capacity, ()
@@ -143,7 +144,8 @@ class MixState:
 
     def _layout(self, anchors: tuple[int, ...]) -> list[tuple[StackedLora, tuple]]:
         """Every layer's gathered factors, then every group's (its members' gathered A, concatenated)."""
-        key = (anchors, self.layers[0].A_cat.device)  # a model moved to another device gathers anew
+        lead = self.layers[0].A_cat
+        key = (anchors, lead.device, lead.dtype)  # a model moved to another device or dtype gathers anew
         if key in self._layouts:
             self._layouts.move_to_end(key)
             return self._layouts[key]
