@@ -28,6 +28,7 @@ from lerpray.mixing import AnchorLayout, ExtrapolationBounds, MixError, finite_f
 from lerpray.targets import Calibration
 
 __all__ = [
+    "Score",
     "FEEDBACK_FIELD",
     "MID_REPLY_SCORERS",
     "Feedback",
@@ -161,8 +162,11 @@ class Steerer:
         self.feedback, self._scorers, self._layout, self._bounds = feedback, scorers, layout, bounds
         self._states: dict[int, dict[str, LoopState]] = {}
         self.trajectories: dict[int, list[dict]] = {}
+        self.texts: dict[int, str] = {}
+        self.generated: dict[int, int] = {}
 
     def __call__(self, choice: int, text: str, generated: int) -> tuple[float, ...] | None:
+        self.texts[choice], self.generated[choice] = text, generated  # the last call of a row: its whole text
         if generated == 0 or generated % self.feedback.every:
             return None
         states = self._states.setdefault(choice, {a: LoopState(loop.start) for a, loop in self.feedback.loops.items()})
@@ -179,11 +183,12 @@ class Steerer:
     def scores(self, text: str) -> dict[str, float]:
         return {a: _clean(float(self._scorers[a](text))) for a in self.feedback.loops}
 
-    def report(self, choice: int, text: str) -> dict:
-        """What a reply adds to its `resolved_mix`: the loop's settings, the mixes it used, its final score."""
+    def report(self, choice: int) -> dict:
+        """What a choice of a reply reports: the loop's settings, the mixes it used, the score of its whole text."""
         start = {"token": 0, "alpha": {a: loop.start for a, loop in self.feedback.loops.items()}, "score": None}
-        return {**self.feedback.report(), "trajectory": [start, *self.trajectories.get(choice, [])],
-                "final_score": self.scores(text)}  # fmt: skip
+        used = [t for t in self.trajectories.get(choice, []) if t["token"] < self.generated.get(choice, 0)]
+        return {**self.feedback.report(), "trajectory": [start, *used],
+                "final_score": self.scores(self.texts.get(choice, ""))}  # fmt: skip
 
 
 def _clean(value: float) -> float:

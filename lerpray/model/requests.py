@@ -33,8 +33,9 @@ class GenerationRequest:
     n: int = 1  # choices: one prefill, then n rows; choice i samples with seed + i (SamplingParams.for_choice)
     mix: ResolvedMix | None = None  # the mix of every generated token (lerpray.steering.resolve); None: coeffs
     # Closed loop (lerpray.feedback.Steerer): called by each row after each token it generates with (choice index,
-    # its text so far, tokens generated); coefficients [K] replace the row's mix from its next token on, None keeps
-    # it. Runs in the engine's step, so it must be cheap; needs a mix that may change (`mix.scheduled`).
+    # its text so far, tokens generated), the last token's call included; coefficients [K] replace the row's mix
+    # from its next token on, None keeps it. Runs in the engine's step, so it must be cheap; needs a mix that may
+    # change (`mix.scheduled`).
     steer: Callable[[int, str, int], tuple[float, ...] | None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:

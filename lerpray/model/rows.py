@@ -86,11 +86,11 @@ class Row:
             tail, stopped = self.stream.flush()
             text, finish = text + tail, "stop" if stopped else "length"
         self.finished = finish is not None
-        if self.request.steer is not None:
+        if self.request.steer is not None:  # between steps: the next forward pass runs what it returns
             self.text += text
-            if not self.finished:  # between steps: the next forward pass runs the new coefficients
-                coeffs = self.request.steer(self.index, self.text, self.generated)
-                self.steered = self.steered if coeffs is None else tuple(float(c) for c in coeffs)
+            coeffs = self.request.steer(self.index, self.text, self.generated)  # the last call sees the whole text
+            if coeffs is not None and not self.finished:
+                self.steered = tuple(float(c) for c in coeffs)
         return self._event(token, text, finish, logprob, top)
 
     def score_only(self) -> TokenEvent:

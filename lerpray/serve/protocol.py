@@ -14,13 +14,15 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TypeVar
 
+from lerpray.eval.steer import steerer
+from lerpray.feedback import Steerer
 from lerpray.mixing import AnchorLayout
 from lerpray.model.requests import GenerationRequest
 from lerpray.model.sampling import SamplingParams
 from lerpray.serve import errors
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest
-from lerpray.steering import MixContext, resolve, resolve_presets
+from lerpray.steering import MixContext, ResolvedMix, resolve, resolve_presets
 from lerpray.targets import Calibration
 
 __all__ = ["generation_request", "generation_requests", "mix_context", "pick", "sampling_params"]
@@ -61,7 +63,8 @@ def generation_requests(
     if len(prompts) > args.max_batch_size + args.max_queue:
         raise _invalid("prompt", f"{len(prompts)} prompts in one request, more than this server holds at once "
                                  f"({args.max_batch_size + args.max_queue}); send fewer per request")
-    return [first, *(replace(first, prompt=p, request_id=uuid.uuid4().hex) for p in prompts[1:])]
+    return [first, *(replace(first, prompt=p, request_id=uuid.uuid4().hex, steer=_steer(first.mix, mixes))
+                     for p in prompts[1:])]  # fmt: skip
 
 
 def generation_request(
@@ -79,7 +82,13 @@ def generation_request(
                             f"at most {args.max_batch_size}")
     text = ({"messages": [m.as_template_message() for m in parsed.messages]}
             if isinstance(parsed, ChatCompletionRequest) else {"prompt": parsed.prompt_texts()[0]})  # fmt: skip
-    return GenerationRequest(mix=mix, sampling=sampling, request_id=uuid.uuid4().hex, n=n, **text)
+    return GenerationRequest(mix=mix, sampling=sampling, request_id=uuid.uuid4().hex, n=n, steer=_steer(mix, mixes),
+                             **text)  # fmt: skip
+
+
+def _steer(mix: ResolvedMix, mixes: MixContext) -> Steerer | None:
+    """A closed-loop mix's own Steerer (one per engine request: each keeps its choices' loop states)."""
+    return None if mix.feedback is None else steerer(mix.feedback, mixes.layout, mixes.bounds)
 
 
 def sampling_params(

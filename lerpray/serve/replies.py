@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from lerpray.feedback import Steerer
 from lerpray.model.requests import GenerationRequest, TokenEvent
 from lerpray.serve.responses import (
     AssistantMessage,
@@ -120,6 +121,8 @@ class Reply:
         self._choices = [_Choice(r.prompt if echo and r.prompt is not None else "") for r in requests for _ in range(r.n)]
         self._prompt_tokens: dict[str, int] = {}
         self._prompt_entries: dict[str, list[Entry]] = {}  # choice 0's, for its sibling choices
+        # closed-loop requests (lerpray.feedback): each choice reports its own mixes and final score
+        self._steered = {r.request_id: r for r in requests if isinstance(r.steer, Steerer)}
 
     def add(self, event: TokenEvent) -> dict | None:
         """Record an event; returns its stream chunk, or None when it released no text, token or finish."""
@@ -142,7 +145,10 @@ class Reply:
         if not text and not entries and event.finish_reason is None:
             return None
         index = self._position[event.request_id, event.index]
-        return self._chunk(index, text, event.finish_reason, self._logprobs(choice, entries))
+        chunk = self._chunk(index, text, event.finish_reason, self._logprobs(choice, entries))
+        if event.finish_reason is not None and event.request_id in self._steered:
+            chunk["choices"][0]["resolved_mix"] = self._closed_loop(event.request_id, event.index)
+        return chunk
 
     @property
     def usage(self) -> Usage:
@@ -174,7 +180,16 @@ class Reply:
                 choices.append(CompletionChoice(index=index, text=text, logprobs=logprobs,
                                                 finish_reason=choice.finish_reason))  # fmt: skip
         kind = ChatCompletionResponse if self.chat else CompletionResponse
-        return kind(choices=choices, **common).model_dump()
+        out = kind(choices=choices, **common).model_dump()
+        for (request_id, i), index in self._position.items():
+            if request_id in self._steered:
+                out["choices"][index]["resolved_mix"] = self._closed_loop(request_id, i)
+        return out
+
+    def _closed_loop(self, request_id: str, choice: int) -> dict:
+        """A steered choice's `resolved_mix`: where it started, its loop, the mixes it used and its final score."""
+        request = self._steered[request_id]
+        return {**request.mix.report, "feedback": request.steer.report(choice)}
 
     def _logprobs(self, choice: _Choice, entries: list[Entry]) -> ChatLogprobs | CompletionLogprobs | None:
         """The endpoint's logprobs object for `entries` (advancing the choice's text offset), or None."""

@@ -60,7 +60,7 @@ def test_a_mid_reply_switch_leaves_the_other_rows_tokens_unchanged(engine, spy):
     assert got[("s", 1)] == reference[("s", 0)]
     assert got[("s", 1)] != without[("s", 1)]  # the switch changed the reply
     generated = [g for c, _, g in calls if c == 1]
-    assert generated == list(range(1, 12))  # after every token but the last, with the text so far
+    assert generated == list(range(1, 13))  # after every token, the last included, with the text so far
     assert all(isinstance(t, str) for _, t, _ in calls)
 
 

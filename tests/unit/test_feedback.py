@@ -122,7 +122,8 @@ def test_steerer_rescoring_every_few_tokens_per_choice():
     assert up == pytest.approx((1.0, 0.0))
     down = steer(1, "high", 2)  # choice 1 on its own text: 0.6 - 0.5
     assert down == pytest.approx((0.1, 0.9))
-    report = steer.report(0, "high")
+    steer(0, "high", 3)  # the row's last token: its whole text
+    report = steer.report(0)
     assert report["trajectory"] == [
         {"token": 0, "alpha": {"sentiment": 0.6}, "score": None},
         {"token": 2, "alpha": {"sentiment": 1.0}, "score": {"sentiment": -0.4}},
