@@ -181,7 +181,8 @@ class InterpolatedModel:
 
     def pin_active(self, capacity: int) -> None:
         """Static buffers for up to `capacity` active anchors: a CUDA graph captured from now on runs over them
-        instead of every anchor's columns. Before each replay call `prepare_active` (mix_state.py)."""
+        instead of every anchor's columns. Every replay must follow a `prepare_active` of its coefficients
+        (mix_state.py); the Engine's graphs do not call it yet, so do not pin a model an Engine captures."""
         self._state.pin(capacity)
 
     def prepare_active(self, coeffs: Tensor) -> bool:
