@@ -93,8 +93,17 @@ class Feedback:
     mix: Mapping = field(default_factory=dict)  # the request's lambda / extrapolate, which the loops' alphas go with
 
     def report(self) -> dict:
+        """The one JSON form (replies' and batch plans' `resolved_mix.feedback`); `from_report` reads it back."""
         gains = {"gain": self.gains.proportional, "integral": self.gains.integral}
-        return {"every": self.every, **gains, "scorer": dict(self.scorers)}
+        loops = {a: {"target": p.target, "start": p.start, "slope": p.slope, "lo": p.lo, "hi": p.hi}
+                 for a, p in self.loops.items()}  # fmt: skip
+        return {"every": self.every, **gains, "scorer": dict(self.scorers), "loops": loops, "mix": dict(self.mix)}
+
+    @classmethod
+    def from_report(cls, doc: Mapping) -> Feedback:
+        loops = {a: Loop(**{k: float(v) for k, v in p.items()}) for a, p in doc["loops"].items()}
+        gains = Gains(float(doc["gain"]), float(doc["integral"]))
+        return cls(int(doc["every"]), gains, loops, dict(doc["scorer"]), dict(doc.get("mix", {})))
 
 
 def parse_gains(spec: object, max_tokens: int | None) -> tuple[int, Gains]:
@@ -157,9 +166,12 @@ class Steerer:
     [K] or None (keep the row's mix). Each choice keeps its own loop states and trajectory (n > 1 rows are steered
     on their own text). `scorers`: attribute -> its scoring function (built by the caller: serve, batch)."""
 
-    def __init__(self, feedback: Feedback, scorers: Mapping[str, Score], layout: AnchorLayout,
-                 bounds: ExtrapolationBounds | None) -> None:  # fmt: skip
-        self.feedback, self._scorers, self._layout, self._bounds = feedback, scorers, layout, bounds
+    def __init__(self, feedback: Feedback, scorers: Mapping[str, Score], layout: AnchorLayout) -> None:
+        self.feedback, self._scorers, self._layout = feedback, scorers, layout
+        # the loops' [lo, hi] are already the hull or the policy's bounds on the calibrated grid (closed_loop)
+        lo = min([0.0, *(loop.lo for loop in feedback.loops.values())])
+        hi = max([1.0, *(loop.hi for loop in feedback.loops.values())])
+        self._bounds = ExtrapolationBounds(lo, hi, min(lo, -1.0), max(hi, 2.0))
         self._states: dict[int, dict[str, LoopState]] = {}
         self.trajectories: dict[int, list[dict]] = {}
         self.texts: dict[int, str] = {}

@@ -84,7 +84,8 @@ class ResolvedMix:
         if "ramp" in doc:
             ramp = doc["ramp"]
             return cls(ramp=(_coeffs(ramp["from"]), _coeffs(ramp["to"]), int(ramp["over"])), report=dict(doc))
-        return cls(((None, _coeffs(doc)),), report=dict(doc))
+        feedback = Feedback.from_report(doc["feedback"]) if "feedback" in doc else None
+        return cls(((None, _coeffs(doc)),), report=dict(doc), feedback=feedback)
 
     @property
     def coeffs(self) -> Coeffs:

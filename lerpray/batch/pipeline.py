@@ -77,10 +77,11 @@ class GenerateBatch:
         requests = [self._request(row) for row in rows]
         results = self._generate(requests, rows)
         out = [{**row, "text": r.text, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                "finish_reason": r.finish_reason} for row, r in zip(rows, results, strict=True)]
+                "finish_reason": r.finish_reason, **_steered(q)} for row, r, q in zip(rows, results, requests, strict=True)]
         return pa.Table.from_pylist(out, schema=OUTPUT_SCHEMA)
 
     def _request(self, row: dict):
+        from lerpray.eval.steer import steerer
         from lerpray.model.requests import GenerationRequest
         from lerpray.model.sampling import SamplingParams
         from lerpray.steering import ResolvedMix
@@ -88,7 +89,9 @@ class GenerateBatch:
         sampling = SamplingParams(**self.sampling, seed=row["seed"])
         text = {"messages": [{"role": "user", "content": row["prompt"]}]} if self.chat else {"prompt": row["prompt"]}
         mix = ResolvedMix.from_json(json.loads(row["resolved_mix"]))
-        return GenerationRequest(mix=mix, sampling=sampling, request_id=f"{row['row_id']}:{row['mix_index']}", **text)
+        steer = None if mix.feedback is None else steerer(mix.feedback, self.engine.layout)  # closed loop per row
+        return GenerationRequest(mix=mix, sampling=sampling, request_id=f"{row['row_id']}:{row['mix_index']}",
+                                 steer=steer, **text)  # fmt: skip
 
     def _generate(self, requests: list, rows: list[dict]) -> list:
         from lerpray.model.requests import EngineError
@@ -108,6 +111,13 @@ class GenerateBatch:
         except EngineError:
             return True
         return len(ids) > self.engine.context_length - request.sampling.max_tokens
+
+
+def _steered(request) -> dict:
+    """A closed-loop row's output `resolved_mix`: its start and loop, the mixes it used and its final score."""
+    if request.steer is None:
+        return {}
+    return {"resolved_mix": json.dumps({**request.mix.report, "feedback": request.steer.report(0)}, sort_keys=True)}
 
 
 # ---- the job ------------------------------------------------------------------------------------------------------

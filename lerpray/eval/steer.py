@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 
 from lerpray.feedback import Feedback, Score, Steerer
-from lerpray.mixing import AnchorLayout, ExtrapolationBounds
+from lerpray.mixing import AnchorLayout
 
 __all__ = ["steerer"]
 
@@ -23,6 +23,6 @@ def _score_function(name: str) -> Score:
     return lambda text: scorer.score([text])[0]
 
 
-def steerer(feedback: Feedback, layout: AnchorLayout, bounds: ExtrapolationBounds | None) -> Steerer:
+def steerer(feedback: Feedback, layout: AnchorLayout) -> Steerer:
     """A fresh Steerer for one engine request, scoring with the calibration's own scorers."""
-    return Steerer(feedback, {a: _score_function(name) for a, name in feedback.scorers.items()}, layout, bounds)
+    return Steerer(feedback, {a: _score_function(name) for a, name in feedback.scorers.items()}, layout)

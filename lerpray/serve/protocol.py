@@ -88,7 +88,7 @@ def generation_request(
 
 def _steer(mix: ResolvedMix, mixes: MixContext) -> Steerer | None:
     """A closed-loop mix's own Steerer (one per engine request: each keeps its choices' loop states)."""
-    return None if mix.feedback is None else steerer(mix.feedback, mixes.layout, mixes.bounds)
+    return None if mix.feedback is None else steerer(mix.feedback, mixes.layout)
 
 
 def sampling_params(

@@ -6,11 +6,13 @@ the loop is known by hand: alpha* = (target - offset) / slope."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from lerpray.feedback import Gains, Loop, LoopState, Steerer, update
 from lerpray.mixing import AnchorLayout, ExtrapolationBounds, MixError
-from lerpray.steering import MixContext, resolve
+from lerpray.steering import MixContext, ResolvedMix, resolve
 from lerpray.targets import Calibration, Curve
 
 pytestmark = pytest.mark.unit
@@ -88,7 +90,11 @@ def test_feedback_resolves_to_the_open_loop_start_and_a_loop():
     fb = got.feedback
     assert fb.every == 4 and fb.gains == Gains(0.4, 0.3) and fb.scorers == {"sentiment": "vader"}
     assert fb.loops["sentiment"] == Loop(0.1, 0.6, 1.0, 0.0, 1.0)
-    assert got.report["feedback"] == {"every": 4, "gain": 0.4, "integral": 0.3, "scorer": {"sentiment": "vader"}}
+    loop = {"target": 0.1, "start": 0.6, "slope": 1.0, "lo": 0.0, "hi": 1.0}
+    assert got.report["feedback"] == {"every": 4, "gain": 0.4, "integral": 0.3, "scorer": {"sentiment": "vader"},
+                                      "loops": {"sentiment": loop}, "mix": {}}  # fmt: skip
+    again = ResolvedMix.from_json(json.loads(json.dumps(got.report)))  # a batch plan's row
+    assert again == got and again.feedback == fb and again.scheduled
 
 
 @pytest.mark.parametrize(("mix", "field", "words"), [
@@ -116,7 +122,7 @@ def test_a_scorer_that_cannot_run_mid_reply_is_refused():
 def test_steerer_rescoring_every_few_tokens_per_choice():
     mix = closed({"target": {"sentiment": 0.1}, "feedback": {"every": 2, "gain": 1.0, "integral": 0.0}})
     scripted = {"low": -0.4, "high": 0.6}  # scores by text
-    steer = Steerer(mix.feedback, {"sentiment": lambda text: scripted[text]}, LAYOUT, ExtrapolationBounds())
+    steer = Steerer(mix.feedback, {"sentiment": lambda text: scripted[text]}, LAYOUT)
     assert steer(0, "low", 1) is None  # not a rescoring token
     up = steer(0, "low", 2)  # error +0.5 at slope 1: alpha 0.6 + 0.5 = 1.1, clamped to the hull
     assert up == pytest.approx((1.0, 0.0))
