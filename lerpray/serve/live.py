@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from lerpray.mixing import AnchorLayout
@@ -32,6 +32,7 @@ __all__ = [
 
 EngineFactory = Callable[[ServeArgs], EngineLike]
 T = TypeVar("T")
+CALIBRATION_RECHECK_S = 5.0  # how often a set without a usable calibration looks for one in its store
 VERSION_HEADER = "x-lerpray-anchor-version"  # the answering set's fingerprint: v<version>-<manifest sha256 prefix>
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ class LiveSet:
     mixes: MixContext  # what its requests' mixes resolve against: layout, policy, calibration, resolved presets
     tokens: TokenText  # token id -> text, for logprobs
     vocab_size: int | None  # token ids at or above it are refused (logit_bias)
+    calibration_checked: float = field(default_factory=time.monotonic)  # when the store was last read for one
 
     @property
     def fingerprint(self) -> str:
@@ -53,6 +55,24 @@ class LiveSet:
 
     def headers(self) -> dict[str, str]:
         return {VERSION_HEADER: self.fingerprint}
+
+    def refresh_calibration(self, every_s: float = CALIBRATION_RECHECK_S) -> bool:
+        """A set served without a usable calibration looks for one again, at most every `every_s` seconds, so a
+        calibration saved beside the set while it is served (`lerpray eval calibrate`, the quickstart) answers the
+        next target request without a restart. Blocking store I/O: call it off the event loop. Whether one was found.
+        """
+        if self.mixes.calibration is not None or time.monotonic() - self.calibration_checked < every_s:
+            return False
+        from lerpray.anchors import open_set
+        from lerpray.anchors.calibration import load_calibration
+
+        self.calibration_checked = time.monotonic()
+        calibration = load_calibration(open_set(self.args.anchors))
+        if calibration[0] is None and calibration[1] == self.mixes.calibration_problem:
+            return False
+        self.mixes = protocol.mix_context(self.args, self.mixes.layout, *calibration)
+        logger.info("calibration %s for %s", "loaded" if calibration[0] else "still unusable", self.args.anchors)
+        return calibration[0] is not None
 
 
 def serve_engine(args: ServeArgs) -> EngineLike:

@@ -185,3 +185,23 @@ def test_cli_generate_takes_a_schedule_through_the_same_entry_point(tiny_anchor_
                                 sampling=SamplingParams(temperature=0, max_tokens=8))
     engine = Engine.from_uri(tiny_anchor_set, base_model=base_dir)
     assert capsys.readouterr().out == engine.generate([request])[0].text + "\n"
+
+
+def test_a_calibration_saved_while_the_set_is_served_answers_the_next_target(engine, tiny_anchor_set, tmp_path):
+    from lerpray.serve.live import start_set
+
+    dest = tmp_path / "set"
+    shutil.copytree(tiny_anchor_set, dest)
+    live = start_set(ServeArgs(anchors=str(dest)), lambda a: engine, observer=None)
+    target = CompletionRequest.model_validate({"prompt": "x", "interpolation": {"target": {S: 0.3}}})
+    try:
+        with pytest.raises(MixError, match="has no calibration"):
+            generation_request(target, live.args, live.mixes)
+        assert not live.refresh_calibration(every_s=0)  # still none: nothing changes
+        save_calibration(open_store(dest), CURVES)
+        assert not live.refresh_calibration(every_s=3600)  # looked moments ago: the store is not read again yet
+        assert live.refresh_calibration(every_s=0)
+        assert generation_request(target, live.args, live.mixes).coeffs == pytest.approx((0.8, 0.2, 0.0, 0.0))
+        assert not live.refresh_calibration(every_s=0)  # a calibrated set never re-reads
+    finally:
+        live.batcher.close()
