@@ -18,8 +18,22 @@ import torch
 from torch import Tensor
 
 from lerpray.model.forward import ModelForward
+from lerpray.model.requests import EngineError
 
-__all__ = ["DecodeGraphs", "batch_buckets", "length_buckets"]
+__all__ = ["DECODE_MODES", "DecodeGraphs", "batch_buckets", "choose_decode_mode", "length_buckets"]
+
+DECODE_MODES = ("graph", "bucket", "eager")
+
+
+def choose_decode_mode(decode_mode: str | None, cuda_graphs: bool | None, device: torch.device) -> str:
+    """`decode_mode`, else the older `cuda_graphs` switch, else graphs on CUDA and eager rows elsewhere."""
+    on_gpu = device.type == "cuda"
+    if decode_mode is None:
+        decode_mode = "graph" if (on_gpu if cuda_graphs is None else cuda_graphs) else "eager"
+    if decode_mode not in DECODE_MODES or (decode_mode == "graph" and not on_gpu):
+        raise EngineError(f"decode_mode must be one of {DECODE_MODES} ('graph' needs a CUDA device; 'bucket' runs "
+                          f"its function eagerly), got {decode_mode!r} on {device}")
+    return decode_mode
 
 
 def batch_buckets(max_batch_size: int) -> list[int]:

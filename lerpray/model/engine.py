@@ -24,7 +24,7 @@ from collections.abc import Iterator
 
 import torch
 
-from lerpray.model.cuda_graphs import DecodeGraphs
+from lerpray.model.cuda_graphs import DECODE_MODES, DecodeGraphs, choose_decode_mode
 from lerpray.model.forward import ModelForward
 from lerpray.model.kv_budget import build_cache, check_fits, kv_budget
 from lerpray.model.kv_cache import SlotCache, unsupported_attention
@@ -35,8 +35,6 @@ from lerpray.model.scheduler import SlotScheduler
 from lerpray.model.step_inputs import chunk_inputs, decode_inputs
 
 __all__ = ["DECODE_MODES", "Engine"]
-
-DECODE_MODES = ("graph", "bucket", "eager")
 
 
 class Engine:
@@ -81,17 +79,12 @@ class Engine:
         self.device = torch.device(device) if device is not None else next(self.model.parameters()).device
         on_gpu = self.device.type == "cuda"
         self.prefill_chunk = prefill_chunk or (512 if on_gpu else 32)
-        if decode_mode is None:
-            decode_mode = ("graph" if on_gpu else "eager") if cuda_graphs is None else ("graph" if cuda_graphs else "eager")
         problem = unsupported_attention(self.model.config) or next(
             (f"{name} must be >= 1, got {value}" for name, value in
              (("max_batch_size", max_batch_size), ("prefill_chunk", self.prefill_chunk)) if value < 1), None)
-        if decode_mode not in DECODE_MODES or (decode_mode == "graph" and not on_gpu):
-            problem = problem or (f"decode_mode must be one of {DECODE_MODES} ('graph' needs a CUDA device; 'bucket' "
-                                  f"runs its function eagerly), got {decode_mode!r} on {self.device}")
         if problem:
             raise EngineError(problem)
-        self.decode_mode = decode_mode
+        self.decode_mode = decode_mode = choose_decode_mode(decode_mode, cuda_graphs, self.device)
         self._eos = eos_ids(self.model, tokenizer)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._coeffs = torch.zeros(max_batch_size, len(self.layout.anchors), device=self.device)  # [S, K]
@@ -158,6 +151,9 @@ class Engine:
     @torch.inference_mode()
     def step(self, protect_streams: bool = True) -> list[TokenEvent]:
         """Admit waiting requests, decode a token for each decoding row, prefill prompt chunks (SlotScheduler.chunks)."""
+        if released := self._scheduler.released:  # idle slots' stale mixes would keep their anchors active
+            self._coeffs[released] = 0.0
+            released.clear()
         self._write_mixes(self._scheduler.admit())
         events = self._decode() if self._scheduler.decoding() else []
         if self._scheduler.prefilling():

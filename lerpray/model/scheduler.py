@@ -25,6 +25,7 @@ class SlotScheduler:
         self.slots: list[Row | None] = [None] * num_slots
         self.prefill_chunk = prefill_chunk
         self._waiting: deque[list[Row]] = deque()  # each entry: one request's choices, admitted together
+        self.released: list[int] = []  # slots freed since the engine last cleared their coefficients
         self._admissions = 0
 
     def running(self) -> list[Row]:
@@ -56,6 +57,7 @@ class SlotScheduler:
     def free(self, row: Row) -> None:
         row.finished = True
         self.slots[row.slot] = None
+        self.released.append(row.slot)
 
     def abort(self, request_id: str) -> bool:
         """Drop a waiting or running request; its slots are free at once. Returns whether it was found."""
