@@ -10,6 +10,7 @@ import copy
 
 import pytest
 import torch
+from peft_reference import peft_cat_logits
 
 from lerpray.model import interpolate
 from lerpray.testing import anchor_set_from_adapters, random_adapter, tiny_llama
@@ -65,22 +66,6 @@ def logits(imodel, coeffs, ids):
         return imodel(ids).logits
 
 
-def peft_cat(base, folders, names, weights, ids):
-    """PEFT's exact combination over `names` only, the new adapter's scaling forced to 1 (weights hold it)."""
-    from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
-
-    aliases = [f"a{NAMES.index(n)}" for n in names]  # PEFT adapter names cannot hold dots
-    model = PeftModel.from_pretrained(copy.deepcopy(base), str(folders[names[0]]), adapter_name=aliases[0])
-    for name, alias in zip(names[1:], aliases[1:], strict=True):
-        model.load_adapter(str(folders[name]), adapter_name=alias)
-    model.add_weighted_adapter(aliases, weights, "mix", combination_type="cat")
-    for module in model.modules():
-        if isinstance(module, LoraLayer) and "mix" in module.scaling:
-            module.scaling["mix"] = 1.0
-    model.set_adapter("mix")
-    with torch.no_grad():
-        return model.eval()(ids).logits
 
 
 @pytest.mark.parametrize("row", range(len(DISJOINT)))
@@ -88,8 +73,8 @@ def test_rows_with_disjoint_active_anchors_each_equal_peft_cat_of_their_own_anch
                                                                                     input_ids, row):
     got = logits(imodel, DISJOINT, input_ids)
     anchors = torch.nonzero(DISJOINT[row]).flatten().tolist()
-    want = peft_cat(base, folders, [NAMES[k] for k in anchors], DISJOINT[row, anchors].tolist(),
-                    input_ids[row : row + 1])
+    want = peft_cat_logits(base, [folders[NAMES[k]] for k in anchors], DISJOINT[row, anchors].tolist(),
+                           input_ids[row : row + 1])
     torch.testing.assert_close(got[row : row + 1], want, rtol=0, atol=ATOL)
 
 

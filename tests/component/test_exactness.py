@@ -12,6 +12,7 @@ import copy
 
 import pytest
 import torch
+from peft_reference import cat_mix_logits
 
 from lerpray.model import interpolate
 from lerpray.testing import anchor_set_from_adapters, random_adapter, reference_merged_delta, tiny_llama
@@ -83,18 +84,6 @@ def peft_model(base, folders):
     return model.eval()
 
 
-def peft_cat_logits(peft_model, names, weights, ids, mix_name):
-    """PEFT's exact combination: lora_A of the new adapter = cat_k(w_k * scaling_k * A_k), lora_B = cat_k(B_k)."""
-    from peft.tuners.lora import LoraLayer
-
-    peft_model.add_weighted_adapter(names, weights, mix_name, combination_type="cat")
-    for module in peft_model.modules():
-        if isinstance(module, LoraLayer) and mix_name in module.scaling:
-            # The new adapter inherits use_rslora from the first adapter; the weights already hold the scalings.
-            module.scaling[mix_name] = 1.0
-    peft_model.set_adapter(mix_name)
-    with torch.no_grad():
-        return peft_model(ids).logits
 
 
 def test_stacked_rows_have_distinct_mixes(stacked_logits):
@@ -105,7 +94,7 @@ def test_stacked_rows_have_distinct_mixes(stacked_logits):
 
 @pytest.mark.parametrize("row", range(len(MIXES) - 1))  # PEFT refuses an all-zero cat (no non-zero rows)
 def test_each_row_equals_peft_cat_of_its_mix(peft_model, stacked_logits, input_ids, row):
-    want = peft_cat_logits(peft_model, PEFT_NAMES, MIXES[row].tolist(), input_ids[row : row + 1], f"mix{row}")
+    want = cat_mix_logits(peft_model, PEFT_NAMES, MIXES[row].tolist(), input_ids[row : row + 1], f"mix{row}")
     torch.testing.assert_close(stacked_logits[row : row + 1], want, rtol=0, atol=ATOL)
 
 

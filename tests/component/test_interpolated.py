@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from peft_reference import peft_cat_logits
 
 from lerpray.anchors.format import AnchorSetError
 from lerpray.lora_math import CoeffsShapeError
@@ -47,23 +48,6 @@ def two_anchors(base, tmp_path, targets_high, targets_low):
     return folders, anchor_set_from_adapters(base, folders)
 
 
-def peft_logits(base, folders, weights, ids):
-    """PEFT reference for one mix: cat combination with the new adapter's scaling forced to 1."""
-    from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
-
-    dirs = [str(f) for f in folders.values()]
-    model = PeftModel.from_pretrained(copy.deepcopy(base), dirs[0], adapter_name="a0")
-    model.load_adapter(dirs[1], adapter_name="a1")
-    model.add_weighted_adapter(["a0", "a1"], weights, "mix", combination_type="cat")
-    for module in model.modules():
-        if isinstance(module, LoraLayer) and "mix" in module.scaling:
-            module.scaling["mix"] = 1.0
-    model.set_adapter("mix")
-    with torch.no_grad():
-        return model.eval()(ids).logits
-
-
 ARCHS = {
     "gpt2-conv1d": (tiny_gpt2, ("c_attn", "c_proj", "c_fc"), ("c_attn",)),
     "qwen2-bias": (tiny_qwen2, ("q_proj", "k_proj", "v_proj", "o_proj"), ("v_proj", "down_proj")),
@@ -83,7 +67,7 @@ def test_rows_equal_peft_cat_and_merged_on_other_architectures(arch, tmp_path):
         got = imodel(ids).logits
     assert not torch.allclose(got, base(ids).logits, atol=1e-3)
     for row in (1, 2):
-        want = peft_logits(base, folders, MIXES[row].tolist(), ids[row : row + 1])
+        want = peft_cat_logits(base, list(folders.values()), MIXES[row].tolist(), ids[row : row + 1])
         torch.testing.assert_close(got[row : row + 1], want, rtol=0, atol=ATOL)
         with imodel.merged(MIXES[row]), torch.no_grad():
             torch.testing.assert_close(imodel(ids).logits[row], got[row], rtol=0, atol=ATOL)

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from peft_reference import peft_cat_logits
 
 from lerpray.lora_math import CoeffsShapeError
 from lerpray.model import Engine, GenerationRequest, ModelMismatchError, SamplingParams, interpolate
@@ -70,23 +71,6 @@ def run(imodel, coeffs, ids):
         return imodel(ids).logits
 
 
-def peft_cat(base, folders, weights, ids):
-    from peft import PeftModel
-    from peft.tuners.lora import LoraLayer
-
-    dirs = [str(f) for f in folders.values()]
-    aliases = [f"a{k}" for k in range(len(dirs))]
-    model = PeftModel.from_pretrained(copy.deepcopy(base), dirs[0], adapter_name=aliases[0])
-    for folder, alias in zip(dirs[1:], aliases[1:], strict=True):
-        model.load_adapter(folder, adapter_name=alias)
-    keep = [k for k, w in enumerate(weights) if w != 0]  # PEFT's cat over the row's non-zero anchors
-    model.add_weighted_adapter([aliases[k] for k in keep], [weights[k] for k in keep], "mix", combination_type="cat")
-    for module in model.modules():
-        if isinstance(module, LoraLayer) and "mix" in module.scaling:
-            module.scaling["mix"] = 1.0
-    model.set_adapter("mix")
-    with torch.no_grad():
-        return model.eval()(ids).logits
 
 
 def test_layout_is_the_concatenation_with_one_named_block_per_set(imodel):
@@ -100,7 +84,7 @@ def test_layout_is_the_concatenation_with_one_named_block_per_set(imodel):
 def test_rows_of_different_sets_in_one_batch_each_equal_peft_cat_of_their_set(base, folders, imodel, input_ids, row):
     got = run(imodel, [set_row(imodel, s, c) for s, c in ROWS], input_ids)
     name, coeffs = ROWS[row]
-    want = peft_cat(base, folders[name], coeffs, input_ids[row : row + 1])
+    want = peft_cat_logits(base, list(folders[name].values()), coeffs, input_ids[row : row + 1])
     torch.testing.assert_close(got[row : row + 1], want, rtol=0, atol=ATOL)
 
 
