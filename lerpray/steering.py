@@ -66,6 +66,7 @@ class ResolvedMix:
     ramp: tuple[Coeffs, Coeffs, int] | None = None  # (start, end, over)
     report: dict = field(default_factory=dict, compare=False, hash=False)
     feedback: Feedback | None = field(default=None, compare=False, hash=False)  # closed loop (lerpray.feedback)
+    block: range | None = None  # where the set's own [K] sits in the engine's wider row (`embed`); None: all of it
 
     def __post_init__(self) -> None:
         if bool(self.pieces) == (self.ramp is not None) or (self.pieces and self.pieces[-1][0] is not None):
@@ -105,6 +106,26 @@ class ResolvedMix:
             return tuple(a + (b - a) * t for a, b in zip(start, end, strict=True))
         return next(coeffs for until, coeffs in self.pieces if until is None or index < until)
 
+    def embed(self, offset: int, width: int) -> ResolvedMix:
+        """This mix on an engine row of `width` coefficients holding the set's anchors from `offset` on, zeros
+        elsewhere (sets sharing a base model: lerpray.model.multi_set); report and feedback stay the set's own."""
+        own = len(self.coeffs)
+        if self.block is not None or not 0 <= offset <= width - own:
+            raise ValueError("this mix is already embedded in a wider row" if self.block is not None else
+                             f"a mix of {own} coefficients does not fit at offset {offset} of a {width}-wide row")
+        pad = lambda c: (0.0,) * offset + tuple(c) + (0.0,) * (width - offset - own)  # noqa: E731
+        ramp = None if self.ramp is None else (pad(self.ramp[0]), pad(self.ramp[1]), self.ramp[2])
+        return replace(self, pieces=tuple((u, pad(c)) for u, c in self.pieces), ramp=ramp, block=range(offset, offset + own))
+
+    def own(self, coeffs: Coeffs) -> Coeffs:
+        """The set's own coefficients [K_set] of an engine row of this mix (as is when not embedded)."""
+        return tuple(coeffs) if self.block is None else tuple(coeffs[self.block.start : self.block.stop])
+
+    def widen(self, coeffs: Coeffs) -> Coeffs:
+        """The engine row of the set's own coefficients (a steer hook's; as is when not embedded)."""
+        pad = (0, 0) if self.block is None else (self.block.start, len(self.coeffs) - self.block.stop)
+        return (0.0,) * pad[0] + tuple(coeffs) + (0.0,) * pad[1]
+
     def mixes(self) -> list[Coeffs]:
         """Every coefficient row the mix names (for validation)."""
         return [*(c for _, c in self.pieces), *((self.ramp[0], self.ramp[1]) if self.ramp else ())]
@@ -120,6 +141,7 @@ class MixContext:
     calibration_problem: str | None = None  # why the set's calibration file cannot be used (targets get a 400)
     served: str | None = None  # the set's own model id: the hull's centre; "<served>:<mix>" is an inline mix
     presets: Mapping[str, ResolvedMix] = field(default_factory=dict)  # model id -> its mix (resolve_presets)
+    engine_block: tuple[int, int] | None = None  # (offset, width) in an engine shared by sets (ResolvedMix.embed)
 
 
 def resolve(context: MixContext, *, model: str | None = None, interpolation: object = None,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from lerpray.model.engine import Engine
 
-__all__ = ["load_engine"]
+__all__ = ["load_engine", "load_shared_engine"]
 
 
 def load_engine(anchors: str, base_model: str | None = None, *, device: str = "cpu", dtype: str = "float32",
@@ -32,3 +32,29 @@ def load_engine(anchors: str, base_model: str | None = None, *, device: str = "c
     return Engine.from_uri(store, base_model, dtype=getattr(torch, dtype), device=device,
                            max_batch_size=max_batch_size, kv_cache_bytes=kv_cache_bytes,
                            kv_cache_fraction=kv_cache_fraction, context_length=context_length)  # fmt: skip
+
+
+def load_shared_engine(sets: dict[str, str], base_model: str | None = None, *, device: str = "cpu",
+                       dtype: str = "float32", max_batch_size: int = 32, torch_threads: int | None = None,
+                       endpoint_url: str | None = None, region: str | None = None, kv_cache_bytes: int | None = None,
+                       kv_cache_fraction: float | None = None, context_length: int | None = None) -> Engine:  # fmt: skip
+    """One engine over one copy of the base model holding every anchor set of `sets` (block name -> URI, all trained
+    on one base model: lerpray.model.multi_set.interpolate_sets), each set a block of the coefficient axis in the
+    order given (`engine.imodel.blocks`). The other arguments as for `load_engine`; the base model is the first
+    set's manifest's unless `base_model` is given. Raises ModelMismatchError naming a set that does not fit."""
+    import torch
+
+    from lerpray.anchors import load_anchor_set, open_store
+    from lerpray.model.base import load_base_model
+    from lerpray.model.engine import Engine
+    from lerpray.model.multi_set import interpolate_sets
+
+    if torch_threads is not None:
+        torch.set_num_threads(torch_threads)
+    loaded = {name: load_anchor_set(open_store(uri, endpoint_url=endpoint_url, region=region))
+              for name, uri in sets.items()}
+    first = next(iter(loaded.values()))
+    model, tokenizer = load_base_model(base_model or first.manifest.base_model.name, dtype=getattr(torch, dtype),
+                                       device=device)
+    return Engine(interpolate_sets(model, loaded), tokenizer, device=device, max_batch_size=max_batch_size,
+                  kv_cache_bytes=kv_cache_bytes, kv_cache_fraction=kv_cache_fraction, context_length=context_length)

@@ -90,7 +90,7 @@ class Row:
             self.text += text
             coeffs = self.request.steer(self.index, self.text, self.generated)  # the last call sees the whole text
             if coeffs is not None and not self.finished:
-                self.steered = tuple(float(c) for c in coeffs)
+                self.steered = self.request.mix.widen(tuple(float(c) for c in coeffs))  # the set's [K] -> row
         return self._event(token, text, finish, logprob, top)
 
     def score_only(self) -> TokenEvent:

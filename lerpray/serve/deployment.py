@@ -1,6 +1,7 @@
 """The Serve deployment: a thin shim between HTTP and the engine (cf. Ray Serve LLM's `LLMServer`).
 
-Its duties: (1) load the engine and the anchor set's manifest at start (one per model id when `sets` names more),
+Its duties: (1) load the engine and the anchor set's manifest at start (the sets of `sets` on the main set's base
+model share its engine, lerpray.serve.shared_sets; a set on another base gets its own),
 check the config's presets against it, and roll to another version when Serve's `user_config` changes (`reconfigure`:
 the new version loads beside the old, which finishes its requests; a version that fails to load is refused and the
 old one keeps serving; see lerpray.serve.live), (2) authenticate and parse requests into engine requests
@@ -8,7 +9,8 @@ old one keeps serving; see lerpray.serve.live), (2) authenticate and parse reque
 continuous batcher, (4) answer in OpenAI's shapes, streaming as server-sent events, with every failure mapped by
 `lerpray.serve.errors`, every answer carrying the answering version (header x-lerpray-anchor-version and
 `system_fingerprint`); it also serves the playground page (`lerpray.serve.playground`). It takes an
-`engine_factory` so tests can inject an engine; the default is `lerpray.model.loading.load_engine`.
+`engine_factory` so tests can inject an engine (and `shared_factory` for the engine of sets sharing a base; none
+with an injected `engine_factory`: each set its own); the defaults are lerpray.model.loading's.
 """
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations (Request) at runtime, and Serve
@@ -25,12 +27,13 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lerpray.serve import errors, live, playground, protocol, replies
+from lerpray.serve import errors, live, playground, protocol, replies, shared_sets
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.live import EngineFactory, LiveSet, serve_engine
 from lerpray.serve.metrics import ServeMetrics
 from lerpray.serve.responses import ModelList
 from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest
+from lerpray.serve.shared_sets import SharedFactory, serve_shared_engine
 
 __all__ = ["EngineFactory", "LerpServer", "serve_engine"]
 
@@ -102,14 +105,16 @@ def _sse_line(payload: dict) -> str:
 )
 @serve.ingress(api)
 class LerpServer:
-    def __init__(self, args: dict[str, Any] | ServeArgs, engine_factory: EngineFactory | None = None) -> None:
+    def __init__(self, args: dict[str, Any] | ServeArgs, engine_factory: EngineFactory | None = None,
+                 shared_factory: SharedFactory | None = None) -> None:  # fmt: skip
         self.args = ServeArgs.model_validate(args)
         self._api_key = _api_key(self.args.api_key_env)
         self.factory = engine_factory or serve_engine
+        self.shared_factory = shared_factory or (serve_shared_engine if engine_factory is None else None)
         self.metrics = ServeMetrics()
-        self.sets: dict[str, LiveSet] = {}  # model id -> what it serves; replaced whole by reconfigure
-        for name, set_args in live.set_args(self.args).items():
-            self.sets[name] = live.start_set(set_args, self.factory, self.metrics)
+        # model id -> what it serves (LiveSets of one base model share an engine); replaced whole by reconfigure
+        self.sets: dict[str, LiveSet] = shared_sets.load_sets(live.set_args(self.args), {}, self.factory,
+                                                              self.metrics, self.shared_factory)  # fmt: skip
         self.reload_error: str | None = None
         self._reconfigured = False
         self._retiring: set[asyncio.Task] = set()
@@ -134,28 +139,17 @@ class LerpServer:
             logger.error("anchor-set change refused, still serving %s: %s", self.versions(), self.reload_error)
             return
         old, self.sets, self.args, self.reload_error = self.sets, new, wanted, None
-        for gone in {id(s) for s in old.values()} - {id(s) for s in new.values()}:
-            task = asyncio.create_task(live.retire(next(s for s in old.values() if id(s) == gone)))
+        kept = {id(s.batcher) for s in new.values()}  # a shared engine's batcher retires with its whole group
+        for gone in {id(s.batcher): s for s in old.values() if id(s.batcher) not in kept}.values():
+            task = asyncio.create_task(live.retire(gone))
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
         logger.info("serving %s", self.versions())
 
     def _load_changed(self, wanted: ServeArgs) -> dict[str, LiveSet]:
-        """The LiveSets for `wanted`: unchanged versions kept, the others loaded (their batchers closed on failure)."""
-        new: dict[str, LiveSet] = {}
-        try:
-            for name, set_args in live.set_args(wanted).items():
-                current = self.sets.get(name)
-                if current is not None and live.resolve_version(set_args.anchors) == current.args.anchors:
-                    new[name] = current
-                else:
-                    new[name] = live.start_set(set_args, self.factory, self.metrics)
-        except Exception:
-            for name, started in new.items():
-                if started is not self.sets.get(name):
-                    started.batcher.close()
-            raise
-        return new
+        """The LiveSets for `wanted`: unchanged versions kept, the others loaded (their batchers closed on failure);
+        a change to any set of a shared engine reloads that engine's whole group."""
+        return shared_sets.load_sets(live.set_args(wanted), self.sets, self.factory, self.metrics, self.shared_factory)
 
     def versions(self) -> dict[str, str]:
         """model id -> the fingerprint of the version it serves."""
@@ -177,7 +171,7 @@ class LerpServer:
     @api.get("/healthz")
     async def healthz(self) -> JSONResponse:
         problem = self._problem()
-        loads = [s.batcher.load() for s in self.sets.values()]
+        loads = [b.load() for b in {id(s.batcher): s.batcher for s in self.sets.values()}.values()]
         body = {"status": problem or "ok", "in_flight": sum(n for n, _ in loads), "waiting": sum(w for _, w in loads),
                 "versions": self.versions(), "reload_error": self.reload_error}
         return JSONResponse(body, status_code=503 if problem else 200)
@@ -221,7 +215,7 @@ class LerpServer:
         try:
             first = await anext(events)  # queue-full and per-request engine errors surface here, before headers
             model = parsed.model or served.args.model_name
-            reply = replies.Reply(route, gens, model, served.engine.layout.anchors, served.fingerprint,
+            reply = replies.Reply(route, gens, model, served.mixes.layout.anchors, served.fingerprint,
                                   echo=bool(getattr(parsed, "echo", False)), tokens=served.tokens)
             resolved = gens[0].mix.report  # the one resolution of the request's mix (targets -> alphas), as JSON
             headers = {**served.headers(), **replies.mix_headers(resolved)}

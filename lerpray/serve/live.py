@@ -1,6 +1,6 @@
 """What a replica serves: one loaded anchor-set version per model id, replaced whole when the version changes.
 
-A `LiveSet` is an engine, its batcher, its /v1/models cards and its `MixContext` (the calibration beside the set is
+A `LiveSet` is an engine and its batcher (shared by the sets on one base model: shared_sets.py), its /v1/models cards and its `MixContext` (the calibration beside the set is
 read here, presets are resolved here, once), built for one resolved version (an alias such as
 `s3://bucket/sets/sentiment@prod` is resolved once, to `.../versions/<n>`, so every request a LiveSet answers comes
 from that one immutable version). Rolling to a new version builds a new LiveSet beside the old one, swaps it in,
@@ -48,6 +48,7 @@ class LiveSet:
     tokens: TokenText  # token id -> text, for logprobs
     vocab_size: int | None  # token ids at or above it are refused (logit_bias)
     calibration_checked: float = field(default_factory=time.monotonic)  # when the store was last read for one
+    shared: tuple[str, ...] = ()  # the model ids whose sets share its engine and batcher (shared_sets.py); () own
 
     @property
     def fingerprint(self) -> str:
@@ -70,7 +71,8 @@ class LiveSet:
         calibration = load_calibration(open_set(self.args.anchors))
         if calibration[0] is None and calibration[1] == self.mixes.calibration_problem:
             return False
-        self.mixes = protocol.mix_context(self.args, self.mixes.layout, *calibration)
+        self.mixes = protocol.mix_context(self.args, self.mixes.layout, *calibration,
+                                          engine_block=self.mixes.engine_block)  # fmt: skip
         logger.info("calibration %s for %s", "loaded" if calibration[0] else "still unusable", self.args.anchors)
         return calibration[0] is not None
 

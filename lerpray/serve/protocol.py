@@ -45,9 +45,11 @@ def pick(sets: Mapping[str, Served], model: str | None) -> Served:
 
 
 def mix_context(args: ServeArgs, layout: AnchorLayout, calibration: Calibration | None = None,
-                calibration_problem: str | None = None) -> MixContext:  # fmt: skip
-    """What a set's requests resolve against, presets resolved (a ValueError naming the preset if one does not fit)."""
-    context = MixContext(layout, args.bounds(), calibration, calibration_problem, args.model_name)
+                calibration_problem: str | None = None, engine_block: tuple[int, int] | None = None) -> MixContext:
+    """What a set's requests resolve against, presets resolved (a ValueError naming the preset if one does not fit);
+    `engine_block` (offset, width) when the set shares an engine with other sets (MixContext.engine_block)."""
+    context = MixContext(layout, args.bounds(), calibration, calibration_problem, args.model_name,
+                         engine_block=engine_block)  # fmt: skip
     presets = resolve_presets(args.presets, context)
     return replace(context, presets=presets)
 
@@ -76,6 +78,8 @@ def generation_request(
     if max_tokens > args.max_tokens_cap:
         raise errors.max_tokens_over_cap(max_tokens, args.max_tokens_cap)
     mix = resolve(mixes, model=parsed.model, interpolation=parsed.interpolation, max_tokens=max_tokens)
+    if mixes.engine_block is not None:  # the set's [K] placed in the shared engine's row, zeros elsewhere
+        mix = mix.embed(*mixes.engine_block)
     sampling, n = sampling_params(parsed, max_tokens, vocab_size), parsed.n or 1
     if n > args.max_batch_size:
         raise _invalid("n", f"is {n}, more choices than this server runs at once ({args.max_batch_size}); ask for "

@@ -114,7 +114,7 @@ class Reply:
         self.model = model
         self.fingerprint = fingerprint
         self.created = int(time.time())
-        self.mix = dict(zip(anchors, requests[0].coeffs, strict=True))
+        self.mix = dict(zip(anchors, requests[0].mix.own(requests[0].coeffs), strict=True))  # the set's own
         self.logprobs = requests[0].sampling.logprobs is not None
         self.tokens = tokens or TokenText()
         self._position = {(r.request_id, i): p * r.n + i for p, r in enumerate(requests) for i in range(r.n)}
