@@ -20,8 +20,8 @@ def add_parsers(subparsers) -> None:
     parser.add_argument("prompt", help="the prompt (raw text; with --chat, the user message)")
     parser.add_argument("--anchors", required=True, metavar="URI", help="anchor set: s3://bucket/prefix or a folder")
     parser.add_argument("--mix", metavar="JSON", help='any `interpolation` the server takes, e.g. \'{"alpha": '
-                        '{"sentiment": 0.8}}\', \'{"anchors": {"sentiment.positive": 1}}\', a target or a schedule '
-                        '(default: alpha 0.5 on every attribute)')
+                        '{"sentiment": 0.8}}\', \'{"anchors": {"sentiment.positive": 1}}\', a target (with "feedback" '
+                        'it runs closed loop) or a schedule (default: alpha 0.5 on every attribute)')
     parser.add_argument("--base", metavar="MODEL", help="base model folder or id (default: the one the set names)")
     parser.add_argument("--chat", action="store_true", help="send the prompt as a user message via the chat template")
     parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy (default 0.7)")
@@ -39,6 +39,7 @@ def add_parsers(subparsers) -> None:
 def _generate(args: argparse.Namespace) -> int:
     from lerpray.anchors import open_set
     from lerpray.anchors.calibration import load_calibration
+    from lerpray.eval.steer import steerer
     from lerpray.mixing import ExtrapolationBounds, MixError
     from lerpray.model import Engine, GenerationRequest
     from lerpray.model.sampling import SamplingParams
@@ -59,9 +60,13 @@ def _generate(args: argparse.Namespace) -> int:
     context = MixContext(engine.layout, bounds, *load_calibration(open_set(args.anchors)))
     resolved = resolve(context, interpolation=mix, max_tokens=args.max_tokens)  # the server's one way in
     prompt = {"messages": [{"role": "user", "content": args.prompt}]} if args.chat else {"prompt": args.prompt}
-    request = GenerationRequest(mix=resolved, sampling=sampling, **prompt)
+    # a target with feedback runs closed loop: the hook the server builds (lerpray.eval.steer)
+    steer = None if resolved.feedback is None else steerer(resolved.feedback, engine.layout)
+    request = GenerationRequest(mix=resolved, sampling=sampling, steer=steer, **prompt)
     for event in engine.stream([request]):
         sys.stdout.write(event.text)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    if steer is not None:  # the mixes the reply used and its final score, as a served choice reports them
+        sys.stderr.write(f"resolved_mix.feedback: {json.dumps(steer.report(0))}\n")
     return 0

@@ -214,6 +214,40 @@ def test_cli_allow_extrapolation_accepts_a_wide_alpha(tiny_anchor_set, base_dir)
     assert main(argv) == 0
 
 
+def test_cli_generate_runs_a_feedback_mix_closed_loop(tiny_anchor_set, base_dir, tmp_path, capsys):
+    """A target with feedback gets the server's steer hook: the reported trajectory moves the alpha, and its mixes
+    replay the printed text in a plain engine (open loop would print the start mix's text and report nothing)."""
+    import json
+    import shutil
+
+    from lerpray.anchors import open_store
+    from lerpray.anchors.calibration import save_calibration
+    from lerpray.cli import main
+    from lerpray.mixing import resolve_mix
+    from lerpray.model import ResolvedMix
+
+    calibrated = tmp_path / "set"
+    shutil.copytree(tiny_anchor_set, calibrated)
+    curve = {"scorer": "vader", "alphas": [0, 1], "fit": [-0.5, 0.5]}  # score = alpha - 0.5
+    doc = {"curves": {"sentiment": curve}, "scorers": {"sentiment": {"spec": "vader"}}}
+    save_calibration(open_store(calibrated), doc)
+    mix = '{"target": {"sentiment": 0.3}, "feedback": {"every": 2, "gain": 1.0}}'
+    argv = ["generate", "--anchors", str(calibrated), "--base", base_dir, "--mix", mix, "--temperature", "0",
+            "--max-tokens", "8", "Hello there"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.err.split("resolved_mix.feedback: ", 1)[1])
+    steps = report["trajectory"]
+    assert [s["token"] for s in steps] == [0, 2, 4, 6] and steps[0]["alpha"] == {"sentiment": pytest.approx(0.8)}
+    assert any(s["alpha"]["sentiment"] != pytest.approx(0.8) for s in steps[1:])  # the loop moved the mix
+    engine = Engine.from_uri(str(calibrated), base_model=base_dir)
+    mixes = [resolve_mix({"alpha": s["alpha"]}, engine.layout) for s in steps]
+    pieces = [(nxt["token"], m) for m, nxt in zip(mixes[:-1], steps[1:], strict=True)] + [(None, mixes[-1])]
+    replay = GenerationRequest(mix=ResolvedMix(pieces=tuple(pieces)), prompt="Hello there",
+                               sampling=SamplingParams(temperature=0, max_tokens=8))  # fmt: skip
+    assert out.out == engine.generate([replay])[0].text + "\n"
+
+
 def test_gpt2_learned_positions_match_reference(tmp_path):
     """GPT-2: Conv1D projections and learned absolute positions, so per-row position ids must be right."""
     import copy
