@@ -64,7 +64,8 @@ def load_sets(wanted: Mapping[str, ServeArgs], current: Mapping[str, LiveSet], f
             else:
                 new[name] = live.start_set(args, factory, observer)
     except Exception:
-        for batcher in {id(s.batcher): s.batcher for s in new.values() if s not in current.values()}.values():
+        kept = {id(s.batcher) for s in current.values()}
+        for batcher in {id(s.batcher): s.batcher for s in new.values() if id(s.batcher) not in kept}.values():
             batcher.close()
         raise
     return {name: new[name] for name in wanted}

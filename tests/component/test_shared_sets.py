@@ -142,3 +142,21 @@ def test_a_new_version_of_one_shared_set_reloads_the_group_and_keeps_the_other_e
         for name in (MAIN, SAME):
             new[name].batcher.close()
     assert protocol.pick(new, SAME) is new[SAME]
+
+
+def test_a_set_that_fails_to_load_closes_the_shared_engine_started_beside_it(sets, monkeypatch):
+    from lerpray.serve import shared_sets
+    from lerpray.serve.config import ServeArgs
+    from lerpray.serve.live import set_args
+
+    groups = []
+    start_group = shared_sets.start_group
+    monkeypatch.setattr(shared_sets, "start_group", lambda *a: groups.append(start_group(*a)) or groups[-1])
+
+    def broken(args):
+        raise ValueError(f"no engine for {args.model_name}")
+
+    wanted = set_args(ServeArgs(anchors=sets[MAIN], sets={SAME: sets[SAME], OTHER: sets[OTHER]}))
+    with pytest.raises(ValueError, match=f"no engine for {OTHER}"):
+        shared_sets.load_sets(wanted, {}, broken, None, shared_sets.serve_shared_engine)
+    assert [list(g) for g in groups] == [[MAIN, SAME]] and groups[0][MAIN].batcher._closed

@@ -3,7 +3,8 @@
 The app is deployed the way `serve deploy` deploys cluster/serve.yaml (a declarative config: import path, args,
 deployments); its `user_config` names the anchor-set version, so changing only `user_config` reconfigures the
 running replica in place (Serve's lightweight update, `LerpServer.reconfigure`).
-plus a second set under its own model id. Under a steady load the app rolls from version 1 to version 2: zero
+plus a second set under its own model id (on another base model: its own engine) and a third on the main set's
+base model (one engine with the main set: lerpray.serve.shared_sets). Under a steady load the app rolls from version 1 to version 2: zero
 failed requests, every response names its version, and after the first answer from version 2 none comes from 1.
 A change to an alias that names no version is refused and the replica keeps serving what it had.
 """
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.integration
 
 VERSION_HEADER = "x-lerpray-anchor-version"
 OTHER = "lerpray-other"
+SAME = "lerpray-same"  # a set on the main set's base model: shares its engine
 
 
 load_test = load_test_module()
@@ -44,6 +46,18 @@ def versioned_set(tmp: Path) -> str:
     return str(root)
 
 
+def same_base_set(tmp: Path) -> str:
+    """A set on the base model of `versioned_set`'s versions (other random adapters), at tmp/same."""
+    from lerpray.anchors import build_anchor_set, open_store, read_manifest
+    from lerpray.testing import TINY_ANCHORS, random_adapter, tiny_llama
+
+    base, model = read_manifest(open_store(tmp / "v1" / "anchors")).base_model, tiny_llama(seed=0)
+    adapters = {name: random_adapter(model, tmp / "same-adapters" / name, seed=70 + i)
+                for i, name in enumerate(TINY_ANCHORS)}  # fmt: skip
+    build_anchor_set(base, adapters, tmp / "same", overwrite=True)
+    return str(tmp / "same")
+
+
 @pytest.fixture(scope="module")
 def app(tmp_path_factory):
     from lerpray.ray_cluster import local_ray
@@ -52,7 +66,7 @@ def app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve-versions")
     root = versioned_set(tmp)
     other = str(tiny_anchor_set(tmp / "other", seed=2))
-    args = {"anchors": f"{root}@prod", "sets": {OTHER: other}, "num_cpus": 0.5, "torch_threads": 1,
+    args = {"anchors": f"{root}@prod", "sets": {OTHER: other, SAME: same_base_set(tmp)}, "num_cpus": 0.5, "torch_threads": 1,
             "max_batch_size": 4, "max_tokens_cap": 32, "default_max_tokens": 8,
             "presets": {"lerpray-upbeat": {"alpha": {"sentiment": 1}}}}
     name = f"versions-{uuid.uuid4().hex[:6]}"
@@ -104,22 +118,24 @@ def complete(url: str, model: str | None = None) -> httpx.Response:
 
 def test_models_lists_every_set_and_each_model_selects_its_set(app):
     cards = fingerprints(app["url"])
-    assert list(cards) == ["lerpray", "lerpray-upbeat", OTHER]
+    assert list(cards) == ["lerpray", "lerpray-upbeat", OTHER, SAME]
     assert cards["lerpray"].startswith("v1-") and cards["lerpray-upbeat"] == cards["lerpray"]
-    assert cards[OTHER] != cards["lerpray"]
+    assert len({cards["lerpray"], cards[OTHER], cards[SAME]}) == 3
     for model, expected in [(None, "lerpray"), ("lerpray-upbeat", "lerpray"), (OTHER, OTHER),
-                            (f"{OTHER}:sentiment=0.9", OTHER), ("lerpray:sentiment=0.1", "lerpray")]:
+                            (f"{OTHER}:sentiment=0.9", OTHER), ("lerpray:sentiment=0.1", "lerpray"), (SAME, SAME),
+                            (f"{SAME}:formality=0.2", SAME)]:  # fmt: skip
         response = complete(app["url"], model)
         assert response.status_code == 200, response.text
         assert response.headers[VERSION_HEADER] == cards[expected] == response.json()["system_fingerprint"]
     unknown = complete(app["url"], "nope")
     assert unknown.status_code == 404
     message = unknown.json()["error"]["message"]
-    assert all(repr(m) in message for m in ("lerpray", "lerpray-upbeat", OTHER)), message
+    assert all(repr(m) in message for m in ("lerpray", "lerpray-upbeat", OTHER, SAME)), message
 
 
 def test_roll_to_a_new_version_under_load_fails_nothing(app):
     url = app["url"]
+    same = fingerprints(url)[SAME]  # shares the main set's engine: reloaded with it, its version unchanged
     replicas = load_test.replica_pids(app["name"])
     assert len(replicas) == 1
     run = load_test.LoadRun(url, clients=2, seconds=180, max_requests=100_000, max_tokens=8, seed=3)
@@ -146,6 +162,8 @@ def test_roll_to_a_new_version_under_load_fails_nothing(app):
     # requests that started after the swap was visible all came from version 2
     seen_v2 = records[first_v2].end
     assert all(r.version == v2 for r in records if r.start > seen_v2)
+    response = complete(url, SAME)
+    assert response.status_code == 200 and response.headers[VERSION_HEADER] == same, response.text
 
 
 def test_an_alias_to_no_version_is_refused_and_the_old_version_keeps_serving(app):
