@@ -11,7 +11,7 @@ Engine targets (random weights: throughput does not depend on their values): the
 but unused / one anchor / a mix per row at batch 16/64/128 (128 prompt + 128 new tokens, 10 anchors r=32 on
 q,k,v,o), HF `generate` at batch 128, the decode step at batch 64 against one read of the weights at the measured
 copy bandwidth, and CUDA-graph captures (all at start-up) before/after never-seen mixes. Needs torch (CUDA),
-transformers, peft, safetensors, pydantic, tokenizers (the GPU image lacks pydantic: scripts/gpu_setup.sh installs
+transformers, peft, safetensors, pydantic, tokenizers (the GPU image lacks pydantic: benchmarks/gpu_setup.sh installs
 it from gpu-wheels/, `make gpu-wheels`); no Ray, boto3, gguf, network or git.
 
 bench_core's methods (per-mix merging, the paper's method, PEFT cat) on LlamaConfig(hidden 2048, 16 layers, 32

@@ -87,7 +87,7 @@ def _rmdir_if_empty(folder: Path) -> None:
     try:
         folder.rmdir()
     except OSError:
-        pass  # not empty (a teammate's file, a temp file in flight): leave it
+        pass  # not empty (another writer's file, a temp file in flight): leave it
 
 
 def open_store(

@@ -1,4 +1,4 @@
-"""Hostile input against the real HTTP API (issue 7): property-based fuzzing with hypothesis, the body size limit,
+"""Hostile input against the real HTTP API: property-based fuzzing with hypothesis, the body size limit,
 the API key check and the default bind address. Rows of docs/reliability.md.
 
 One Serve app (one replica, the tiny anchor set, API key on, max_tokens capped at 2 so that thousands of requests

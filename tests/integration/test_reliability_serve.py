@@ -1,4 +1,4 @@
-"""Reliability of serving under real load and real faults (issue 7): rows of docs/reliability.md.
+"""Reliability of serving under real load and real faults: rows of docs/reliability.md.
 
 One Serve app on 127.0.0.1 (a free port) with two replicas of the tiny anchor set and tiny backpressure limits
 (a batch of 2 plus 2 queued per replica, 8 ongoing per replica, 4 queued in the proxy) serves the load, overload and

@@ -1,4 +1,4 @@
-"""Reliability and security of anchor-set storage under real faults and hostile input (issue 7, store parts).
+"""Reliability and security of anchor-set storage under real faults and hostile input.
 
 Each test is one row of docs/reliability.md. Faults are real: the S3 endpoint is our own moto server, stopped for
 real (its listening socket closed, so connections are refused) in the middle of a publish; files are corrupted,

@@ -1,4 +1,4 @@
-"""Kill the training driver (issue 7): a row of docs/reliability.md.
+"""Kill the training driver: a row of docs/reliability.md.
 
 `lerpray train CONFIG --run-id ID --address ADDR` runs as a subprocess (the driver) on a 2-CPU Ray cluster this test
 started, as a driver on a real cluster would. Once Ray Train has registered a checkpoint of every anchor (its
