@@ -16,7 +16,7 @@ COMMAND_MODULES = (
     "lerpray.data.commands",
     "lerpray.train.commands",
     "lerpray.serve.commands",
-    "lerpray.model.commands",
+    "lerpray.serve.generate_command",
     "lerpray.batch.commands",
     "lerpray.eval.commands",
     "lerpray.submit.commands",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-# Everything is imported on first use (PEP 562): the CLI loads lerpray.model.commands, and `lerpray --help` must not
+# Everything is imported on first use (PEP 562): the CLI loads its command modules, and `lerpray --help` must not
 # pay for torch.
 _LAZY = {
     **dict.fromkeys(
