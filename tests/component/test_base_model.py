@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lerpray.model import BUNDLED_MODEL, ModelLoadError, check_model_fits, load_base_model, model_identity
 from lerpray import hf_models as base_module
+from lerpray.model import BUNDLED_MODEL, ModelLoadError, check_model_fits, load_base_model, model_identity
 from lerpray.testing import anchor_set_from_adapters, random_adapter, tiny_gpt2, tiny_llama
 
 pytestmark = pytest.mark.component
