@@ -55,13 +55,13 @@ def load_prompt_set(
     if not path.is_file():
         raise SweepConfigError(f"prompt file {path} does not exist; give a file with one prompt per line or JSONL")
     rows = _read(path)
+    picked = {"even": rows[0::2], "odd": rows[1::2], "all": rows}[split]  # by index in the file, then domains
     if domains:
         known = sorted({d for _, d in rows})
         missing = sorted(set(domains) - set(known))
         if missing:
             raise SweepConfigError(f"{path} has no prompts in domains {missing}; its domains are {known}")
-        rows = [(t, d) for t, d in rows if d in set(domains)]
-    picked = {"even": rows[0::2], "odd": rows[1::2], "all": rows}[split]
+        picked = [(t, d) for t, d in picked if d in set(domains)]
     if not picked:
         raise SweepConfigError(f"{path} holds no prompts in the {split} split; add prompts or choose --split all")
     name = "lerpray openings (shipped)" if file is None else str(file)

@@ -88,6 +88,11 @@ def test_a_held_out_domain_and_user_files(tmp_path):
     travel = load_prompt_set(split="all", domains=["travel"])
     assert len(travel.texts) == 24 and set(travel.domains) == {"travel"}
     assert travel.provenance(chat=True)["chat"] is True
+    ten = ["reviews", "places", "travel", "work", "home", "food", "nature", "school", "tech", "arts"]
+    even, odd = load_prompt_set(split="even", domains=ten), load_prompt_set(split="odd", domains=ten)
+    # halves by index in the file, then the domains: 12 of each domain in each half, never a prompt in both
+    assert even.provenance(chat=False)["domains"] == dict.fromkeys(sorted(ten), 12)
+    assert len(odd.texts) == 120 and not set(even.texts) & set(odd.texts)
     with pytest.raises(SweepConfigError, match=r"no prompts in domains \['weddings'\]"):
         load_prompt_set(domains=["weddings"])
     (tmp_path / "p.txt").write_text("one\n\ntwo\nthree\n")
