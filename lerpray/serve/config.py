@@ -45,7 +45,8 @@ class ServeArgs(KVCacheArgs):
     )
     sets: dict[str, str] = Field(
         default_factory=dict, description="more model ids, each serving its own anchor set (URI, URI@VERSION or "
-        "URI@ALIAS), e.g. another base model or attribute family; the request's `model` selects the set",
+        "URI@ALIAS), e.g. another base model or attribute family; the request's `model` selects the set. Sets on "
+        "the main set's base model share its engine (one base copy, rows of every set in one batch)",
     )
     api_key_env: str | None = Field(None, description="env var holding the API key; unset = no auth")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
