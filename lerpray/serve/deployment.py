@@ -241,7 +241,7 @@ class LerpServer:
         schema = ChatCompletionRequest if route == "chat" else CompletionRequest
         parsed = schema.model_validate_json(body)
         served = protocol.pick(self.sets, parsed.model)
-        if served.mixes.calibration is None:
+        if served.calibration_due():  # a thread for the store read only when one is due, not per request
             await asyncio.to_thread(served.refresh_calibration)
         gens = protocol.generation_requests(parsed, served.args, served.mixes, served.vocab_size)
         return parsed, served, gens

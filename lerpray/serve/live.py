@@ -57,12 +57,16 @@ class LiveSet:
     def headers(self) -> dict[str, str]:
         return {VERSION_HEADER: self.fingerprint}
 
+    def calibration_due(self, every_s: float = CALIBRATION_RECHECK_S) -> bool:
+        """Whether refresh_calibration would read the store now (cheap: the request path asks it first)."""
+        return self.mixes.calibration is None and time.monotonic() - self.calibration_checked >= every_s
+
     def refresh_calibration(self, every_s: float = CALIBRATION_RECHECK_S) -> bool:
         """A set served without a usable calibration looks for one again, at most every `every_s` seconds, so a
         calibration saved beside the set while it is served (`lerpray eval calibrate`, the quickstart) answers the
         next target request without a restart. Blocking store I/O: call it off the event loop. Whether one was found.
         """
-        if self.mixes.calibration is not None or time.monotonic() - self.calibration_checked < every_s:
+        if not self.calibration_due(every_s):
             return False
         from lerpray.anchors import open_set
         from lerpray.anchors.calibration import load_calibration

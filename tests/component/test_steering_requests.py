@@ -202,6 +202,6 @@ def test_a_calibration_saved_while_the_set_is_served_answers_the_next_target(eng
         assert not live.refresh_calibration(every_s=3600)  # looked moments ago: the store is not read again yet
         assert live.refresh_calibration(every_s=0)
         assert generation_request(target, live.args, live.mixes).coeffs == pytest.approx((0.8, 0.2, 0.0, 0.0))
-        assert not live.refresh_calibration(every_s=0)  # a calibrated set never re-reads
+        assert not live.refresh_calibration(every_s=0) and not live.calibration_due(every_s=0)  # never re-reads
     finally:
         live.batcher.close()
