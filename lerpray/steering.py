@@ -19,7 +19,7 @@ naming its field. The engine runs a ResolvedMix as is (`at(i)`); replies and bat
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from lerpray.feedback import Feedback, closed_loop
@@ -66,7 +66,7 @@ class ResolvedMix:
     ramp: tuple[Coeffs, Coeffs, int] | None = None  # (start, end, over)
     report: dict = field(default_factory=dict, compare=False, hash=False)
     feedback: Feedback | None = field(default=None, compare=False, hash=False)  # closed loop (lerpray.feedback)
-    block: range | None = None  # where the set's own [K] sits in the engine's wider row (`embed`); None: all of it
+    block: Sequence[int] | None = None  # the engine row's index of each own coefficient (`embed`); None: the row
 
     def __post_init__(self) -> None:
         if bool(self.pieces) == (self.ramp is not None) or (self.pieces and self.pieces[-1][0] is not None):
@@ -106,25 +106,25 @@ class ResolvedMix:
             return tuple(a + (b - a) * t for a, b in zip(start, end, strict=True))
         return next(coeffs for until, coeffs in self.pieces if until is None or index < until)
 
-    def embed(self, offset: int, width: int) -> ResolvedMix:
-        """This mix on an engine row of `width` coefficients holding the set's anchors from `offset` on, zeros
-        elsewhere (sets sharing a base model: lerpray.model.multi_set); report and feedback stay the set's own."""
-        own = len(self.coeffs)
-        if self.block is not None or not 0 <= offset <= width - own:
+    def embed(self, at: int | Sequence[int], width: int) -> ResolvedMix:
+        """This mix on a `width`-wide engine row: own anchor k at at[k] (paged) or at + k (a block), zeros elsewhere."""
+        own, slots = len(self.coeffs), range(at, at + len(self.coeffs)) if isinstance(at, int) else tuple(at)
+        if self.block is not None or len(set(slots)) != own or not all(0 <= s < width for s in slots):
+            where = f"offset {at}" if isinstance(at, int) else f"slots {list(slots)}"
             raise ValueError("this mix is already embedded in a wider row" if self.block is not None else
-                             f"a mix of {own} coefficients does not fit at offset {offset} of a {width}-wide row")
-        pad = lambda c: (0.0,) * offset + tuple(c) + (0.0,) * (width - offset - own)  # noqa: E731
+                             f"a mix of {own} coefficients does not fit at {where} of a {width}-wide row")
+        pad = lambda c: tuple(dict(zip(slots, c, strict=True)).get(i, 0.0) for i in range(width))  # noqa: E731
         ramp = None if self.ramp is None else (pad(self.ramp[0]), pad(self.ramp[1]), self.ramp[2])
-        return replace(self, pieces=tuple((u, pad(c)) for u, c in self.pieces), ramp=ramp, block=range(offset, offset + own))
+        return replace(self, pieces=tuple((u, pad(c)) for u, c in self.pieces), ramp=ramp, block=slots)
 
     def own(self, coeffs: Coeffs) -> Coeffs:
         """The set's own coefficients [K_set] of an engine row of this mix (as is when not embedded)."""
-        return tuple(coeffs) if self.block is None else tuple(coeffs[self.block.start : self.block.stop])
+        return tuple(coeffs) if self.block is None else tuple(coeffs[i] for i in self.block)
 
     def widen(self, coeffs: Coeffs) -> Coeffs:
         """The engine row of the set's own coefficients (a steer hook's; as is when not embedded)."""
-        pad = (0, 0) if self.block is None else (self.block.start, len(self.coeffs) - self.block.stop)
-        return (0.0,) * pad[0] + tuple(coeffs) + (0.0,) * pad[1]
+        row = dict(zip(self.block, coeffs, strict=True)) if self.block is not None else {}  # engine index -> own c
+        return tuple(coeffs) if self.block is None else tuple(row.get(i, 0.0) for i in range(len(self.coeffs)))
 
     def mixes(self) -> list[Coeffs]:
         """Every coefficient row the mix names (for validation)."""

@@ -82,6 +82,15 @@ class MixState:
         self.coeffs = coeffs
         self._columns.clear()
 
+    def invalidate(self) -> None:
+        """The layers' factors were rewritten in place (an anchor set paged in: anchor_pool.py): drop every copy of
+        them (gathered layouts, the pinned buffers' contents), so the next forward gathers and `prepare` refills."""
+        self._layouts.clear()
+        self._columns.clear()
+        self._pinned_anchors = None
+        if isinstance(self.anchors, tuple):  # the layers hold a gathered copy: their own buffers until re-gathered
+            self.use(None)
+
     def new_forward(self, *_) -> None:
         self._columns.clear()
         if not self.gather or self.coeffs is None or not self.layers:
