@@ -11,13 +11,22 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, JsonValue, field_validator, model_validator
 
-from lerpray.configs import BaseModelOverride, BoundsArgs
+from lerpray.configs import BaseModelOverride, BoundsArgs, StrictModel
 from lerpray.kv_config import KVCacheArgs
 from lerpray.mixing import MIX_KEYS, ExtrapolationBounds
 
-__all__ = ["ServeArgs"]
+__all__ = ["MultiplexArgs", "ServeArgs"]
 
 PRESET_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")  # no ":", which starts an inline mix
+
+
+class MultiplexArgs(StrictModel):
+    """Serving the sets over a pool of replicas with Ray Serve's model multiplexing (lerpray.serve.multiplexed)."""
+
+    max_sets_per_replica: int = Field(
+        ge=1, description="anchor sets one replica holds (each with its own engine); the least recently used one is "
+        "unloaded to load another (Serve's max_num_models_per_replica)",
+    )
 
 
 class ServeArgs(KVCacheArgs):
@@ -47,6 +56,11 @@ class ServeArgs(KVCacheArgs):
         default_factory=dict, description="more model ids, each serving its own anchor set (URI, URI@VERSION or "
         "URI@ALIAS), e.g. another base model or attribute family; the request's `model` selects the set. Sets on "
         "the main set's base model share its engine (one base copy, rows of every set in one batch)",
+    )
+    multiplex: MultiplexArgs | None = Field(
+        None, description="route each set (the main one and those of `sets`) to the replicas that hold it with Ray "
+        "Serve's model multiplexing: a router deployment (LerpRouter) in front of a pool of set replicas (LerpSets), "
+        "each loading sets on first use; unset = every replica loads every set",
     )
     api_key_env: str | None = Field(None, description="env var holding the API key; unset = no auth")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")

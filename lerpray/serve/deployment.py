@@ -6,7 +6,7 @@ check the config's presets against it, and roll to another version when Serve's 
 the new version loads beside the old, which finishes its requests; a version that fails to load is refused and the
 old one keeps serving; see lerpray.serve.live), (2) authenticate and parse requests into engine requests
 (`lerpray.serve.protocol`), (3) hand them to the
-continuous batcher, (4) answer in OpenAI's shapes, streaming as server-sent events, with every failure mapped by
+continuous batcher, (4) answer in OpenAI's shapes (`lerpray.serve.answers`, shared with the multiplexed app), streaming as server-sent events, with every failure mapped by
 `lerpray.serve.errors`, every answer carrying the answering version (header x-lerpray-anchor-version and
 `system_fingerprint`); it also serves the playground page (`lerpray.serve.playground`). It takes an
 `engine_factory` so tests can inject an engine (and `shared_factory` for the engine of sets sharing a base; none
@@ -16,23 +16,19 @@ with an injected `engine_factory`: each set its own); the defaults are lerpray.m
 # No `from __future__ import annotations`: FastAPI reads the route annotations (Request) at runtime, and Serve
 # pickles this class by value, so string annotations would not resolve on the replica.
 import asyncio
-import hmac
 import logging
-import os
-from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lerpray.serve import errors, live, playground, protocol, replies, shared_sets
+from lerpray.serve import answers, errors, live, playground, protocol, shared_sets
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.live import EngineFactory, LiveSet, serve_engine
 from lerpray.serve.metrics import ServeMetrics
 from lerpray.serve.responses import ModelList
-from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest
 from lerpray.serve.shared_sets import SharedFactory, serve_shared_engine
 
 __all__ = ["EngineFactory", "LerpServer", "serve_engine"]
@@ -42,55 +38,7 @@ RECONFIGURABLE = ("anchors", "sets")  # the user_config keys: which anchor-set v
 logger = logging.getLogger(__name__)
 
 api = FastAPI(title="lerpray", description="OpenAI-compatible interpolated generation", docs_url=None)
-
-
-@api.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """Unknown routes and methods get OpenAI's error shape too."""
-    if exc.status_code == 404:
-        err = errors.not_found(request.url.path)
-    else:
-        err = errors.ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}")
-    return JSONResponse(err.json(), status_code=err.status, headers=err.headers)
-
-
-def _api_key(env_var: str | None) -> bytes | None:
-    if env_var is None:
-        return None
-    key = os.environ.get(env_var, "")
-    if not key:
-        raise ValueError(
-            f"api_key_env is {env_var!r} but that environment variable is empty on this replica; set it "
-            "(e.g. runtime_env.env_vars in the Serve config) or remove api_key_env to serve without auth"
-        )
-    return key.encode()
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The raw body, refusing (413) anything over `limit` bytes without buffering it all."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise errors.body_too_large(limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise errors.body_too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def _chain(first: list, rest: AsyncIterator[list]) -> AsyncIterator[list]:
-    """The batcher's event lists, the first one already awaited (`rest` ends after the last choice's finish)."""
-    yield first
-    async for events in rest:
-        yield events
-
-
-def _sse_line(payload: dict) -> str:
-    import json
-
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+api.add_exception_handler(StarletteHTTPException, answers.http_error)  # unknown routes: OpenAI's shape too
 
 
 # Serve pickles the class when it is decorated: every module-level name it uses must be defined above it.
@@ -108,7 +56,7 @@ class LerpServer:
     def __init__(self, args: dict[str, Any] | ServeArgs, engine_factory: EngineFactory | None = None,
                  shared_factory: SharedFactory | None = None) -> None:  # fmt: skip
         self.args = ServeArgs.model_validate(args)
-        self._api_key = _api_key(self.args.api_key_env)
+        self._api_key = answers.api_key(self.args.api_key_env)
         self.factory = engine_factory or serve_engine
         self.shared_factory = shared_factory or (serve_shared_engine if engine_factory is None else None)
         self.metrics = ServeMetrics()
@@ -180,9 +128,9 @@ class LerpServer:
     async def models(self, request: Request) -> Response:
         self.metrics.on_request("models")
         try:
-            self._authorize(request)
+            answers.authorize(request, self._api_key)
         except errors.ApiError as err:
-            return self._error(err, "models")
+            return answers.to_response(answers.failure(err, "models", self.metrics))
         cards = [card for served in self.sets.values() for card in served.cards]
         return JSONResponse(ModelList(data=cards).model_dump())
 
@@ -204,76 +152,16 @@ class LerpServer:
 
     async def _generate(self, request: Request, route: str) -> Response:
         self.metrics.on_request(route)
-        prompt_field = "messages" if route == "chat" else "prompt"
         try:
             parsed, served, gens = await self._parse(request, route)
         except Exception as err:  # noqa: BLE001 -- every failure becomes an OpenAI error response
-            return self._error(errors.to_api_error(err, prompt_field=prompt_field), route)
-        # `served` is this request's anchor-set version to the end, even if reconfigure swaps in another meanwhile
-        events = served.batcher.submit(*gens)  # one engine request per prompt, their choices merged in one reply
-        streaming = False
-        try:
-            first = await anext(events)  # queue-full and per-request engine errors surface here, before headers
-            model = parsed.model or served.args.model_name
-            reply = replies.Reply(route, gens, model, served.mixes.layout.anchors, served.fingerprint,
-                                  echo=bool(getattr(parsed, "echo", False)), tokens=served.tokens)
-            resolved = gens[0].mix.report  # the one resolution of the request's mix (targets -> alphas), as JSON
-            headers = {**served.headers(), **replies.mix_headers(resolved)}
-            if parsed.stream:
-                streaming = True  # the SSE generator owns `events` from here on
-                sse = self._sse(reply, first, events, parsed.include_usage())
-                return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
-            async for batch in _chain(first, events):
-                for event in batch:
-                    reply.add(event)
-            return JSONResponse({**reply.response(), "resolved_mix": resolved}, headers=headers)
-        except Exception as err:  # noqa: BLE001
-            return self._error(errors.to_api_error(err, prompt_field=prompt_field), route, served.headers())
-        finally:
-            if not streaming:  # also on cancellation (client gone): frees the request's batch slot
-                await events.aclose()
+            return answers.to_response(answers.failure(err, route, self.metrics))
+        return answers.to_response(await answers.answer(served, parsed, gens, route, self.metrics))
 
     async def _parse(self, request: Request, route: str) -> tuple[Any, LiveSet, list]:
         """Authenticate, read and validate the body, pick the set its `model` names, apply the server's policy:
         (parsed body, the set that answers, engine requests)."""
-        self._authorize(request)
-        body = await _read_body(request, self.args.max_body_bytes)
-        schema = ChatCompletionRequest if route == "chat" else CompletionRequest
-        parsed = schema.model_validate_json(body)
+        answers.authorize(request, self._api_key)
+        parsed = answers.parse(await answers.read_body(request, self.args.max_body_bytes), route)
         served = protocol.pick(self.sets, parsed.model)
-        if served.calibration_due():  # a thread for the store read only when one is due, not per request
-            await asyncio.to_thread(served.refresh_calibration)
-        gens = protocol.generation_requests(parsed, served.args, served.mixes, served.vocab_size)
-        return parsed, served, gens
-
-    async def _sse(self, reply: replies.Reply, first, events: AsyncIterator, include_usage: bool) -> AsyncIterator[str]:
-        try:
-            for chunk in reply.opening_chunks():
-                yield _sse_line(chunk)
-            async for batch in _chain(first, events):
-                lines = "".join(_sse_line(c) for c in map(reply.add, batch) if c is not None)
-                if lines:
-                    yield lines
-            if include_usage:
-                yield _sse_line(reply.usage_chunk())
-            yield "data: [DONE]\n\n"
-        except Exception as err:  # noqa: BLE001 -- headers are gone: report in-band, as OpenAI does
-            api_error = errors.to_api_error(err)
-            self.metrics.on_error(reply.route, api_error.status)
-            yield _sse_line(api_error.json())
-        finally:
-            await events.aclose()
-
-    def _authorize(self, request: Request) -> None:
-        if self._api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        given = token.strip().encode() if scheme.lower() == "bearer" else b""
-        if not hmac.compare_digest(given, self._api_key):
-            raise errors.unauthorized(header_present=bool(header))
-
-    def _error(self, err: errors.ApiError, route: str, headers: dict[str, str] | None = None) -> JSONResponse:
-        self.metrics.on_error(route, err.status)
-        return JSONResponse(err.json(), status_code=err.status, headers={**err.headers, **(headers or {})})
-
+        return parsed, served, await answers.prepare(served, parsed)

@@ -180,7 +180,7 @@ def describe_capacity(kv_cache: dict[str, int] | None) -> str:
             f"{kv_cache['tokens_per_slot']} of {kv_cache['model_context']} wanted, {format_bytes(kv_cache['bytes'])})")
 
 
-def model_cards(args: ServeArgs, layout: AnchorLayout, context_length: int,
+def model_cards(args: ServeArgs, layout: AnchorLayout, context_length: int | None,
                 kv_cache: dict[str, int] | None = None) -> list[ModelCard]:
     """GET /v1/models' entries: the served id (the anchor set, its attributes and poles, the base model from its
     manifest) and one per preset; `fingerprint` identifies the set's manifest (system_fingerprint of replies)."""

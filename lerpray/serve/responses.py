@@ -141,8 +141,9 @@ class ModelCard(BaseModel):
     anchors: list[str]
     attributes: dict[str, dict[str, str]] = Field(description='attribute -> {"high": anchor, "low": anchor}')
     extrapolation: dict[str, float] | None = Field(description="bounds for extrapolate: true; null = not allowed")
-    context_length: int = Field(description="the longest prompt + max_tokens a request may have (capped by the KV "
-                                "cache's budget)")
+    context_length: int | None = Field(description="the longest prompt + max_tokens a request may have (capped by "
+                                       "the KV cache's budget); null: not known until a replica loads the set (a "
+                                       "multiplexed app)")
     kv_cache: dict[str, int] | None = Field(
         None, description="the replica's KV cache: slots, tokens_per_slot, model_context (wanted) and bytes"
     )

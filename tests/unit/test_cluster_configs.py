@@ -53,7 +53,8 @@ def embedded_serve_configs() -> dict[str, dict]:
 
 
 def serve_configs() -> dict[str, dict]:
-    return {"serve.yaml": load(CLUSTER / "serve.yaml"), **embedded_serve_configs()}
+    return {"serve.yaml": load(CLUSTER / "serve.yaml"), "serve-multiplexed.yaml": load(CLUSTER / "serve-multiplexed.yaml"),
+            **embedded_serve_configs()}
 
 
 @pytest.mark.parametrize("path", ALL_YAML, ids=lambda p: str(p.relative_to(ROOT)))
@@ -83,6 +84,18 @@ def test_serve_config_imports_and_validates_with_lerpray_models(name):
         module, _, attr = app["import_path"].partition(":")
         assert callable(getattr(importlib.import_module(module), attr)), app["import_path"]
         ServeArgs.model_validate(app.get("args") or {})
+
+
+@pytest.mark.parametrize("name", ["serve.yaml", "serve-multiplexed.yaml"])
+def test_serve_config_deployments_are_the_apps_own(name):
+    """A `deployments:` entry must name a deployment the app builds (Serve refuses unknown names at deploy time)."""
+    from lerpray.serve.app import build_app
+
+    for app in load(CLUSTER / name)["applications"]:
+        built = build_app(app["args"])
+        names = {built._bound_deployment.name, *(a._bound_deployment.name for a in built._bound_deployment.init_args
+                                                  if hasattr(a, "_bound_deployment"))}  # fmt: skip
+        assert {d["name"] for d in app.get("deployments", [])} <= names, f"{name}: the app builds {sorted(names)}"
 
 
 @pytest.mark.parametrize("name", sorted(embedded_serve_configs()))
