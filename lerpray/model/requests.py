@@ -32,6 +32,7 @@ class GenerationRequest:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     n: int = 1  # choices: one prefill, then n rows; choice i samples with seed + i (SamplingParams.for_choice)
     mix: ResolvedMix | None = None  # the mix of every generated token (lerpray.steering.resolve); None: coeffs
+    anchor_set: str | None = None  # the set `mix` belongs to, for an engine that pages sets (paged_engine.py)
     # Closed loop (lerpray.feedback.Steerer): called by each row after each token it generates with (choice index,
     # its text so far, tokens generated), the last token's call included; coefficients [K] replace the row's mix
     # from its next token on, None keeps it. Runs in the engine's step, so it must be cheap; needs a mix that may

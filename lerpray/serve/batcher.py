@@ -46,6 +46,7 @@ class EngineLike(Protocol):
     def step(self) -> list: ...
     def has_work(self) -> bool: ...
     def abort(self, request_id: str) -> bool: ...
+    # optional: ready(request) -> bool, False while the request must wait for a running one (paged anchor sets)
 
 
 class BatchObserver(Protocol):
@@ -194,10 +195,23 @@ class Batcher:
                 while self._waiting and _choices(self._waiting[0].request) <= room:
                     admitted.append(self._waiting.popleft())
                     room -= _choices(admitted[-1].request)
-            rejected = [(t, err) for t in admitted if (err := self._add(t)) is not None]
+            rejected = []
+            for i, ticket in enumerate(admitted):
+                if self._engine.has_work() and not self._ready(ticket.request):  # its anchor set waits for a slot
+                    with self._wakeup:  # back to the head, in order (a ticket cancelled meanwhile is dropped)
+                        self._waiting.extendleft(reversed([t for t in admitted[i:] if not t.done]))
+                    break
+                if (err := self._add(ticket)) is not None:  # bad request (or, on an idle engine, unplaceable)
+                    rejected.append((ticket, err))
             self._deliver(rejected)
             if self._engine.has_work():
                 return True
+
+    def _ready(self, request) -> bool:
+        """An engine that pages anchor sets (lerpray.model.paged_engine) may not place a request's set until a
+        running request finishes; the request then waits at the head of the queue."""
+        ready = getattr(self._engine, "ready", None)
+        return ready is None or ready(request)
 
     def _add(self, ticket: _Ticket) -> Exception | None:
         request_id = ticket.request.request_id
