@@ -18,9 +18,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_app(args, env_vars: dict[str, str] | None = None) -> Iterator[str]:
-    """Start Ray (2 CPUs, `env_vars` in every worker) and Serve, deploy `args` (a ServeArgs) at "/", yield the base
-    URL; shut both down afterwards."""
+def running_app(args, env_vars: dict[str, str] | None = None, **deployment_options) -> Iterator[str]:
+    """Start Ray (2 CPUs, `env_vars` in every worker) and Serve, deploy `args` (a ServeArgs) at "/" (with
+    `deployment_options`, e.g. num_replicas, as make_app takes them), yield the base URL; shut both down afterwards."""
     import ray
     from ray import serve
 
@@ -32,7 +32,7 @@ def running_app(args, env_vars: dict[str, str] | None = None) -> Iterator[str]:
     try:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        serve.run(make_app(args), name="lerpray", route_prefix="/")
+        serve.run(make_app(args, **deployment_options), name="lerpray", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
         serve.shutdown()

@@ -35,7 +35,7 @@ __all__ = ["REPLICA_HEADER", "HeldSet", "LerpSets"]
 REPLICA_HEADER = "x-lerpray-replica"  # the set replica that answered (its Serve replica id)
 RETIRE_TIMEOUT_S = 600.0  # an unloaded set's requests in flight get this long to finish
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("ray.serve")  # Serve's logger: these lines land in the replica's log file
 
 
 class HeldSet:

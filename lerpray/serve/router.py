@@ -53,6 +53,19 @@ def manifest_cards(args: ServeArgs) -> list[dict]:
     return [card.model_dump() for card in live.model_cards(resolved, layout, None)]
 
 
+async def _rest(stream: DeploymentResponseGenerator) -> AsyncIterator[str]:
+    """The set replica's server-sent events; cancelled there when the client goes away (frees its batch slot)."""
+    finished = False
+    try:
+        async for lines in stream:
+            yield lines
+        finished = True
+    finally:
+        if not finished:
+            stream.cancel()
+
+
+# Serve pickles the class when it is decorated: every module-level name it uses must be defined above it.
 @serve.deployment(name="LerpRouter", max_ongoing_requests=256, max_queued_requests=512)
 @serve.ingress(router_api)
 class LerpRouter:
@@ -124,14 +137,3 @@ class LerpRouter:
             return JSONResponse(head["body"], status_code=head["status"], headers=head["headers"])
         return StreamingResponse(_rest(stream), media_type="text/event-stream", headers=head["headers"])
 
-
-async def _rest(stream: DeploymentResponseGenerator) -> AsyncIterator[str]:
-    """The set replica's server-sent events; cancelled there when the client goes away (frees its batch slot)."""
-    finished = False
-    try:
-        async for lines in stream:
-            yield lines
-        finished = True
-    finally:
-        if not finished:
-            stream.cancel()
