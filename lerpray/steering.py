@@ -141,7 +141,7 @@ class MixContext:
     calibration_problem: str | None = None  # why the set's calibration file cannot be used (targets get a 400)
     served: str | None = None  # the set's own model id: the hull's centre; "<served>:<mix>" is an inline mix
     presets: Mapping[str, ResolvedMix] = field(default_factory=dict)  # model id -> its mix (resolve_presets)
-    engine_block: tuple[int, int] | None = None  # (offset, width) in an engine shared by sets (ResolvedMix.embed)
+    engine_block: tuple[int, int] | str | None = None  # (offset, width) in a shared engine (embed); str: a paged set
 
 
 def resolve(context: MixContext, *, model: str | None = None, interpolation: object = None,

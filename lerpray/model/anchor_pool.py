@@ -35,7 +35,7 @@ from lerpray.lora_math import Factors
 from lerpray.mixing import AnchorLayout
 from lerpray.model.base import ModelMismatchError, check_model_fits
 from lerpray.model.interpolated import InterpolatedModel, inject
-from lerpray.model.requests import EngineError
+from lerpray.model.requests import UnloadableSetError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -43,10 +43,6 @@ if TYPE_CHECKING:
     from lerpray.anchors import AnchorSet
 
 __all__ = ["AnchorPool", "PagingStats", "UnloadableSetError", "build_pool"]
-
-
-class UnloadableSetError(EngineError):
-    """A request names an anchor set this engine can never make resident; the message says what to change."""
 
 
 @dataclass

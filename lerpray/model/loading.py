@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lerpray.model.engine import Engine
+    from lerpray.model.paged_engine import PagedEngine
 
 __all__ = ["load_engine", "load_shared_engine"]
 
@@ -37,11 +38,14 @@ def load_engine(anchors: str, base_model: str | None = None, *, device: str = "c
 def load_shared_engine(sets: dict[str, str], base_model: str | None = None, *, device: str = "cpu",
                        dtype: str = "float32", max_batch_size: int = 32, torch_threads: int | None = None,
                        endpoint_url: str | None = None, region: str | None = None, kv_cache_bytes: int | None = None,
-                       kv_cache_fraction: float | None = None, context_length: int | None = None) -> Engine:  # fmt: skip
+                       kv_cache_fraction: float | None = None, context_length: int | None = None,
+                       anchor_capacity: int | None = None) -> Engine | PagedEngine:  # fmt: skip
     """One engine over one copy of the base model holding every anchor set of `sets` (block name -> URI, all trained
     on one base model: lerpray.model.multi_set.interpolate_sets), each set a block of the coefficient axis in the
-    order given (`engine.imodel.blocks`). The other arguments as for `load_engine`; the base model is the first
-    set's manifest's unless `base_model` is given. Raises ModelMismatchError naming a set that does not fit."""
+    order given (`engine.imodel.blocks`). With `anchor_capacity`, a PagedEngine instead: at most that many anchors
+    resident, the sets paged in by use (lerpray.model.anchor_pool; requests name their block). The other arguments
+    as for `load_engine`; the base model is the first set's manifest's unless `base_model` is given. Raises
+    ModelMismatchError naming a set that does not fit."""
     import torch
 
     from lerpray.anchors import load_anchor_set, open_store
@@ -56,5 +60,12 @@ def load_shared_engine(sets: dict[str, str], base_model: str | None = None, *, d
     first = next(iter(loaded.values()))
     model, tokenizer = load_base_model(base_model or first.manifest.base_model.name, dtype=getattr(torch, dtype),
                                        device=device)
-    return Engine(interpolate_sets(model, loaded), tokenizer, device=device, max_batch_size=max_batch_size,
-                  kv_cache_bytes=kv_cache_bytes, kv_cache_fraction=kv_cache_fraction, context_length=context_length)
+    engine_kw = {"device": device, "max_batch_size": max_batch_size, "kv_cache_bytes": kv_cache_bytes,
+                 "kv_cache_fraction": kv_cache_fraction, "context_length": context_length}
+    if anchor_capacity is None:
+        return Engine(interpolate_sets(model, loaded), tokenizer, **engine_kw)
+    from lerpray.model.anchor_pool import build_pool
+    from lerpray.model.paged_engine import PagedEngine
+
+    pool = build_pool(model, loaded, anchor_capacity)
+    return PagedEngine(Engine(pool.imodel, tokenizer, **engine_kw), pool)

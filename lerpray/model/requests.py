@@ -12,6 +12,7 @@ from lerpray.steering import ResolvedMix
 
 __all__ = [
     "EngineError", "GenerationRequest", "GenerationResult", "PromptTooLongError", "ResolvedMix", "TokenEvent",
+    "UnloadableSetError",
 ]
 
 
@@ -21,6 +22,10 @@ class EngineError(ValueError):
 
 class PromptTooLongError(EngineError):
     """The prompt plus max_tokens does not fit in the model's context."""
+
+
+class UnloadableSetError(EngineError):
+    """A request names an anchor set its engine can never make resident (model/anchor_pool.py); says what to change."""
 
 
 @dataclass

@@ -62,6 +62,11 @@ class ServeArgs(KVCacheArgs):
         "Serve's model multiplexing: a router deployment (LerpRouter) in front of a pool of set replicas (LerpSets), "
         "each loading sets on first use; unset = every replica loads every set",
     )
+    anchor_capacity: int | None = Field(
+        None, ge=1, description="anchors the shared engine holds at once (the sets on the main set's base model): sets "
+        "beyond it stay in host memory and are paged in on first use, the least recently used set not in use paged "
+        "out (lerpray.model.anchor_pool); unset = every set resident",
+    )
     api_key_env: str | None = Field(None, description="env var holding the API key; unset = no auth")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
     retry_after_s: int = Field(1, ge=1, description="Retry-After sent with 503 when the queue is full")

@@ -13,7 +13,7 @@ import re
 from pydantic import ValidationError
 
 from lerpray.mixing import MixError
-from lerpray.model.requests import EngineError, PromptTooLongError
+from lerpray.model.requests import EngineError, PromptTooLongError, UnloadableSetError
 from lerpray.model.sampling import SamplingError
 from lerpray.serve.batcher import QueueFullError
 from lerpray.serve.responses import ErrorBody, ErrorResponse
@@ -75,6 +75,8 @@ def to_api_error(err: Exception, *, prompt_field: str = "prompt") -> ApiError:
         return ApiError(400, str(err), code="invalid_value")
     if isinstance(err, PromptTooLongError):
         return ApiError(400, str(err), param=prompt_field, code="context_length_exceeded")
+    if isinstance(err, UnloadableSetError):  # the server's anchor_capacity is too small for the set: its operator's
+        return ApiError(503, str(err), type="server_error", code="anchor_set_unavailable")
     if isinstance(err, EngineError):  # a request the engine cannot run as given (e.g. chat without a template)
         return ApiError(400, str(err), param=prompt_field, code="invalid_value")
     if isinstance(err, QueueFullError):

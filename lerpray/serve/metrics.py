@@ -25,6 +25,11 @@ class ServeMetrics:
         self.batch_size = metrics.Histogram("lerpray_batch_size", "requests in flight per engine step", _BATCH)
         self.queue_time = metrics.Histogram("lerpray_queue_time_s", "time from arrival to joining a batch", _SECONDS)
         self.ttft = metrics.Histogram("lerpray_time_to_first_token_s", "time from arrival to first token", _SECONDS)
+        self.page_ins = metrics.Counter("lerpray_anchor_set_page_ins", "anchor sets paged into an engine's slots "
+                                        "(anchor_capacity)", tag_keys=("set",))  # fmt: skip
+        self.evictions = metrics.Counter("lerpray_anchor_set_evictions", "anchor sets paged out to make room")
+        self.load_time = metrics.Histogram("lerpray_anchor_set_load_s", "seconds to page an anchor set in", _SECONDS)
+        self.resident = metrics.Gauge("lerpray_anchor_sets_resident", "anchor sets resident in the paged engine")
 
     def on_request(self, endpoint: str) -> None:
         self.requests.inc(tags={"endpoint": endpoint})
@@ -42,3 +47,11 @@ class ServeMetrics:
 
     def on_first_token(self, ttft_s: float) -> None:
         self.ttft.observe(ttft_s)
+
+    def on_page_in(self, anchor_set: str, load_s: float, evicted: list[str], resident: int) -> None:
+        """A paged engine (lerpray.model.paged_engine) copied `anchor_set` into its slots, evicting `evicted`."""
+        self.page_ins.inc(tags={"set": anchor_set})
+        if evicted:
+            self.evictions.inc(len(evicted))
+        self.load_time.observe(load_s)
+        self.resident.set(resident)

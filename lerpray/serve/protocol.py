@@ -45,9 +45,10 @@ def pick(sets: Mapping[str, Served], model: str | None) -> Served:
 
 
 def mix_context(args: ServeArgs, layout: AnchorLayout, calibration: Calibration | None = None,
-                calibration_problem: str | None = None, engine_block: tuple[int, int] | None = None) -> MixContext:
+                calibration_problem: str | None = None,
+                engine_block: tuple[int, int] | str | None = None) -> MixContext:  # fmt: skip
     """What a set's requests resolve against, presets resolved (a ValueError naming the preset if one does not fit);
-    `engine_block` (offset, width) when the set shares an engine with other sets (MixContext.engine_block)."""
+    `engine_block` (offset, width) when the set shares an engine with other sets, its name in a paged engine."""
     context = MixContext(layout, args.bounds(), calibration, calibration_problem, args.model_name,
                          engine_block=engine_block)  # fmt: skip
     presets = resolve_presets(args.presets, context)
@@ -78,8 +79,9 @@ def generation_request(
     if max_tokens > args.max_tokens_cap:
         raise errors.max_tokens_over_cap(max_tokens, args.max_tokens_cap)
     mix = resolve(mixes, model=parsed.model, interpolation=parsed.interpolation, max_tokens=max_tokens)
-    if mixes.engine_block is not None:  # the set's [K] placed in the shared engine's row, zeros elsewhere
+    if isinstance(mixes.engine_block, tuple):  # the set's [K] placed in the shared engine's row, zeros elsewhere
         mix = mix.embed(*mixes.engine_block)
+    paged = mixes.engine_block if isinstance(mixes.engine_block, str) else None  # the engine places it (paging)
     sampling, n = sampling_params(parsed, max_tokens, vocab_size), parsed.n or 1
     if n > args.max_batch_size:
         raise _invalid("n", f"is {n}, more choices than this server runs at once ({args.max_batch_size}); ask for "
@@ -87,7 +89,7 @@ def generation_request(
     text = ({"messages": [m.as_template_message() for m in parsed.messages]}
             if isinstance(parsed, ChatCompletionRequest) else {"prompt": parsed.prompt_texts()[0]})  # fmt: skip
     return GenerationRequest(mix=mix, sampling=sampling, request_id=uuid.uuid4().hex, n=n, steer=_steer(mix, mixes),
-                             **text)  # fmt: skip
+                             anchor_set=paged, **text)  # fmt: skip
 
 
 def _steer(mix: ResolvedMix, mixes: MixContext) -> Steerer | None:

@@ -37,7 +37,7 @@ def serve_shared_engine(args: ServeArgs, sets: dict[str, str]) -> EngineLike:
 
     return load_shared_engine(sets, args.base_model, device=args.device, dtype=args.dtype,
                               max_batch_size=args.max_batch_size, torch_threads=args.torch_threads,
-                              **args.kv_engine_kwargs())  # fmt: skip
+                              anchor_capacity=args.anchor_capacity, **args.kv_engine_kwargs())  # fmt: skip
 
 
 def load_sets(wanted: Mapping[str, ServeArgs], current: Mapping[str, LiveSet], factory: EngineFactory,
@@ -93,7 +93,8 @@ def start_group(members: Mapping[str, ServeArgs], shared_factory: SharedFactory,
     from lerpray.anchors.calibration import load_calibration
 
     main = next(iter(members.values()))
-    blocks = {f"set{i}": args.anchors for i, args in enumerate(members.values())}
+    paged = main.anchor_capacity is not None  # the pool names sets freely: by model id, as its errors do
+    blocks = {(name if paged else f"set{i}"): args.anchors for i, (name, args) in enumerate(members.items())}
 
     def load(_: ServeArgs) -> tuple[EngineLike, list]:
         engine = shared_factory(main, blocks)
@@ -103,6 +104,12 @@ def start_group(members: Mapping[str, ServeArgs], shared_factory: SharedFactory,
     engine, owns = live.start_engine(load, main)
     width, kv_cache = len(engine.layout.anchors), live.kv_capacity(engine)
     logger.info("%s share one engine over one base model: %s", ", ".join(members), live.describe_capacity(kv_cache))
+    pool = getattr(engine, "pool", None)  # a PagedEngine (anchor_capacity): sets paged in by use
+    if pool is not None:
+        engine.on_page = getattr(observer, "on_page_in", None)
+        for name in members:
+            if problem := pool.problem(name):
+                logger.warning("%s cannot be served by this replica's engine (its requests get 503): %s", name, problem)
     batcher = Batcher(engine, max_batch_size=main.max_batch_size, max_queue=main.max_queue,
                       retry_after_s=main.retry_after_s, observer=observer)  # fmt: skip
     batcher.start()
@@ -110,16 +117,17 @@ def start_group(members: Mapping[str, ServeArgs], shared_factory: SharedFactory,
     out: dict[str, LiveSet] = {}
     try:
         for (name, args), block, (layout, calibration) in zip(members.items(), blocks, owns, strict=True):
-            span = engine.imodel.blocks[block]
-            if len(span) != len(layout.anchors):
+            span = engine.imodel.blocks[block] if pool is None else None
+            if span is not None and len(span) != len(layout.anchors):
                 raise ValueError(f"the shared engine holds {len(span)} anchors for {name} but its manifest lists "
                                  f"{len(layout.anchors)}")  # fmt: skip
-            mixes = protocol.mix_context(args, layout, *calibration, engine_block=(span.start, width))
+            placed = block if span is None else (span.start, width)  # a paged set's mix is placed by the engine
+            mixes = protocol.mix_context(args, layout, *calibration, engine_block=placed)
             cards = live.model_cards(args, layout, engine.context_length, kv_cache)
             out[name] = LiveSet(args, engine, batcher, cards, mixes, TokenText(tokenizer),
                                 len(tokenizer) if tokenizer else None, shared=tuple(members))  # fmt: skip
-            logger.info("%s loaded from %s into the shared engine (anchors %d-%d of %d)", name, args.anchors,
-                        span.start, span.stop - 1, width)  # fmt: skip
+            where = f"paged by use, {width} anchor slots" if span is None else f"anchors {span.start}-{span.stop - 1}"
+            logger.info("%s loaded from %s into the shared engine (%s)", name, args.anchors, where)
     except Exception:
         batcher.close()
         raise
