@@ -16,6 +16,12 @@ of the integral itself, so an unreachable target never stores up a push that ove
 On a linear plant score = slope * a + d the fixed point is e = 0 (the integral absorbs d), the open-loop offset the
 calibration cannot remove. Several attributes run independent loops (cross effects are left to the integral).
 The engine switches a row's coefficients between steps (Row.mix): no extra forward pass, other rows untouched.
+
+A calibration with a partial-reply model (its curves' "partial": lerpray.reply_model) runs the predictive
+controller instead: it compares the text so far with what the calibration's own replies scored after as many
+tokens, predicts the reply's final offset and sets the alpha of the rest to cancel it (`gain`: the share of that
+correction applied, 1 by default; `integral` unused). Its alphas stay within the same distance of a0 on both
+sides (the nearer bound's), so that saturating on one side only does not bias the mean away from the target.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from lerpray.mixing import AnchorLayout, ExtrapolationBounds, MixError, finite_float, json_type, resolve_mix
+from lerpray.reply_model import PartialModel, alpha_rest
 from lerpray.targets import Calibration
 
 __all__ = [
@@ -38,6 +45,7 @@ __all__ = [
     "parse_gains",
     "closed_loop",
     "update",
+    "predict",
 ]
 
 FEEDBACK_FIELD = "interpolation.feedback"
@@ -68,6 +76,8 @@ class Loop:
 class LoopState:
     alpha: float
     integral: float = 0.0
+    written: float = 0.0  # sum over generated tokens of the alpha each was written with (predictive controller)
+    tokens: int = 0  # generated tokens that sum covers
 
 
 def update(loop: Loop, state: LoopState, score: float, gains: Gains) -> LoopState:
@@ -82,6 +92,16 @@ def update(loop: Loop, state: LoopState, score: float, gains: Gains) -> LoopStat
     return LoopState(alpha, integral)
 
 
+def predict(loop: Loop, model: PartialModel, state: LoopState, score: float, generated: int, gain: float) -> LoopState:
+    """The predictive controller's next alpha after `generated` tokens scored `score` (see the module docstring):
+    the tokens since the last update were written at state.alpha."""
+    written = state.written + state.alpha * (generated - state.tokens)
+    reach = min(loop.start - loop.lo, loop.hi - loop.start)  # symmetric authority around a0
+    alpha = alpha_rest(model, generated, score, written / max(generated, 1), start=loop.start, slope=loop.slope,
+                       lo=loop.start - reach, hi=loop.start + reach, gain=gain)  # fmt: skip
+    return LoopState(alpha, 0.0, written, generated)
+
+
 @dataclass(frozen=True)
 class Feedback:
     """A request's closed loop, resolved once (lerpray.steering.resolve) and carried beside its ResolvedMix."""
@@ -91,23 +111,28 @@ class Feedback:
     loops: Mapping[str, Loop]  # attribute -> its loop
     scorers: Mapping[str, str]  # attribute -> the calibration's scorer name (one of MID_REPLY_SCORERS)
     mix: Mapping = field(default_factory=dict)  # the request's lambda / extrapolate, which the loops' alphas go with
+    partial: Mapping[str, PartialModel] = field(default_factory=dict)  # attribute -> its model: predictive control
 
     def report(self) -> dict:
         """The one JSON form (replies' and batch plans' `resolved_mix.feedback`); `from_report` reads it back."""
         gains = {"gain": self.gains.proportional, "integral": self.gains.integral}
         loops = {a: {"target": p.target, "start": p.start, "slope": p.slope, "lo": p.lo, "hi": p.hi}
                  for a, p in self.loops.items()}  # fmt: skip
-        return {"every": self.every, **gains, "scorer": dict(self.scorers), "loops": loops, "mix": dict(self.mix)}
+        out = {"every": self.every, **gains, "scorer": dict(self.scorers), "loops": loops, "mix": dict(self.mix)}
+        if self.partial:
+            out |= {"controller": "predictive", "partial": {a: m.report() for a, m in self.partial.items()}}
+        return out
 
     @classmethod
     def from_report(cls, doc: Mapping) -> Feedback:
         loops = {a: Loop(**{k: float(v) for k, v in p.items()}) for a, p in doc["loops"].items()}
         gains = Gains(float(doc["gain"]), float(doc["integral"]))
-        return cls(int(doc["every"]), gains, loops, dict(doc["scorer"]), dict(doc.get("mix", {})))
+        partial = {a: PartialModel.from_report(m) for a, m in doc.get("partial", {}).items()}
+        return cls(int(doc["every"]), gains, loops, dict(doc["scorer"]), dict(doc.get("mix", {})), partial)
 
 
-def parse_gains(spec: object, max_tokens: int | None) -> tuple[int, Gains]:
-    """A request's `feedback` object -> (every, gains); MixError naming the field."""
+def parse_gains(spec: object, max_tokens: int | None, gain: float = Gains.proportional) -> tuple[int, Gains]:
+    """A request's `feedback` object -> (every, gains); MixError naming the field. `gain`: its default."""
     if not isinstance(spec, Mapping):
         raise MixError(FEEDBACK_FIELD, f'must be an object such as {{"every": 8}} (got {json_type(spec)})')
     for key in spec:
@@ -122,7 +147,7 @@ def parse_gains(spec: object, max_tokens: int | None) -> tuple[int, Gains]:
         raise MixError(f"{FEEDBACK_FIELD}.every", f"{int(number)} leaves no rescoring within max_tokens {max_tokens}; "
                        f"use a smaller every")  # fmt: skip
     gains = []
-    for key, default in (("gain", Gains.proportional), ("integral", Gains.integral)):
+    for key, default in (("gain", gain), ("integral", Gains.integral)):
         value = spec.get(key, default)
         number_ = finite_float(value)
         if number_ is None or isinstance(value, bool) or not 0.0 <= number_ <= 2.0:
@@ -138,7 +163,9 @@ def closed_loop(spec: object, request_mix: Mapping, report: Mapping, calibration
     if "target" not in request_mix or calibration is None:
         raise MixError(FEEDBACK_FIELD, 'needs a target in the same mix: {"target": {"ATTRIBUTE": SCORE}, '
                        '"feedback": {"every": 8}} (feedback steers the reply toward a target score)')  # fmt: skip
-    every, gains = parse_gains(spec, max_tokens)
+    partial = {a: calibration.partial[a] for a in report["target"] if a in calibration.partial}
+    predictive = len(partial) == len(report["target"])  # every targeted attribute has a partial-reply model
+    every, gains = parse_gains(spec, max_tokens, 1.0 if predictive else Gains.proportional)
     extrapolate = request_mix.get("extrapolate") is True and bounds is not None
     loops, scorers = {}, {}
     for attr, target in report["target"].items():
@@ -155,7 +182,7 @@ def closed_loop(spec: object, request_mix: Mapping, report: Mapping, calibration
         loops[attr] = Loop(float(target), float(report["alpha"][attr]), slope, lo, hi)
         scorers[attr] = curve.scorer
     mix = {k: request_mix[k] for k in ("lambda", "extrapolate") if k in request_mix}
-    return Feedback(every, gains, loops, scorers, mix)
+    return Feedback(every, gains, loops, scorers, mix, partial if predictive else {})
 
 
 Score = Callable[[str], float]  # text -> its score on the calibration's scale
@@ -184,7 +211,12 @@ class Steerer:
         states = self._states.setdefault(choice, {a: LoopState(loop.start) for a, loop in self.feedback.loops.items()})
         scores = self.scores(text)
         for attr, loop in self.feedback.loops.items():
-            states[attr] = update(loop, states[attr], scores[attr], self.feedback.gains)
+            model = self.feedback.partial.get(attr)
+            states[attr] = (
+                update(loop, states[attr], scores[attr], self.feedback.gains)
+                if model is None
+                else predict(loop, model, states[attr], scores[attr], generated, self.feedback.gains.proportional)
+            )
         alpha = {a: _clean(s.alpha) for a, s in states.items()}
         self.trajectories.setdefault(choice, []).append({"token": generated, "alpha": alpha, "score": scores})
         mix = {**self.feedback.mix, "alpha": alpha}

@@ -27,6 +27,7 @@ import numpy as np
 
 from lerpray.mixing import FIELD as MIX_FIELD
 from lerpray.mixing import AnchorLayout, ExtrapolationBounds, MixError, named_numbers
+from lerpray.reply_model import PartialModel
 
 __all__ = ["Calibration", "Curve", "TargetSolution", "solve_targets", "target_mix"]
 
@@ -91,6 +92,7 @@ class Curve:
 class Calibration:
     curves: dict[str, Curve]  # attribute -> its scorer's response to its own alpha
     cross: dict[str, dict[str, float]] = field(default_factory=dict)  # S[i][j]: d score_j / d alpha_i, i != j
+    partial: dict[str, PartialModel] = field(default_factory=dict)  # attribute -> its partial-reply model (feedback)
 
 
 @dataclass(frozen=True)

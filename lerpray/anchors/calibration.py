@@ -23,6 +23,7 @@ from lerpray.anchors.errors import AnchorSetError
 from lerpray.anchors.format import MANIFEST_NAME
 from lerpray.anchors.load import read_manifest
 from lerpray.anchors.store import Store
+from lerpray.reply_model import PartialModel
 from lerpray.targets import Calibration, Curve
 
 __all__ = [
@@ -100,9 +101,10 @@ def calibration_of(doc: dict) -> Calibration:
         curves = {a: Curve(c["scorer"], tuple(c["alphas"]), tuple(c["fit"]), tuple(c.get("lo", ())),
                            tuple(c.get("hi", ()))) for a, c in doc["curves"].items()}  # fmt: skip
         cross = {i: {j: float(s) for j, s in row.items()} for i, row in doc.get("cross_slopes", {}).items()}
+        partial = {a: PartialModel.from_report(c["partial"]) for a, c in doc["curves"].items() if "partial" in c}
     except (KeyError, TypeError, ValueError) as err:
         raise CalibrationError(f"calibration curves are malformed ({err}); {REMAKE}") from None
-    return Calibration(curves, cross)
+    return Calibration(curves, cross, partial)
 
 
 def format_calibration(doc: dict | None) -> str:

@@ -31,6 +31,7 @@ import pandas as pd
 
 from lerpray.configs import SamplingSettings
 from lerpray.eval.calibration_checks import check_replies, check_signal, prompt_change
+from lerpray.eval.calibration_partial import Prefixes, partial_model, tokenizer_prefixes
 from lerpray.eval.config import GridConfig, PromptConfig, ScorerConfig, SweepConfig
 from lerpray.eval.prompt_sets import PromptSet, load_prompt_set
 
@@ -156,8 +157,13 @@ def calibrate(
     hint = (f"The sweep's replies are in {outputs.generations}; nothing was saved beside the set "
             f"(max_tokens {sampling.max_tokens}, {len(prompts.texts)} prompts, chat {chat}).")  # fmt: skip
     provenance = {**prompts.provenance(chat=chat), "samples": samples, "seed": seed}
+    if base_model is None:
+        from lerpray.anchors import open_set
+
+        base_model = open_set(anchors).manifest.base_model.name
     return calibration_document(table, list(loaded.items()), provenance, sampling, resamples=resamples, seed=seed,
-                                min_z=min_z, max_unscorable=max_unscorable, hint=hint)  # fmt: skip
+                                min_z=min_z, max_unscorable=max_unscorable, hint=hint,
+                                prefixes=tokenizer_prefixes(base_model))  # fmt: skip
 
 
 def calibration_document(
@@ -171,14 +177,19 @@ def calibration_document(
     min_z: float = 2.0,
     max_unscorable: float = 0.5,
     hint: str = "",
+    prefixes: Prefixes | None = None,
 ) -> dict:
     """The calibration document of an alpha sweep already made and scored: table rows with `attribute`, `x`
     (alpha), `prompt_id`, `text` and `score.<scorer name>`; scorers as (spec, scorer). Each curve is checked first
-    (CalibrationRefused); `prompts` is the provenance to record."""
+    (CalibrationRefused); `prompts` is the provenance to record. With `prefixes` (the base model's tokenizer cutting
+    a reply after k tokens) each curve also gets its partial-reply model (the closed loop's)."""
     columns = {sc.attribute: f"score.{sc.name}" for _, sc in scorers}
     curves = {attr: _checked_curve(table[table["attribute"] == attr], attr, col, resamples=resamples, seed=seed,
                                    min_z=min_z, max_unscorable=max_unscorable, hint=hint)
               for attr, col in columns.items()}  # fmt: skip
+    for _, sc in scorers if prefixes is not None else ():
+        rows = table[table["attribute"] == sc.attribute]
+        curves[sc.attribute]["partial"] = partial_model(rows, columns[sc.attribute], sc, prefixes, sampling.max_tokens)
     return {
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "scorers": {sc.attribute: {"spec": spec, "name": sc.name, "high_pole": sc.high_pole} for spec, sc in scorers},
