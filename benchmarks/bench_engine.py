@@ -47,7 +47,7 @@ class NoAnchors:
         # The anchors' names, so the very same requests run; their coefficients touch nothing here.
         self.model, self.layout = model, AnchorLayout(anchors=tuple(names), attributes={})
 
-    def set_coeffs(self, coeffs) -> None:
+    def set_coeffs(self, coeffs, host=None) -> None:
         pass
 
     bind_coeffs = set_coeffs

@@ -5,19 +5,29 @@ A decode step at batch 64 is a few hundred small kernels; launched from Python t
 spends running them. Captured once, a step is one `graph.replay()`. Everything that changes between steps lives in
 static buffers the captured function reads, for every row of the bucket, padding rows included: token ids,
 positions (hence the mask), write slots (a padding row writes to the cache's scratch slot, so it never touches a
-slot that a row mid-prefill owns) and the engine's [slots, K] coefficient buffer. A new mix is a copy into that
-buffer, so it never re-captures. Attention reads a static number of entries per graph: one graph per (batch bucket,
-length bucket), all captured at start-up (`captures` counts them; the KV cache never moves, so none goes stale).
+slot that a row mid-prefill owns) and the engine's [slots, K] coefficient rows (mix_table.py). A new mix is a copy
+into those rows, so it never re-captures. Attention reads a static number of entries per graph: one graph per (batch
+bucket, length bucket), all captured at start-up (`captures` counts them; the KV cache never moves, so none goes
+stale).
+
+Cost by active anchors under graphs: a graph cannot look at the coefficients to skip unused anchors, so with
+`active_capacity` the model's LoRA layers are pinned to static buffers for that many active anchors
+(InterpolatedModel.pin_active, mix_state.py) before capture, and `run` refills them from the host's coefficient
+rows before each replay (`prepare_active`, no device sync; a no-op while the active anchors stay the same). A step
+whose rows use more anchors than the capacity runs the function eagerly over all anchors (`eager_steps` counts it).
 
 `step(bucket, length)` is the function; `run` fills the buffers and either replays its graph or calls it eagerly.
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import Tensor
 
 from lerpray.model.forward import ModelForward
+from lerpray.model.mix_table import MixTable
 from lerpray.model.requests import EngineError
 
 __all__ = ["DECODE_MODES", "DecodeGraphs", "batch_buckets", "choose_decode_mode", "length_buckets"]
@@ -54,16 +64,23 @@ def length_buckets(capacity: int, smallest: int = 256) -> list[int]:
 class DecodeGraphs:
     """The decode steps of one engine over slots [0, bucket). `capture`: CUDA graphs of every (batch bucket,
     length bucket), captured now; otherwise `run` calls the same `step` eagerly (the CPU's replay mode).
+    `active_capacity`: pin the model to that many active anchors per step (None: every anchor's columns).
 
-    Holds the forward pass and the coefficient buffer, never the engine (no reference cycle).
+    Holds the forward pass and the coefficient rows, never the engine (no reference cycle).
     """
 
-    def __init__(self, forward: ModelForward, coeffs: Tensor, pad_id: int, *, capture: bool) -> None:
+    def __init__(self, forward: ModelForward, mixes: MixTable, pad_id: int, *, capture: bool,
+                 active_capacity: int | None = None) -> None:
         if capture and not torch.cuda.is_available():
             raise RuntimeError("CUDA graphs need a CUDA device; on the CPU use decode_mode='bucket' (the same function, "
                                "run eagerly)")
-        self.forward, self.coeffs, self.pad_id = forward, coeffs, pad_id
-        cache, device = forward.cache, coeffs.device
+        self.forward, self.mixes, self.pad_id = forward, mixes, pad_id
+        self.coeffs = mixes.device_rows  # [S, K], the static input every graph reads
+        self.pinned = active_capacity is not None
+        if self.pinned:
+            forward.imodel.pin_active(active_capacity)
+        self.eager_steps = 0  # steps whose rows used more anchors than the pinned capacity
+        cache, device = forward.cache, self.coeffs.device
         slots, self.scratch = cache.num_slots, cache.scratch
         self._static = torch.zeros(3, slots, 1, dtype=torch.long, device=device)  # ids, positions, write slots
         self.ids, self.positions, self.write_slots = self._static
@@ -92,8 +109,13 @@ class DecodeGraphs:
         length = next(n for n in self.lengths if n >= needed)
         self._host[:, :bucket, 0] = torch.tensor([ids, positions, write_slots], dtype=torch.long)
         self._static.copy_(self._host, non_blocking=True)  # one contiguous copy; rows past the bucket go unread
+        self.mixes.upload()
+        if self.pinned and not self.forward.imodel.prepare_active(self.mixes.host[:bucket]):
+            self.eager_steps += 1
+            return self.step(bucket, length)  # not static: gathers whatever anchors the rows use
         if not self.graphs:
-            return self.step(bucket, length)
+            with self.forward.imodel.static_active() if self.pinned else nullcontext():
+                return self.step(bucket, length)
         graph, logits = self.graphs[bucket, length]
         graph.replay()
         return logits

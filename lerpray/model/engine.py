@@ -9,12 +9,12 @@ so a long prompt is spread over steps and never stalls the decoding rows' stream
 function (`forward.py`); the decode step over a whole batch bucket is captured as CUDA graphs on a GPU and can be
 run eagerly on the CPU (`decode_mode="bucket"`, `cuda_graphs.py`).
 
-Each row carries its own coefficient row (the slot's row of a [slots, K] buffer), sampling parameters and random
-generator, so its output does not depend on its batch companions (up to float rounding of batched matmuls).
+A step syncs with the device once, on its sampled ids; on CUDA the host detokenises step t while the GPU runs
+step t + 1 (`emission.py`). Each row has its own mix (its slot's row of `mix_table.py`), sampling parameters and
+random generator, so its output does not depend on its batch companions (up to float rounding of batched matmuls).
 `generate()` and `stream()` are thin loops over the step API that serving drives directly.
 
-Needs a full-attention model that writes its cache through `Cache.update` (Llama, Qwen2, Mistral without sliding
-window, GPT-2, ...); sliding-window and recurrent models are refused with an EngineError.
+Needs a full-attention model writing its cache through `Cache.update` (Llama, Qwen2, GPT-2, ...); others are refused.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ from collections.abc import Iterator
 import torch
 
 from lerpray.model.cuda_graphs import DECODE_MODES, DecodeGraphs, choose_decode_mode
+from lerpray.model.emission import Emission
 from lerpray.model.forward import ModelForward
 from lerpray.model.kv_budget import build_cache, check_fits, kv_budget
 from lerpray.model.kv_cache import SlotCache, unsupported_attention
+from lerpray.model.mix_table import MixTable
 from lerpray.model.prompts import encode_prompt, eos_ids
 from lerpray.model.requests import EngineError, GenerationRequest, GenerationResult, TokenEvent
-from lerpray.model.rows import Row, choose_tokens, prompt_token_logprobs
+from lerpray.model.rows import Row, prompt_token_logprobs
 from lerpray.model.scheduler import SlotScheduler
 from lerpray.model.step_inputs import chunk_inputs, decode_inputs
 
@@ -41,7 +43,7 @@ class Engine:
     """Batches requests with different mixes into shared forward passes. Not thread-safe: drive it from one thread.
 
     Args:
-        imodel: an InterpolatedModel (`.model`, `.layout`, `.bind_coeffs(coeffs [N, K])`, `.merged(coeffs [K])`).
+        imodel: an InterpolatedModel (`.model`, `.layout`, `.bind_coeffs(coeffs [N, K], host)`, `.merged(coeffs [K])`).
         tokenizer: the base model's tokenizer.
         max_batch_size: KV-cache slots, i.e. the most requests running at once; further requests wait.
         merged_fast_path: when every row of a forward pass shares one mix, run it on merged weights.
@@ -50,12 +52,13 @@ class Engine:
             what the KV-cache budget fits (`self.context_length` is the cap).
         prefill_chunk: most prompt tokens prefilled per step (default 32 on CPU, 512 on GPU): smaller keeps the
             running rows' inter-token latency flat while a long prompt arrives, larger reaches first tokens sooner.
-        decode_mode: "graph" (CUDA graphs of the bucket step; the default on CUDA), "bucket" (that same step run
-            eagerly over the whole bucket, padding rows included: how the CPU tests the graphs' function) or
-            "eager" (rows [0, hi) only, reading what they need; the default on the CPU).
-        cuda_graphs: the older switch: True is decode_mode "graph", False "eager".
+        decode_mode: "graph" (CUDA graphs of the bucket step; CUDA's default), "bucket" (that step run eagerly over
+            the whole bucket, padding rows included: the CPU's test of it) or "eager" (rows [0, hi); CPU's default).
+            `cuda_graphs`, the older switch: True is "graph", False "eager".
         kv_cache_bytes, kv_cache_fraction: the KV-cache budget (kv_budget.py): bytes, or the fraction of free
             device memory on CUDA (default 0.8); on the CPU the default is 4 GiB of address space.
+        active_capacity: most anchors a graphed decode step runs (default 8; cuda_graphs.py); more run eagerly.
+        overlap_text: detokenise a step's text while the next forward runs (default: on CUDA).
     """
 
     def __init__(
@@ -72,6 +75,8 @@ class Engine:
         cuda_graphs: bool | None = None,
         kv_cache_bytes: int | None = None,
         kv_cache_fraction: float | None = None,
+        active_capacity: int | None = None,
+        overlap_text: bool | None = None,
     ) -> None:
         self.imodel, self.model, self.tokenizer = imodel, imodel.model, tokenizer
         self.layout = imodel.layout
@@ -87,9 +92,10 @@ class Engine:
         self.decode_mode = decode_mode = choose_decode_mode(decode_mode, cuda_graphs, self.device)
         self._eos = eos_ids(self.model, tokenizer)
         self._pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._coeffs = torch.zeros(max_batch_size, len(self.layout.anchors), device=self.device)  # [S, K]
+        self._mixes = MixTable(max_batch_size, len(self.layout.anchors), self.device)  # [S, K] per slot
         self._slot_range = torch.arange(max_batch_size, device=self.device)
         self._scheduler = SlotScheduler(max_batch_size, self.prefill_chunk)
+        self._emission = Emission(self._scheduler, self._eos, on_gpu if overlap_text is None else overlap_text)
         positions = self.model.config.max_position_embeddings
         if context_length is not None and not 1 <= context_length <= positions:
             raise EngineError(f"context_length must be between 1 and the model's {positions} positions "
@@ -97,10 +103,12 @@ class Engine:
         self.model_context = int(context_length or positions)
         with torch.inference_mode():  # the cache and every graph are made now: none inside step()
             self._forward = ModelForward(imodel, SlotCache(0, 0, 1))
-            self._cache = build_cache(self._forward, self._coeffs, max_batch_size, self.model_context,
+            self._cache = build_cache(self._forward, self._mixes.device_rows, max_batch_size, self.model_context,
                                       kv_budget(self.device, kv_cache_bytes, kv_cache_fraction))
             self.context_length = self._cache.capacity
-            self._graphs = (DecodeGraphs(self._forward, self._coeffs, self._pad_id, capture=decode_mode == "graph")
+            active = min(active_capacity or 8, len(self.layout.anchors))  # all anchors: nothing to pin
+            self._graphs = (DecodeGraphs(self._forward, self._mixes, self._pad_id, capture=decode_mode == "graph",
+                                         active_capacity=active if active < len(self.layout.anchors) else None)
                             if decode_mode != "eager" else None)
 
     @classmethod
@@ -151,11 +159,9 @@ class Engine:
     @torch.inference_mode()
     def step(self, protect_streams: bool = True) -> list[TokenEvent]:
         """Admit waiting requests, decode a token for each decoding row, prefill prompt chunks (SlotScheduler.chunks)."""
-        if released := self._scheduler.released:  # idle slots' stale mixes would keep their anchors active
-            self._coeffs[released] = 0.0
-            released.clear()
+        self._mixes.clear(self._scheduler.released)  # idle slots' stale mixes would keep their anchors active
         self._write_mixes(self._scheduler.admit())
-        events = self._decode() if self._scheduler.decoding() else []
+        events = self._decode() if self._scheduler.decoding() else self._emission.release_deferred()
         if self._scheduler.prefilling():
             events += self._prefill(protect_streams)
         return events
@@ -207,7 +213,7 @@ class Engine:
         """Rows' slots get the coefficients of the token they produce next (a schedule's change between steps)."""
         for row in rows:
             if not scheduled_only or row.request.mix.scheduled:
-                self._coeffs[row.slot] = torch.tensor(row.mix(), device=self.device)
+                self._mixes.write(row.slot, row.mix())
 
     def _decode(self) -> list[TokenEvent]:
         rows = self._scheduler.decoding()
@@ -224,10 +230,15 @@ class Engine:
         else:
             ids, positions, writes = torch.tensor(inputs, device=self.device)[..., None]  # [hi, 1] each
             self._cache.plan(self._slot_range[:hi], positions, needed, first_slot=0, write_slots=writes)
-            logits = self._forward(ids, positions, self._coeffs[:hi], needed, last_only=True,
-                                   merged=rows[0].mix() if shared else None)  # host values: no device sync
+            logits = self._forward(ids, positions, self._mixes.upload()[:hi], needed, last_only=True,
+                                   merged=rows[0].mix() if shared else None,  # host values: no device sync
+                                   host_coeffs=self._mixes.host[:hi])
+        events = self._emission.release_deferred()  # the last step's text, while this forward runs on a GPU
+        rows = [r for r in rows if not r.finished]  # a stop string found just now ended the row: drop its token
+        if not rows:
+            return events
         logits = logits[:, -1].index_select(0, torch.tensor([r.slot for r in rows], device=self.device))
-        return self._advance(rows, logits)
+        return events + self._emission.advance(rows, logits)
 
     def _prefill(self, protect_streams: bool) -> list[TokenEvent]:
         chunks = self._scheduler.chunks(protect_streams)
@@ -238,15 +249,17 @@ class Engine:
             [row.prefilled for row in rows], [row.slot for row in rows], self._pad_id, self._cache.scratch,
             self.device,
         )
-        slots = torch.tensor([row.slot for row in rows], device=self.device)
+        host_slots = torch.tensor([row.slot for row in rows])
+        slots = host_slots.to(self.device)
         length = max(row.prefilled + n for row, n in chunks)  # real tokens only: padding writes to the scratch slot
         first = rows[0].slot
         contiguous = [row.slot for row in rows] == list(range(first, first + len(rows)))
         self._cache.plan(slots, positions, length, first_slot=first if contiguous else None, write_slots=writes)
         every = any(row.prompt_logprobs is not None for row in rows)  # scoring the prompt needs every position
         merged = rows[0].mix() if self._shared(rows) else None
-        logits = self._forward(ids, positions, self._coeffs.index_select(0, slots), length, last_only=not every,
-                               merged=merged)  # [M, 1 or Q, V]; chunks are left-padded: each ends in the last column
+        coeffs, host = self._mixes.upload().index_select(0, slots), self._mixes.host.index_select(0, host_slots)
+        logits = self._forward(ids, positions, coeffs, length, last_only=not every, merged=merged,
+                               host_coeffs=host)  # [M, 1 or Q, V]; chunks are left-padded: each ends in the last column
         for m, (row, n) in enumerate(chunks):
             if row.prompt_logprobs is not None:
                 targets = row.prompt_ids[row.prefilled + 1 : row.prefilled + n + 1]
@@ -274,25 +287,14 @@ class Engine:
             self._scheduler.free(row)
         keep = [i for i, r in enumerate(rows) if r.sampling.max_tokens > 0]
         if keep:
-            events += self._advance([rows[i] for i in keep], logits[torch.tensor([index[i] for i in keep])])
+            events += self._emission.advance([rows[i] for i in keep], logits[torch.tensor([index[i] for i in keep])])
         return events
 
     def _shared(self, rows: list[Row]) -> bool:
         """Whether this forward may run on merged weights: the fast path is on and every row has one mix."""
         return self.merged_fast_path and len({r.mix() for r in rows}) == 1
 
-    def _advance(self, rows: list[Row], logits: torch.Tensor) -> list[TokenEvent]:
-        """Choose each row's next token (logits [N, V]), emit its event, free the slots of finished rows."""
-        tokens, logprobs, tops = choose_tokens(logits, rows)
-        events = [row.emit(token, self._eos, lp, top) for row, token, lp, top in zip(rows, tokens, logprobs, tops,
-                                                                                     strict=True)]
-        for row in rows:
-            if row.finished:
-                self._scheduler.free(row)
-        return events
-
     def _check_coeffs(self, coeffs) -> None:
-        if len(coeffs) != len(self.layout.anchors):
-            raise EngineError(f"coeffs has {len(coeffs)} values but the anchor set has {len(self.layout.anchors)} anchors")
-        if not all(math.isfinite(c) for c in coeffs):
-            raise EngineError(f"coeffs must be finite numbers, got {list(coeffs)}")
+        if len(coeffs) != len(self.layout.anchors) or not all(math.isfinite(c) for c in coeffs):
+            raise EngineError(f"coeffs must hold a finite number for each of the set's {len(self.layout.anchors)} anchors; "
+                              f"got {list(coeffs)}")

@@ -43,13 +43,14 @@ class ModelForward:
         return ModelForward(self.imodel, cache)
 
     def __call__(self, ids: Tensor, positions: Tensor, coeffs: Tensor, length: int, *, last_only: bool,
-                 merged: Sequence[float] | None = None) -> Tensor:
-        """ids, positions [N, Q] long; coeffs [N, K] (bound as is); `length` cache entries read per row.
+                 merged: Sequence[float] | None = None, host_coeffs: Tensor | None = None) -> Tensor:
+        """ids, positions [N, Q] long; coeffs [N, K] (bound as is; `host_coeffs` the same on the host, read to find
+        the active anchors without a device sync); `length` cache entries read per row.
 
         Returns logits [N, 1, V] (`last_only`: each row's last column) or [N, Q, V]. `merged` [K] (host values):
         every row runs on weights merged with that one mix instead.
         """
-        self.imodel.bind_coeffs(coeffs)
+        self.imodel.bind_coeffs(coeffs, host_coeffs)
         kwargs = {"logits_to_keep": 1 if last_only else 0} if self._keeps_logits else {}
         with self.imodel.merged(merged) if merged is not None else nullcontext():
             out = self.model(

@@ -3,8 +3,7 @@
 `interpolate(model, anchor_set)` replaces each adapted nn.Linear (or GPT-2 Conv1D) in place by an
 `InterpolatedLinear` that computes y = W0 x + stacked_delta(x, coeffs, stacked) (see lerpray.lora_math; siblings that
 read one input share the shrink, lora_groups.py; each forward pays only for the anchors its rows use, mix_state.py),
-and returns
-an `InterpolatedModel` through which callers set the coefficients before their forward passes:
+and returns an `InterpolatedModel` through which callers set the coefficients before their forward passes:
 
     imodel = interpolate(model, anchor_set)
     imodel.set_coeffs(coeffs)            # [N, K]: row n of the next batches uses mix coeffs[n]
@@ -12,9 +11,8 @@ an `InterpolatedModel` through which callers set the coefficients before their f
     with imodel.merged(coeffs[0]):       # fast path when every row shares one mix: W = W0 + delta, cached
         logits = imodel(input_ids).logits
 
-The layers keep the base layer's `weight` and `bias` parameters under the same names, so parameter names, shapes
-and state_dict keys (hence `model_identity`) are unchanged; the stacked factors are non-persistent buffers in the
-base layer's dtype and device. Not thread-safe: one InterpolatedModel serves one forward at a time.
+The layers keep the base layer's `weight` and `bias` under the same names (state_dict keys, hence `model_identity`,
+unchanged); the stacked factors are non-persistent buffers. Not thread-safe: one forward at a time.
 """
 
 from __future__ import annotations
@@ -146,9 +144,7 @@ class InterpolatedModel:
         self._merge_cache_size = merge_cache_size
         self._merge_cache: OrderedDict[tuple[float, ...], dict[str, Tensor]] = OrderedDict()
 
-    @property
-    def num_anchors(self) -> int:
-        return len(self.layout.anchors)
+    num_anchors = property(lambda self: len(self.layout.anchors))
 
     def __call__(self, *args, **kwargs):
         return self.model(*args, **kwargs)
@@ -171,24 +167,33 @@ class InterpolatedModel:
         device = next(iter(self.layers.values())).A_cat.device
         self._state.set(coeffs.to(device))
 
-    def bind_coeffs(self, coeffs: Tensor) -> None:
+    def bind_coeffs(self, coeffs: Tensor, host: Tensor | None = None) -> None:
         """Use `coeffs` [N, K] as is (float32, on the layers' device, validated by the caller): no copy, no check.
+        `host`: the same values in host memory, read to find the active anchors without a device sync.
 
-        For the engine's coefficient buffer, which it updates in place between forwards and which a captured CUDA
+        For the engine's coefficient rows, which it updates in place between forwards and which a captured CUDA
         graph reads as a static input; `set_coeffs` is the checked form.
         """
-        self._state.set(coeffs)
+        self._state.set(coeffs, host)
 
     def pin_active(self, capacity: int) -> None:
-        """Static buffers for up to `capacity` active anchors: a CUDA graph captured from now on runs over them
-        instead of every anchor's columns. Every replay must follow a `prepare_active` of its coefficients
-        (mix_state.py); the Engine's graphs do not call it yet, so do not pin a model an Engine captures."""
+        """Static buffers for up to `capacity` active anchors: a CUDA graph captured from now on (or a forward
+        inside `static_active`) runs over them instead of every anchor's columns (mix_state.py)."""
         self._state.pin(capacity)
 
     def prepare_active(self, coeffs: Tensor) -> bool:
-        """Fill the pinned buffers with the anchors coeffs [N, K] uses, outside any graph; False when they exceed
-        the capacity (run that step eagerly: the dynamic gather has no limit)."""
+        """Fill the pinned buffers with the anchors coeffs [N, K] (host values) uses, before a replay; False when
+        they exceed the capacity (run that step eagerly: the dynamic gather has no limit)."""
         return self._state.prepare(coeffs)
+
+    @contextmanager
+    def static_active(self) -> Iterator[None]:
+        """Forwards run over the pinned buffers, as a captured graph does: the graphs' function run eagerly."""
+        self._state.static_forwards = True
+        try:
+            yield
+        finally:
+            self._state.static_forwards = False
 
     @contextmanager
     def merged(self, coeffs: Tensor | Sequence[float]) -> Iterator[InterpolatedModel]:

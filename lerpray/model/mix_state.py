@@ -64,6 +64,7 @@ class MixState:
 
     def __init__(self, *, gather: bool = True, cache_size: int = 4) -> None:
         self.coeffs: Tensor | None = None  # [N, K] float32
+        self.host: Tensor | None = None  # [N, K] the same on the host, when the caller has it
         self.gather, self.cache_size = gather, cache_size
         self.layers: list[nn.Module] = []
         self.groups: list = []
@@ -78,8 +79,10 @@ class MixState:
     def attach(self, layers: Sequence[nn.Module], groups: Sequence) -> None:
         self.layers, self.groups = list(layers), list(groups)
 
-    def set(self, coeffs: Tensor) -> None:
-        self.coeffs = coeffs
+    def set(self, coeffs: Tensor, host: Tensor | None = None) -> None:
+        """coeffs [N, K] on the layers' device; `host`: the same values in host memory, read instead of coeffs to
+        find the active anchors (no device sync)."""
+        self.coeffs, self.host = coeffs, host
         self._columns.clear()
 
     def invalidate(self) -> None:
@@ -99,7 +102,7 @@ class MixState:
         if static:
             anchors = STATIC if self.capacity else None
         else:
-            anchors = tuple(active_anchors(self.coeffs))
+            anchors = tuple(active_anchors(self.host if self.host is not None else self.coeffs))
             if len(anchors) == self.coeffs.shape[1]:
                 anchors = None  # every anchor is used: the layers' own buffers, no gathered copy
         if anchors != self.anchors:

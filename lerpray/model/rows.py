@@ -44,6 +44,7 @@ class Row:
     prompt_logprobs: list | None = None  # gathered chunk by chunk while prefilling
     text: str = ""  # released so far (what a steer hook scores)
     steered: tuple[float, ...] | None = None  # [K] the steer hook's latest coefficients, replacing the mix's
+    unreleased: tuple | None = None  # (token, at_eos, logprob, top) recorded, its text not yet released
 
     @classmethod
     def choices(cls, request: GenerationRequest, prompt_ids: list[int], tokenizer) -> list[Row]:
@@ -75,11 +76,20 @@ class Row:
         """The coefficients of the row's next forward pass: its mix's at the token it will produce."""
         return self.steered if self.steered is not None else self.request.mix.at(self.generated)
 
-    def emit(self, token: int, eos: frozenset[int], logprob=None, top=None) -> TokenEvent:
-        """Record a sampled token; returns its event (text released, finish reason)."""
+    def record(self, token: int, eos: frozenset[int], logprob=None, top=None) -> None:
+        """Count a sampled token at once (the next step's input, penalties, EOS and length end the row now); its
+        text and event wait for `release`, which the engine may run while the next forward is on the GPU."""
         self.last_token, self.generated = token, self.generated + 1
         self.counts[token] += 1
         at_eos = token in eos and not self.sampling.ignore_eos
+        self.unreleased = (token, at_eos, logprob, top)
+        self.finished = at_eos or self.generated >= self.sampling.max_tokens
+
+    def release(self) -> TokenEvent:
+        """The recorded token's event: its text (held back near a stop string; a stop string found ends the row),
+        its finish reason, and the steer hook's next coefficients."""
+        token, at_eos, logprob, top = self.unreleased
+        self.unreleased = None
         text, stopped = self.stream.flush() if at_eos else self.stream.push(token)
         finish = "stop" if stopped or at_eos else None
         if finish is None and self.generated >= self.sampling.max_tokens:
@@ -105,7 +115,10 @@ class Row:
 
 
 def choose_tokens(logits: torch.Tensor, rows: Sequence[Row]) -> tuple[list[int], list, list]:
-    """Next token of each row. logits [N, V] -> (tokens, logprobs or None, top alternatives or None) per row."""
+    """Next token of each row. logits [N, V] -> (tokens, logprobs or None, top alternatives or None) per row.
+
+    Everything is computed on the logits' device and comes to the host in one copy (one device sync per step).
+    """
     logits = logits.float()
     wants = [i for i, r in enumerate(rows) if r.sampling.logprobs is not None]
     logprobs = torch.log_softmax(logits[wants], dim=-1) if wants else None  # [W, V], before any reshaping
@@ -114,14 +127,24 @@ def choose_tokens(logits: torch.Tensor, rows: Sequence[Row]) -> tuple[list[int],
         logits = logits.clone()
         for i in reshape:
             _reshape_(logits[i], rows[i])
-    tokens = sample_next(logits, [r.sampling for r in rows], [r.generator for r in rows]).tolist()
-    chosen, tops = [None] * len(rows), [None] * len(rows)
-    for w, i in enumerate(wants):
-        chosen[i] = float(logprobs[w, tokens[i]])
+    tokens = sample_next(logits, [r.sampling for r in rows], [r.generator for r in rows])  # [N] on the device
+    parts, top = [tokens.double()], max((rows[i].sampling.logprobs for i in wants), default=0)
+    if wants:
+        parts.append(logprobs.gather(1, tokens[wants][:, None])[:, 0].double())  # [W] the chosen tokens'
+    if top:
+        values, ids = logprobs.topk(top)  # [W, top]
+        parts += [values.flatten().double(), ids.flatten().double()]
+    host = torch.cat(parts).tolist()  # float64 holds token ids and float32 log-probs exactly
+    n, w = len(rows), len(wants)
+    tokens = [int(t) for t in host[:n]]
+    chosen, tops = [None] * n, [None] * n
+    for j, i in enumerate(wants):
+        chosen[i] = host[n + j]
         k = rows[i].sampling.logprobs
         if k:
-            values, ids = logprobs[w].topk(k)
-            tops[i] = list(zip(ids.tolist(), values.tolist(), strict=True))
+            start = n + w + j * top
+            values, ids = host[start : start + k], host[n + w + w * top + j * top :][:k]
+            tops[i] = list(zip((int(t) for t in ids), values, strict=True))
     return tokens, chosen, tops
 
 

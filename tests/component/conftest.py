@@ -38,9 +38,9 @@ def spy(imodel, monkeypatch):
     calls = {"shapes": [], "merged": 0}
     bind_coeffs, merged = imodel.bind_coeffs, imodel.merged
 
-    def spy_set(coeffs):
+    def spy_set(coeffs, host=None):
         calls["shapes"].append(tuple(coeffs.shape))
-        bind_coeffs(coeffs)
+        bind_coeffs(coeffs, host)
 
     def spy_merged(coeffs):
         calls["merged"] += 1

@@ -112,7 +112,7 @@ def test_eos_finishes_with_stop(imodel):
     sampling = {"temperature": 1.0, "seed": 3, "max_tokens": 12}
     tokens = token_ids(engine, [req(PROMPTS[1], rid="r", **sampling)])["r"]
     first_new = next(i for i, t in enumerate(tokens) if t not in tokens[:i] and i > 0)
-    engine._eos = frozenset([tokens[first_new]])  # pretend that token is EOS; same seed, same tokens before it
+    engine._emission.eos = frozenset([tokens[first_new]])  # pretend that token is EOS; same seed, same tokens before it
     result = engine.generate([req(PROMPTS[1], **sampling)])[0]
     assert (result.finish_reason, result.completion_tokens) == ("stop", first_new + 1)
     assert result.text == engine.tokenizer.decode(tokens[:first_new])

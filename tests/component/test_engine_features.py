@@ -122,10 +122,10 @@ def test_sampling_params_refuse_out_of_range_extras():
 def test_a_finished_rows_slot_drops_its_mix_so_its_anchors_leave_the_active_set(engine, imodel, monkeypatch):
     bound = []
     bind_coeffs = imodel.bind_coeffs
-    monkeypatch.setattr(imodel, "bind_coeffs", lambda c: (bound.append(c.clone()), bind_coeffs(c))[1])
+    monkeypatch.setattr(imodel, "bind_coeffs", lambda c, host=None: (bound.append(c.clone()), bind_coeffs(c, host))[1])
     # slot 0 ends after 2 tokens; slot 1 decodes on, with the idle slot 0 as a padding row below it
     engine.generate([req(PROMPTS[0], ONE, max_tokens=2, ignore_eos=True), req(PROMPTS[1], TWO, max_tokens=8, ignore_eos=True)])
     late = bound[-3:]  # the last decode steps: rows [0, 2), slot 0 long finished
     assert all(c.shape[0] == 2 and not c[0].any() and c[1].tolist() == list(TWO) for c in late)
     engine.step()  # the next step clears what the last one freed
-    assert not engine._coeffs.any()
+    assert not engine._mixes.host.any()
