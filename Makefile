@@ -90,6 +90,7 @@ test-gpu-stack: $(GPU_STACK)/.installed
 	$(GPU_STACK)/bin/python -c "import transformers, peft; print('transformers', transformers.__version__, 'peft', peft.__version__)"
 	$(GPU_STACK)/bin/python -m pytest -q tests/component/test_engine.py tests/component/test_engine_slots.py \
 	  tests/component/test_engine_features.py tests/component/test_engine_gpu_path.py \
+	  tests/component/test_engine_overlap.py tests/component/test_active_anchors.py \
 	  tests/component/test_exactness.py tests/component/test_interpolated.py
 	PYTHONPATH=. $(GPU_STACK)/bin/python benchmarks/bench_engine.py --cpu-rehearsal
 
