@@ -38,9 +38,9 @@ from lerpray.steering import MixContext, resolve
 MODES = ("open", "closed")
 
 
-def held_out(per_domain: int, exclude: set[str]) -> tuple[list[str], list[str]]:
-    """The first `per_domain` odd-index openings of each domain not in `exclude` (texts, domains)."""
-    prompts = load_prompt_set(split="odd")
+def held_out(per_domain: int, exclude: set[str], split: str = "odd") -> tuple[list[str], list[str]]:
+    """The first `per_domain` openings of `split` of each domain not in `exclude` (texts, domains)."""
+    prompts = load_prompt_set(split=split)
     picked: dict[str, list[str]] = {}
     for text, domain in zip(prompts.texts, prompts.domains, strict=True):
         if domain not in exclude and len(picked.setdefault(domain, [])) < per_domain:
@@ -66,11 +66,11 @@ def run(engine: Engine, mix, prompts: list[str], samples: int, sampling: dict, s
     return texts, {"tokens": tokens, "wall_s": wall, "cpu_s": cpu, "last_alpha": last}
 
 
-def interval95(scores: np.ndarray, prompts: int, samples: int, rng, resamples: int = 2000) -> list[float]:
-    """95 % interval of the mean score, prompts resampled."""
+def interval95(scores: np.ndarray, prompts: int, samples: int, rng, resamples: int = 2000) -> tuple[list[float], float]:
+    """95 % interval of the mean score, prompts resampled, and the bootstrap standard error of the mean."""
     per_prompt = scores.reshape(prompts, samples).mean(axis=1)
     draws = [per_prompt[rng.integers(0, prompts, prompts)].mean() for _ in range(resamples)]
-    return [round(float(np.percentile(draws, 2.5)), 4), round(float(np.percentile(draws, 97.5)), 4)]
+    return [round(float(np.percentile(draws, 2.5)), 4), round(float(np.percentile(draws, 97.5)), 4)], float(np.std(draws))
 
 
 def base_perplexity(engine: Engine, pairs: list[tuple[str, str]]) -> float:
@@ -90,6 +90,8 @@ def main() -> None:
     p.add_argument("--anchors", default="runs/quickstart/anchors")
     p.add_argument("--per-domain", type=int, default=2)
     p.add_argument("--exclude", default="reviews", help="comma-separated domains left out")
+    p.add_argument("--split", default="odd", choices=("odd", "all"), help="all: both halves of the domains left "
+                   "in (for domains the calibration never saw)")
     p.add_argument("--samples", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=40)
     p.add_argument("--levels", default="0.1,0.5,0.9")
@@ -109,7 +111,7 @@ def main() -> None:
     cal = calibration_of(doc)
     attr, curve = next(iter(cal.curves.items()))
     scorer = get_scorer(doc["scorers"][attr]["spec"])
-    prompts, domains = held_out(args.per_domain, set(args.exclude.split(",")))
+    prompts, domains = held_out(args.per_domain, set(args.exclude.split(",")), args.split)
     engine = Engine.from_uri(args.anchors, max_batch_size=args.batch)
     sampling = {k: v for k, v in doc["sampling"].items() if k in ("temperature", "top_p", "top_k")}
     sampling["max_tokens"] = args.max_tokens
@@ -138,8 +140,9 @@ def main() -> None:
             scores = np.array(scorer.score(texts), dtype=float)
             dist = np.abs(scores - target) / span
             row["alpha"] = mix.report["alpha"][attr]
-            row[mode] = {"achieved": round(float(scores.mean()), 4),
-                         "interval95": interval95(scores, len(prompts), args.samples, rng),
+            interval, se = interval95(scores, len(prompts), args.samples, rng)
+            row[mode] = {"achieved": round(float(scores.mean()), 4), "interval95": interval,
+                         "se_of_mean_pct": round(100 * se / span, 2),
                          "abs_error_of_mean_pct": round(100 * abs(float(scores.mean()) - target) / span, 2),
                          "mean_abs_error_pct": round(100 * float(dist.mean()), 2),
                          "within_band": round(float((dist <= args.band).mean()), 4),
@@ -160,11 +163,16 @@ def main() -> None:
             "abs_error_of_mean_pct": round(float(np.mean([r[mode]["abs_error_of_mean_pct"] for r in rows])), 2),
             "mean_abs_error_pct": round(float(np.mean([r[mode]["mean_abs_error_pct"] for r in rows])), 2),
             "within_band": round(float(np.mean([r[mode]["within_band"] for r in rows])), 4),
+            "sd": round(float(np.mean([r[mode]["sd"] for r in rows])), 4),
+            "se_of_mean_pct": round(float(np.mean([r[mode]["se_of_mean_pct"] for r in rows])), 2),
+            "means_above_target": sum(r[mode]["achieved"] > r["target"] for r in rows),
+            "means_below_target": sum(r[mode]["achieved"] < r["target"] for r in rows),
             "tokens": tm["tokens"], "wall_s": round(tm["wall_s"], 1), "cpu_s": round(tm["cpu_s"], 1),
             "tokens_per_s": round(tm["tokens"] / tm["wall_s"], 1),
             "tokens_per_cpu_s": round(tm["tokens"] / tm["cpu_s"], 1)}  # fmt: skip
         if args.perplexity:
             summary[mode]["base_perplexity"] = round(base_perplexity(engine, replies[mode]), 3)
+    summary["closed_vs_open_sd"] = round(summary["closed"]["sd"] / summary["open"]["sd"], 3)
     summary["closed_vs_open_tokens_per_s"] = round(summary["closed"]["tokens_per_s"] / summary["open"]["tokens_per_s"], 3)
     summary["closed_vs_open_tokens_per_cpu_s"] = round(
         summary["closed"]["tokens_per_cpu_s"] / summary["open"]["tokens_per_cpu_s"], 3)
@@ -174,7 +182,7 @@ def main() -> None:
               "calibration": {k: doc[k] for k in ("prompts", "sampling")},
               "reachable": [round(lo, 4), round(hi, 4)], "feedback": feedback, "band_of_range": args.band,
               "extrapolate": args.extrapolate,
-              "held_out": {"prompts": "lerpray openings (shipped), odd indices", "per_domain": args.per_domain,
+              "held_out": {"prompts": f"lerpray openings (shipped), {args.split} indices", "per_domain": args.per_domain,
                            "excluded_domains": args.exclude.split(","), "count": len(prompts),
                            "domains": sorted(set(domains)), "samples": args.samples},
               "sampling": sampling, "batch_slots": args.batch,

@@ -20,9 +20,9 @@ The engine switches a row's coefficients between steps (Row.mix): no extra forwa
 A calibration with a partial-reply model (its curves' "partial": lerpray.reply_model) runs the predictive
 controller instead: it compares the text so far with what the calibration's own replies scored after as many
 tokens, predicts the reply's final offset and sets the alpha of the rest to cancel it (`gain`: the share of that
-correction applied, 1 by default; `integral` unused). Its alphas stay within the same distance of a0 on both
-sides (the nearer bound's), so that saturating on one side only does not bias the mean away from the target.
-"""
+correction applied, 1 by default; `integral` unused; `every` 4 by default, as the first tokens settle most of a
+short reply's score). Its alphas stay within the same distance of a0 on both sides (the nearer bound's), so that
+saturating on one side only does not bias the mean away from the target."""
 
 from __future__ import annotations
 
@@ -131,14 +131,15 @@ class Feedback:
         return cls(int(doc["every"]), gains, loops, dict(doc["scorer"]), dict(doc.get("mix", {})), partial)
 
 
-def parse_gains(spec: object, max_tokens: int | None, gain: float = Gains.proportional) -> tuple[int, Gains]:
-    """A request's `feedback` object -> (every, gains); MixError naming the field. `gain`: its default."""
+def parse_gains(spec: object, max_tokens: int | None, gain: float = Gains.proportional, every: int = 8
+                ) -> tuple[int, Gains]:  # fmt: skip
+    """A request's `feedback` object -> (every, gains); MixError naming the field. `gain`, `every`: defaults."""
     if not isinstance(spec, Mapping):
         raise MixError(FEEDBACK_FIELD, f'must be an object such as {{"every": 8}} (got {json_type(spec)})')
     for key in spec:
         if key not in ("every", "gain", "integral"):
             raise MixError(f"{FEEDBACK_FIELD}.{key}", "unknown key; allowed keys: every, gain, integral")
-    every = spec.get("every", 8)
+    every = spec.get("every", every)
     number = finite_float(every)
     if number is None or isinstance(every, bool) or number != int(number) or not 1 <= number <= EVERY_MAX:
         raise MixError(f"{FEEDBACK_FIELD}.every", f"must be a whole number of generated tokens between 1 and "
@@ -165,7 +166,7 @@ def closed_loop(spec: object, request_mix: Mapping, report: Mapping, calibration
                        '"feedback": {"every": 8}} (feedback steers the reply toward a target score)')  # fmt: skip
     partial = {a: calibration.partial[a] for a in report["target"] if a in calibration.partial}
     predictive = len(partial) == len(report["target"])  # every targeted attribute has a partial-reply model
-    every, gains = parse_gains(spec, max_tokens, 1.0 if predictive else Gains.proportional)
+    every, gains = parse_gains(spec, max_tokens, *((1.0, 4) if predictive else (Gains.proportional, 8)))
     extrapolate = request_mix.get("extrapolate") is True and bounds is not None
     loops, scorers = {}, {}
     for attr, target in report["target"].items():

@@ -102,7 +102,8 @@ def test_a_calibration_with_a_partial_model_resolves_to_the_predictive_loop():
     got = resolve(context, interpolation={"target": {"sentiment": 0.15}, "feedback": {"every": 4},
                                           "extrapolate": True}, max_tokens=32)  # fmt: skip
     fb = got.feedback
-    assert fb.partial == {"sentiment": MODEL} and fb.gains.proportional == 1.0  # the predictive default gain
+    assert fb.partial == {"sentiment": MODEL} and fb.gains.proportional == 1.0  # the predictive defaults
+    assert resolve(context, interpolation={"target": {"sentiment": 0.15}, "feedback": {}}).feedback.every == 4
     assert fb.loops["sentiment"] == Loop(0.15, 0.5, 0.3, -1.0, 2.0)
     assert got.report["feedback"]["controller"] == "predictive"
     assert ResolvedMix.from_json(json.loads(json.dumps(got.report))).feedback == fb  # a batch plan's row
