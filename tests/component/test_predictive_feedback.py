@@ -41,8 +41,10 @@ def test_a_target_with_feedback_steers_each_reply_by_its_own_partial_scores(engi
     assert start == pytest.approx(0.4)
     high = Steerer(mix.feedback, {"sentiment": lambda text: 1.0}, engine.layout)  # every partial far too positive
     flat = Steerer(mix.feedback, {"sentiment": lambda text: 0.0}, engine.layout)  # about the calibrated mean
-    requests = [GenerationRequest(mix=mix, prompt=PROMPTS[0], request_id="high", sampling=GREEDY, steer=high),
-                GenerationRequest(mix=mix, prompt=PROMPTS[0], request_id="flat", sampling=GREEDY, steer=flat)]
+    requests = [
+        GenerationRequest(mix=mix, prompt=PROMPTS[0], request_id="high", sampling=GREEDY, steer=high),
+        GenerationRequest(mix=mix, prompt=PROMPTS[0], request_id="flat", sampling=GREEDY, steer=flat),
+    ]
     texts = tokens_of(engine, requests)
     # too positive: from the first update on, the lowest alpha the symmetric bounds allow (0.4 - 1.4)
     alphas = [step["alpha"]["sentiment"] for step in high.trajectories[0]]
