@@ -148,7 +148,8 @@ def test_a_set_that_can_never_be_resident_is_refused_with_what_to_change(base, a
     assert pool.place("support") == (0, 1) and not engine.has_work()
 
 
-def test_a_paged_engine_serves_more_sets_than_its_capacity_with_each_sets_own_tokens(base, anchor_sets):
+@pytest.mark.parametrize("decode_mode", ["eager", "bucket"])  # bucket: the CUDA graphs' function, run eagerly
+def test_a_paged_engine_serves_more_sets_than_its_capacity_with_each_sets_own_tokens(base, anchor_sets, decode_mode):
     tokenizer = tiny_tokenizer()
     params = SamplingParams(temperature=0.0, max_tokens=5, ignore_eos=True)
     order = ["support", "legal", "sales", "hr", "support", "hr", "legal", "sales"]
@@ -156,7 +157,7 @@ def test_a_paged_engine_serves_more_sets_than_its_capacity_with_each_sets_own_to
                                   anchor_set=s) for i, s in enumerate(order)]  # fmt: skip
     pages = []
     pool = pool_of(base, anchor_sets)
-    paged = PagedEngine(Engine(pool.imodel, tokenizer, max_batch_size=3), pool,
+    paged = PagedEngine(Engine(pool.imodel, tokenizer, max_batch_size=3, decode_mode=decode_mode), pool,
                         on_page=lambda *a: pages.append(a))  # fmt: skip
     got = {r.request_id: r.text for r in paged.generate(requests)}
     for name in SETS:
