@@ -23,10 +23,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lerpray.serve import errors, protocol, replies
 from lerpray.serve.live import LiveSet
 from lerpray.serve.metrics import ServeMetrics
+from lerpray.serve.responses import ModelList
 from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest
 
-__all__ = ["Answer", "answer", "api_key", "authorize", "failure", "http_error", "parse", "prepare", "read_body",
-           "to_response"]
+__all__ = ["Answer", "answer", "api_key", "authorize", "failure", "http_error", "model_list", "parse", "prepare",
+           "read_body", "to_response"]
 
 
 @dataclass
@@ -119,6 +120,16 @@ async def answer(served: LiveSet, parsed: Any, gens: list, route: str, metrics: 
     finally:
         if not streaming:  # also on cancellation (client gone): frees the request's batch slot
             await events.aclose()
+
+
+def model_list(request: Request, key: bytes | None, cards: list, metrics: ServeMetrics) -> Response:
+    """GET /v1/models: `cards` (ModelCards or their dicts) once the request is authorized."""
+    metrics.on_request("models")
+    try:
+        authorize(request, key)
+    except errors.ApiError as err:
+        return to_response(failure(err, "models", metrics))
+    return JSONResponse(ModelList(data=cards).model_dump())
 
 
 def to_response(done: Answer) -> Response:

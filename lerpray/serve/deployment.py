@@ -24,11 +24,10 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lerpray.serve import answers, errors, live, playground, protocol, shared_sets
+from lerpray.serve import answers, live, playground, protocol, shared_sets
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.live import EngineFactory, LiveSet, serve_engine
 from lerpray.serve.metrics import ServeMetrics
-from lerpray.serve.responses import ModelList
 from lerpray.serve.shared_sets import SharedFactory, serve_shared_engine
 
 __all__ = ["EngineFactory", "LerpServer", "serve_engine"]
@@ -126,13 +125,8 @@ class LerpServer:
 
     @api.get("/v1/models")
     async def models(self, request: Request) -> Response:
-        self.metrics.on_request("models")
-        try:
-            answers.authorize(request, self._api_key)
-        except errors.ApiError as err:
-            return answers.to_response(answers.failure(err, "models", self.metrics))
         cards = [card for served in self.sets.values() for card in served.cards]
-        return JSONResponse(ModelList(data=cards).model_dump())
+        return answers.model_list(request, self._api_key, cards, self.metrics)
 
     @api.get("/playground")
     async def playground_page(self) -> Response:

@@ -27,7 +27,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from lerpray.serve import answers, errors, live, playground, protocol
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.metrics import ServeMetrics
-from lerpray.serve.responses import ModelList
 
 __all__ = ["LerpRouter", "manifest_cards"]
 
@@ -86,13 +85,8 @@ class LerpRouter:
 
     @router_api.get("/v1/models")
     async def models(self, request: Request) -> Response:
-        self.metrics.on_request("models")
-        try:
-            answers.authorize(request, self._api_key)
-        except errors.ApiError as err:
-            return answers.to_response(answers.failure(err, "models", self.metrics))
         cards = [card for set_cards in self.cards.values() for card in set_cards]
-        return JSONResponse(ModelList(data=cards).model_dump())
+        return answers.model_list(request, self._api_key, cards, self.metrics)
 
     @router_api.get("/playground")
     async def playground_page(self) -> Response:
