@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from ray import serve
@@ -44,6 +45,7 @@ class HeldSet:
 
     def __init__(self, served: LiveSet, load_s: float, held: dict[str, LiveSet]) -> None:
         self.served, self.load_s, self._held = served, load_s, held
+        self.users = 0  # requests that hold it, from getting it (before they reach its batcher) to their last event
         self._retired = threading.Event()
 
     def __del__(self) -> None:
@@ -52,7 +54,7 @@ class HeldSet:
         self._retired.set()
         self._held.pop(self.served.args.model_name, None)
         deadline = time.monotonic() + RETIRE_TIMEOUT_S
-        while self.served.batcher.load() != (0, 0) and time.monotonic() < deadline:
+        while (self.users or self.served.batcher.load() != (0, 0)) and time.monotonic() < deadline:
             time.sleep(0.05)
         self.served.batcher.close()
         logger.info("set %s unloaded", self.served.args.model_name)
@@ -108,7 +110,7 @@ class LerpSets:
         events. Streamed back through the handle."""
         set_id = serve.get_multiplexed_model_id()
         logger.info("multiplexed id %s on replica %s (%s)", set_id, self.replica, route)
-        headers, cards = {REPLICA_HEADER: self.replica}, None
+        headers = {REPLICA_HEADER: self.replica}
         try:
             held = await self._set(set_id)
         except SetLoadError as err:
@@ -116,20 +118,32 @@ class LerpSets:
                                         headers={"Retry-After": str(self.args.retry_after_s)})  # fmt: skip
             done = answers.failure(api_error, route, self.metrics, headers)
         else:
-            served = held.served
-            cards = [card.model_dump() for card in served.cards] if with_cards else None
-            try:
-                parsed = answers.parse(body, route)
-                gens = await answers.prepare(served, parsed)
-            except Exception as err:  # noqa: BLE001 -- every failure becomes an OpenAI error response
-                done = answers.failure(err, route, self.metrics, headers)
-            else:
-                done = await answers.answer(served, parsed, gens, route, self.metrics)
-                done.headers.update(headers)
+            held.users += 1  # no await since the loader returned it: an unload now waits for this request
+            try:  # aclosing: a cancelled stream (client gone) frees its batch slot now, not at garbage collection
+                async with aclosing(self._answer(held.served, route, body, headers, with_cards)) as items:
+                    async for item in items:
+                        yield item
+            finally:
+                held.users -= 1
+            return
+        yield {"status": done.status, "headers": done.headers, "body": done.body, "cards": None}
+
+    async def _answer(self, served: LiveSet, route: str, body: bytes, headers: dict[str, str],
+                      with_cards: bool) -> AsyncIterator[dict | str]:  # fmt: skip
+        cards = [card.model_dump() for card in served.cards] if with_cards else None
+        try:
+            parsed = answers.parse(body, route)
+            gens = await answers.prepare(served, parsed)
+        except Exception as err:  # noqa: BLE001 -- every failure becomes an OpenAI error response
+            done = answers.failure(err, route, self.metrics, headers)
+        else:
+            done = await answers.answer(served, parsed, gens, route, self.metrics)
+            done.headers.update(headers)
         yield {"status": done.status, "headers": done.headers, "body": done.body, "cards": cards}
         if done.stream is not None:
-            async for lines in done.stream:
-                yield lines
+            async with aclosing(done.stream) as stream:
+                async for lines in stream:
+                    yield lines
 
     def check_health(self) -> None:
         """Serve calls this periodically; raising marks the replica unhealthy and Serve replaces it."""
