@@ -87,7 +87,16 @@ async def run_stream(engine, stream, clients: int, new_tokens: int, tag: str) ->
         add(request)
 
     engine.add = add_and_note
-    batcher = Batcher(engine, max_batch_size=clients, max_queue=len(stream))
+    steps: list[int] = []  # rows in flight per engine step (a waiting set leaves slots idle)
+
+    class Observer:
+        def on_step(self, batch_size: int, tokens: int) -> None:
+            steps.append(batch_size)
+
+        def on_admit(self, queue_s: float) -> None: ...
+        def on_first_token(self, ttft_s: float) -> None: ...
+
+    batcher = Batcher(engine, max_batch_size=clients, max_queue=len(stream), observer=Observer())
     batcher.start()
     queue, records = list(enumerate(stream)), []
 
@@ -106,14 +115,14 @@ async def run_stream(engine, stream, clients: int, new_tokens: int, tag: str) ->
             records.append({"id": request.request_id, "set": name, "ttft_s": (first or start) - start,
                             "tokens": tokens, "error": error})  # fmt: skip
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(client() for _ in range(clients)))
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu
     batcher.close()
     engine.add = add
     for record in records:
         record["paged_in"] = paged_in.get(record["id"], False)
-    return {"wall_s": wall, "records": records}
+    return {"wall_s": wall, "cpu_s": cpu, "records": records, "rows_per_step": sum(steps) / max(len(steps), 1)}
 
 
 def summary(run: dict, stats_before, stats_after) -> dict:
@@ -125,7 +134,8 @@ def summary(run: dict, stats_before, stats_after) -> dict:
         "requests": len(records), "failed": sum(r["error"] is not None for r in records),
         "errors": sorted({r["error"] for r in records if r["error"]})[:3],
         "tokens": sum(r["tokens"] for r in records), "wall_s": run["wall_s"],
-        "tokens_per_s": sum(r["tokens"] for r in records) / run["wall_s"],
+        "tokens_per_s": sum(r["tokens"] for r in records) / run["wall_s"], "cpu_s": run["cpu_s"],
+        "tokens_per_cpu_s": sum(r["tokens"] for r in records) / run["cpu_s"], "rows_per_step": run["rows_per_step"],
         "page_ins": page_ins, "evictions": stats_after.evictions - stats_before.evictions,
         "load_s_per_page_in": (stats_after.load_s - stats_before.load_s) / page_ins if page_ins else None,
         "requests_paging_in": len(miss), "requests_resident": len(hit),
@@ -161,9 +171,11 @@ def main(argv: list[str] | None = None) -> None:
         run = asyncio.run(run_stream(engine, stream, args.clients, args.new_tokens, "r"))
         results[label] = {"capacity_anchors": capacity, **summary(run, before, engine.pool.stats)}
         print(f"{label}: {results[label]['tokens_per_s']:.1f} tok/s, {results[label]['failed']} failed, "
-              f"{results[label]['page_ins']} page-ins", flush=True)
+              f"{results[label]['page_ins']} page-ins, {results[label]['rows_per_step']:.1f} rows/step", flush=True)
         engine.close()
-    results["paged"]["vs_all_resident"] = results["paged"]["tokens_per_s"] / results["all_resident"]["tokens_per_s"]
+    paged, ref = results["paged"], results["all_resident"]
+    paged["vs_all_resident"] = paged["tokens_per_s"] / ref["tokens_per_s"]
+    paged["vs_all_resident_cpu"] = paged["tokens_per_cpu_s"] / ref["tokens_per_cpu_s"]
     with open("/proc/loadavg") as f:
         loadavg = f.read().split()[:3]
     payload = {"machine": machine, "benchmark": "paging", "model": args.model, "threads": args.threads,
