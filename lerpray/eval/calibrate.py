@@ -158,9 +158,9 @@ def calibrate(
             f"(max_tokens {sampling.max_tokens}, {len(prompts.texts)} prompts, chat {chat}).")  # fmt: skip
     provenance = {**prompts.provenance(chat=chat), "samples": samples, "seed": seed}
     if base_model is None:
-        from lerpray.anchors import open_set
+        from lerpray.anchors import open_set, read_manifest
 
-        base_model = open_set(anchors).manifest.base_model.name
+        base_model = read_manifest(open_set(anchors)).base_model.name
     return calibration_document(table, list(loaded.items()), provenance, sampling, resamples=resamples, seed=seed,
                                 min_z=min_z, max_unscorable=max_unscorable, hint=hint,
                                 prefixes=tokenizer_prefixes(base_model))  # fmt: skip

@@ -37,16 +37,19 @@ def partial_model(rows: pd.DataFrame, column: str, scorer: Scorer, prefixes: Pre
 
 
 def tokenizer_prefixes(base_model: str | None) -> Prefixes:
-    """Prefixes by the base model's tokenizer (a local folder, a hub id, or None / the bundled model)."""
-    from transformers import AutoTokenizer
-
-    from lerpray.hf_models import BUNDLED_MODEL, bundled_model_dir
-
-    path = str(bundled_model_dir()) if base_model in (None, BUNDLED_MODEL) else base_model
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    """Prefixes by the base model's tokenizer (a local folder, a hub id, or None / the bundled model), loaded at
+    the first call (a calibration refused before its partial model never loads it)."""
+    loaded: list = []
 
     def prefixes(text: str, tokens: Sequence[int]) -> list[str]:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        return [tokenizer.decode(ids[:k]) for k in tokens]
+        if not loaded:
+            from transformers import AutoTokenizer
+
+            from lerpray.hf_models import BUNDLED_MODEL, bundled_model_dir
+
+            path = str(bundled_model_dir()) if base_model in (None, BUNDLED_MODEL) else base_model
+            loaded.append(AutoTokenizer.from_pretrained(path))
+        ids = loaded[0](text, add_special_tokens=False)["input_ids"]
+        return [loaded[0].decode(ids[:k]) for k in tokens]
 
     return prefixes
