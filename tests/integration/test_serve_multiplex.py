@@ -5,7 +5,7 @@ A real Serve app (127.0.0.1, a free port): LerpRouter in front of two LerpSets r
 three unloads and reloads sets. Every answer, plain or streamed, is compared with an in-process engine on the same set
 (same seed: the same text); the header x-lerpray-replica shows that a set's repeated requests go to the replica holding
 it, that two sets loaded side by side sit on the two replicas, and that a set unloaded and loaded again answers the
-same.
+same. A set whose files are damaged is refused with a 503 in OpenAI's shape.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from lerpray.model import Engine, GenerationRequest, SamplingParams
 pytestmark = pytest.mark.integration
 
 SETS = ("lerpray", "set-b", "set-c")  # the main set's id, then two of `sets`
+BROKEN = "set-broken"  # a set whose manifest reads but whose adapter file is damaged: it cannot load
 REPLICA = "x-lerpray-replica"
 PROMPT, MAX_TOKENS, SEED = "Once upon a time", 12, 7
 MIX = {"alpha": {"sentiment": 0.8, "formality": 0.3}}
@@ -33,7 +34,10 @@ def uris(tmp_path_factory) -> dict[str, str]:
     from lerpray.testing import tiny_anchor_set
 
     tmp = tmp_path_factory.mktemp("multiplex")
-    return {name: str(tiny_anchor_set(tmp / name, seed=i)) for i, name in enumerate(SETS)}
+    uris = {name: str(tiny_anchor_set(tmp / name, seed=i)) for i, name in enumerate((*SETS, BROKEN))}
+    damaged = next((tmp / BROKEN / "anchors").glob("*/adapter_model.safetensors"))
+    damaged.write_bytes(damaged.read_bytes()[:-8] + bytes(8))  # the manifest's sha256 no longer matches
+    return uris
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +46,8 @@ def expected(uris) -> dict[str, str]:
     from lerpray.mixing import resolve_mix
 
     out = {}
-    for name, uri in uris.items():
-        engine = Engine.from_uri(uri)
+    for name in SETS:
+        engine = Engine.from_uri(uris[name])
         request = GenerationRequest(coeffs=resolve_mix(MIX, engine.layout), prompt=PROMPT,
                                     sampling=SamplingParams(temperature=1.0, max_tokens=MAX_TOKENS, seed=SEED))  # fmt: skip
         out[name] = engine.generate([request])[0].text
@@ -56,7 +60,7 @@ def http(uris):
     from lerpray.serve import ServeArgs
 
     main, *others = SETS
-    args = ServeArgs(anchors=uris[main], sets={name: uris[name] for name in others}, num_cpus=0.5, torch_threads=1,
+    args = ServeArgs(anchors=uris[main], sets={name: uris[name] for name in (*others, BROKEN)}, num_cpus=0.5, torch_threads=1,
                      max_batch_size=4, max_tokens_cap=32, default_max_tokens=8, multiplex={"max_sets_per_replica": 1},
                      presets={"lerpray-upbeat": {"alpha": {"sentiment": 0.9}}})  # fmt: skip
     with running_app(args, num_replicas=2) as url, httpx.Client(base_url=url, timeout=120) as client:
@@ -111,8 +115,10 @@ def test_presets_and_inline_mixes_go_to_their_set(http):
 
 def test_models_lists_every_set(http):
     cards = http.get("/v1/models").json()["data"]
-    assert [c["id"] for c in cards] == ["lerpray", "lerpray-upbeat", "set-b", "set-c"]
+    assert [c["id"] for c in cards] == ["lerpray", "lerpray-upbeat", "set-b", "set-c", BROKEN]
     assert all(c["anchors"] and c["fingerprint"].startswith("v") for c in cards)
+    by_id = {c["id"]: c for c in cards}  # a served set's cards come from its replica (its engine's context length)
+    assert isinstance(by_id["set-b"]["context_length"], int) and by_id[BROKEN]["context_length"] is None
 
 
 def test_errors_keep_openais_shape_and_4xx(http):
@@ -126,3 +132,11 @@ def test_errors_keep_openais_shape_and_4xx(http):
     assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "invalid_json"
     no_route = http.get("/v1/nothing")
     assert no_route.status_code == 404 and no_route.json()["error"]["code"] == "not_found"
+
+
+def test_a_set_that_cannot_load_is_a_503_and_the_others_keep_answering(http, expected):
+    reply = complete(http, BROKEN)
+    assert reply.status_code == 503 and reply.headers["retry-after"] == "1"
+    error = reply.json()["error"]
+    assert error["code"] == "set_unavailable" and BROKEN in error["message"] and "AnchorSetError" in error["message"]
+    assert complete(http, "set-b").json()["choices"][0]["text"] == expected["set-b"]
