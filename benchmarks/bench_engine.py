@@ -68,7 +68,7 @@ def mixes(w, kind: str, n: int) -> list[tuple[float, ...]]:
 def requests(w, n: int, new: int, prompts: list[str] | None = None, tag: str = "r", kind: str = "lerpray"):
     from lerpray.model import GenerationRequest, SamplingParams
 
-    params = SamplingParams(temperature=0.0, max_tokens=new)
+    params = SamplingParams(temperature=0.0, max_tokens=new, ignore_eos=True)
     prompts = prompts or w.prompts
     return [GenerationRequest(coeffs=mix, prompt=prompts[i % len(prompts)], sampling=params, request_id=f"{tag}{i}")
             for i, mix in enumerate(mixes(w, kind, n))]
@@ -78,8 +78,9 @@ def make_engine(w, batch: int, anchors: bool, mode: str | None):
     from lerpray.model import Engine
 
     imodel = w.imodel if anchors else NoAnchors(w.base, w.anchor_names)
-    engine = Engine(imodel, w.tokenizer, max_batch_size=batch, decode_mode=mode)
-    engine._eos = frozenset()  # EOS ignored: every row runs to max_tokens, so all methods do the same work
+    # Without anchors there is nothing to pin: every anchor "fits" its capacity.
+    engine = Engine(imodel, w.tokenizer, max_batch_size=batch, decode_mode=mode,
+                    active_capacity=None if anchors else len(w.anchor_names))
     return engine
 
 

@@ -12,9 +12,11 @@ stale).
 
 Cost by active anchors under graphs: a graph cannot look at the coefficients to skip unused anchors, so with
 `active_capacity` the model's LoRA layers are pinned to static buffers for that many active anchors
-(InterpolatedModel.pin_active, mix_state.py) before capture, and `run` refills them from the host's coefficient
-rows before each replay (`prepare_active`, no device sync; a no-op while the active anchors stay the same). A step
-whose rows use more anchors than the capacity runs the function eagerly over all anchors (`eager_steps` counts it).
+(InterpolatedModel.pin_active, mix_state.py) and every bucket is captured twice: over the pinned buffers, and over
+every anchor's columns. `run` refills the pinned buffers from the host's coefficient rows before a replay
+(`prepare_active`, no device sync; a no-op while the active anchors stay the same) and replays the pinned graph, or,
+when the rows use more anchors than the capacity, the wide one (`wide_steps` counts those): never slower than
+graphs without pinning, and a step over few anchors pays for `active_capacity` of them, not for all.
 
 `step(bucket, length)` is the function; `run` fills the buffers and either replays its graph or calls it eagerly.
 """
@@ -79,7 +81,7 @@ class DecodeGraphs:
         self.pinned = active_capacity is not None
         if self.pinned:
             forward.imodel.pin_active(active_capacity)
-        self.eager_steps = 0  # steps whose rows used more anchors than the pinned capacity
+        self.wide_steps = 0  # steps whose rows used more anchors than the pinned capacity
         cache, device = forward.cache, self.coeffs.device
         slots, self.scratch = cache.num_slots, cache.scratch
         self._static = torch.zeros(3, slots, 1, dtype=torch.long, device=device)  # ids, positions, write slots
@@ -89,13 +91,14 @@ class DecodeGraphs:
         self._host = self._static.cpu()  # staging for one copy per step: pinned on CUDA
         self._host = self._host.pin_memory() if device.type == "cuda" else self._host
         self.buckets, self.lengths = batch_buckets(slots), length_buckets(cache.capacity)
-        self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor]] = {}
+        self.graphs: dict[tuple[int, int, bool], tuple[torch.cuda.CUDAGraph, Tensor]] = {}  # (.., pinned)
         self.captures = 0
         self._pool = None
         if capture:
             for bucket in self.buckets:
                 for length in self.lengths:
-                    self.graphs[bucket, length] = self._capture(bucket, length)
+                    for pinned in ((True, False) if self.pinned else (False,)):
+                        self.graphs[bucket, length, pinned] = self._capture(bucket, length, pinned)
 
     def bucket(self, rows: int) -> int:
         return next(b for b in self.buckets if b >= rows)
@@ -110,15 +113,18 @@ class DecodeGraphs:
         self._host[:, :bucket, 0] = torch.tensor([ids, positions, write_slots], dtype=torch.long)
         self._static.copy_(self._host, non_blocking=True)  # one contiguous copy; rows past the bucket go unread
         self.mixes.upload()
-        if self.pinned and not self.forward.imodel.prepare_active(self.mixes.host[:bucket]):
-            self.eager_steps += 1
-            return self.step(bucket, length)  # not static: gathers whatever anchors the rows use
+        pinned = self.pinned and self.forward.imodel.prepare_active(self.mixes.host[:bucket])
+        self.wide_steps += self.pinned and not pinned
         if not self.graphs:
-            with self.forward.imodel.static_active() if self.pinned else nullcontext():
+            with self._columns(pinned):
                 return self.step(bucket, length)
-        graph, logits = self.graphs[bucket, length]
+        graph, logits = self.graphs[bucket, length, pinned]
         graph.replay()
         return logits
+
+    def _columns(self, pinned: bool):
+        """What a capture of a pinned model reads: the pinned buffers, or (the wide graphs) every column."""
+        return self.forward.imodel.static_active(pinned) if self.pinned else nullcontext()
 
     def step(self, bucket: int, length: int) -> Tensor:
         """The captured function: the model over slots [0, bucket) from the static buffers alone."""
@@ -127,15 +133,15 @@ class DecodeGraphs:
                                 write_slots=self.write_slots[:bucket])
         return self.forward(self.ids[:bucket], positions, self.coeffs[:bucket], length, last_only=True)
 
-    def _capture(self, bucket: int, length: int) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+    def _capture(self, bucket: int, length: int, pinned: bool) -> tuple[torch.cuda.CUDAGraph, Tensor]:
         """Capture with padding inputs in the buffers: the warm-up's and capture's writes go to the scratch slot."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up: lazy inits and cuBLAS workspaces happen outside the capture
+        with torch.cuda.stream(side), self._columns(pinned):  # warm-up: lazy inits, cuBLAS workspaces
             self.step(bucket, length)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph, pool=self._pool), self._columns(pinned):
             logits = self.step(bucket, length)
         self._pool = graph.pool()
         self.captures += 1

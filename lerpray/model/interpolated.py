@@ -187,13 +187,13 @@ class InterpolatedModel:
         return self._state.prepare(coeffs)
 
     @contextmanager
-    def static_active(self) -> Iterator[None]:
-        """Forwards run over the pinned buffers, as a captured graph does: the graphs' function run eagerly."""
-        self._state.static_forwards = True
+    def static_active(self, pinned: bool = True) -> Iterator[None]:
+        """Forwards run as a captured graph does, over the pinned buffers (or every anchor's columns)."""
+        self._state.static_forwards, self._state.static_pinned = True, pinned
         try:
             yield
         finally:
-            self._state.static_forwards = False
+            self._state.static_forwards, self._state.static_pinned = False, True
 
     @contextmanager
     def merged(self, coeffs: Tensor | Sequence[float]) -> Iterator[InterpolatedModel]:

@@ -72,7 +72,8 @@ class MixState:
         self._columns: dict[tuple, Tensor] = {}  # layer or group pattern -> C_r [N, R] in the layers' dtype
         self._layouts: OrderedDict[tuple, list[tuple[StackedLora, tuple]]] = OrderedDict()
         self.capacity = 0  # active anchors the pinned buffers hold (0: not pinned)
-        self.static_forwards = False  # run forwards over the pinned buffers, as a captured graph does (CPU tests)
+        self.static_forwards = False  # run forwards as a captured graph does (no host read; CPU tests)
+        self.static_pinned = True  # static forwards of a pinned model read the pinned buffers, else every column
         self._pinned: list[tuple[StackedLora, tuple]] = []  # like a _layout entry, at static shapes
         self._pinned_anchors: tuple[int, ...] | None = None
 
@@ -100,7 +101,7 @@ class MixState:
             return
         static = self.static_forwards or (self.coeffs.is_cuda and torch.cuda.is_current_stream_capturing())
         if static:
-            anchors = STATIC if self.capacity else None
+            anchors = STATIC if self.capacity and self.static_pinned else None
         else:
             anchors = tuple(active_anchors(self.host if self.host is not None else self.coeffs))
             if len(anchors) == self.coeffs.shape[1]:

@@ -118,24 +118,24 @@ def fresh_imodel(tiny_anchor_set, base_dir):
 
 def test_graph_steps_run_over_pinned_buffers_of_the_active_anchors_only(fresh_imodel, monkeypatch):
     """With capacity 2 of the 4 anchors, a bucket step whose rows use 2 anchors runs the graphs' function over
-    the pinned buffers, refilled from the host's coefficient rows; 3 or more run eagerly over what they use; both
-    give every row its reference tokens."""
+    the pinned buffers, refilled from the host's coefficient rows; 3 or more run the wide graphs' function over
+    every anchor's columns; both give every row its reference tokens."""
     statics = []
     use = fresh_imodel._state.use
     monkeypatch.setattr(fresh_imodel._state, "use", lambda anchors: (statics.append(anchors == STATIC), use(anchors))[1])
     engine = Engine(fresh_imodel, tiny_tokenizer(), max_batch_size=4, decode_mode="bucket", active_capacity=2)
     assert engine._graphs.pinned and fresh_imodel._state.capacity == 2
     two = [req(PROMPTS[0], ONE, rid="one", max_tokens=8), req(PROMPTS[1], TWO, rid="two", max_tokens=8)]
-    by_id = {e.request_id: [] for e in []}
+    by_id: dict[str, list[int]] = {}
     for e in engine.stream(two):
         by_id.setdefault(e.request_id, []).append(e.token_id)
-    assert engine._graphs.eager_steps == 0 and any(statics)
+    assert engine._graphs.wide_steps == 0 and any(statics)
     reference = Engine(fresh_imodel, tiny_tokenizer(), max_batch_size=1)
     for r in two:
         assert by_id[r.request_id] == reference_greedy(reference, r), r.request_id
     many = [req(PROMPTS[2], MIXED, rid="mixed", max_tokens=6), req(PROMPTS[0], TWO, rid="two", max_tokens=6)]
     results = engine.generate(many)
-    assert engine._graphs.eager_steps > 0
+    assert engine._graphs.wide_steps > 0
     for r, result in zip(many, results, strict=True):
         assert engine.tokenizer.encode(result.text, add_special_tokens=False) == reference_greedy(reference, r)
 
@@ -148,3 +148,19 @@ def test_the_pinned_buffers_must_be_refilled_before_a_replay(fresh_imodel, monke
     monkeypatch.setattr(fresh_imodel, "prepare_active", lambda coeffs: True)
     got = engine.tokenizer.encode(engine.generate([request])[0].text, add_special_tokens=False)
     assert got != expected
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graphs_pinned_to_two_anchors_match_eager_decode(fresh_imodel):
+    """On a GPU: pinned and wide graphs replay (captured twice per bucket), overlapped text, and the eager engine
+    agree token for token."""
+    fresh_imodel.model.to("cuda")
+    graphs = Engine(fresh_imodel, tiny_tokenizer(), max_batch_size=4, decode_mode="graph", active_capacity=2)
+    assert graphs._graphs.captures == 2 * len(graphs._graphs.buckets) * len(graphs._graphs.lengths)
+    eager = Engine(fresh_imodel, tiny_tokenizer(), max_batch_size=4, decode_mode="eager")
+    assert graphs._emission.overlap and eager._emission.overlap
+    for mixes in ([ONE, TWO, ONE], [MIXED, WILD, TWO]):
+        batch = [req(p, m, max_tokens=8) for p, m in zip(PROMPTS, mixes, strict=True)]
+        assert [r.text for r in graphs.generate(batch)] == [r.text for r in eager.generate(batch)]
+    assert graphs._graphs.wide_steps > 0
