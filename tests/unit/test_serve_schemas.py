@@ -236,8 +236,16 @@ async def take(stream, n: int) -> list[str]:
     return texts
 
 
-def run_batcher(test, **kw):
-    engine = ScriptedEngine()
+class PagingEngine(ScriptedEngine):
+    """As an engine that pages anchor sets (lerpray.model.paged_engine): a prompt starting "x" (another set) is not
+    `ready` while a row of prompt "a" runs (its set holds the slots)."""
+
+    def ready(self, request) -> bool:
+        return not (request.prompt.startswith("x") and any(r.prompt == "a" for r, _ in self.rows.values()))
+
+
+def run_batcher(test, engine_class=ScriptedEngine, **kw):
+    engine = engine_class()
     batcher = Batcher(engine, **{"max_batch_size": 4, "max_queue": 4, **kw})
     batcher.start()
     try:
@@ -317,3 +325,19 @@ def test_an_engine_failure_fails_requests_and_marks_unhealthy():
             await anext(batcher.submit(req("a")))
 
     run_batcher(test)
+
+
+def test_a_request_the_engine_is_not_ready_for_waits_at_the_head_of_the_queue_and_nothing_fails():
+    async def test(engine, batcher):
+        running = batcher.submit(req("a", max_tokens=3))
+        engine.release(1)
+        assert await take(running, 1) == ["a1 "]
+        later = [asyncio.create_task(collect(batcher.submit(req(p, max_tokens=2)))) for p in ("x", "b", "x2")]
+        await asyncio.sleep(0.05)  # queued while a runs: x waits for a's set, b and x2 wait behind it (in order)
+        engine.release()
+        assert await collect(running) == "a2 a3 "
+        assert [await t for t in later] == ["x1 x2 ", "b1 b2 ", "x21 x22 "]
+
+    engine, _ = run_batcher(test, PagingEngine)
+    joined = next(i for i, step in enumerate(engine.steps) if "x" in step)
+    assert engine.steps[joined] == ["x", "b", "x2"] and all("a" not in step for step in engine.steps[joined:])
