@@ -278,19 +278,19 @@ def test_near_miss_api_keys_are_refused(server, token):
 
 def test_api_key_is_compared_in_constant_time(monkeypatch):
     """Every check goes through hmac.compare_digest on bytes (whatever the length or content of the given key),
-    and the deployment has no other comparison with the key."""
+    and neither ingress (the one-deployment app's, the multiplexed app's router) has another comparison with the key."""
     import hmac
 
-    from lerpray.serve import deployment
+    from lerpray.serve import answers, deployment, router
 
-    server_cls = deployment.LerpServer.func_or_class
-    source = inspect.getsource(server_cls._authorize)
-    assert "hmac.compare_digest(" in source and "== self._api_key" not in source and "self._api_key ==" not in source
+    source = inspect.getsource(answers.authorize)
+    assert "hmac.compare_digest(" in source and "== key" not in source and "key ==" not in source
+    for ingress in (deployment.LerpServer.func_or_class, router.LerpRouter.func_or_class):
+        source = inspect.getsource(ingress)
+        assert "== self._api_key" not in source and "self._api_key ==" not in source, ingress
     calls = []
     real = hmac.compare_digest
-    monkeypatch.setattr(deployment.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
-    server = object.__new__(server_cls)
-    server._api_key = KEY.encode()
+    monkeypatch.setattr(answers.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
 
     class FakeRequest:
         def __init__(self, header: str | None) -> None:
@@ -300,9 +300,9 @@ def test_api_key_is_compared_in_constant_time(monkeypatch):
     for header in [*good, *(f"Bearer {t}" for t in NEAR_MISSES), None, f"Basic {KEY}", "Bearer", "Bearer "]:
         calls.clear()
         try:
-            server._authorize(FakeRequest(header))
+            answers.authorize(FakeRequest(header), KEY.encode())
             accepted = True
-        except deployment.errors.ApiError as err:
+        except answers.errors.ApiError as err:
             assert err.status == 401
             accepted = False
         assert accepted == (header in good), header
