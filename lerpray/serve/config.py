@@ -65,7 +65,7 @@ class ServeArgs(KVCacheArgs):
     anchor_capacity: int | None = Field(
         None, ge=1, description="anchors the engine shared by the sets on the main set's base model (two or more) "
         "holds at once: sets beyond it stay in host memory and are paged in on first use, the least recently used set "
-        "not in use paged out (lerpray.model.anchor_pool); a set with more anchors gets 503; unset = every set resident",
+        "not in use paged out (lerpray.model.anchor_pool); a set with more anchors gets 503; unset = all resident",
     )
     api_key_env: str | None = Field(None, description="env var holding the API key; unset = no auth")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
