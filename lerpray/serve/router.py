@@ -52,12 +52,19 @@ def manifest_cards(args: ServeArgs) -> list[dict]:
     return [card.model_dump() for card in live.model_cards(resolved, layout, None)]
 
 
-async def _rest(stream: DeploymentResponseGenerator) -> AsyncIterator[str]:
-    """The set replica's server-sent events; cancelled there when the client goes away (frees its batch slot)."""
+async def _rest(stream: DeploymentResponseGenerator, set_id: str) -> AsyncIterator[str]:
+    """The set replica's server-sent events; cancelled there when the client goes away (frees its batch slot). If the
+    replica is lost mid-stream, the error goes in-band (headers are gone), as the replica itself reports one."""
     finished = False
     try:
         async for lines in stream:
             yield lines
+        finished = True
+    except Exception as err:  # noqa: BLE001
+        logger.warning("set %s: its replica's stream broke: %r", set_id, err)
+        lost = errors.ApiError(503, f"the replica answering set {set_id!r} was lost mid-stream "
+                               f"({type(err).__name__}); retry the request", type="server_error", code="set_unavailable")
+        yield answers.sse_line(lost.json())
         finished = True
     finally:
         if not finished:
@@ -65,7 +72,12 @@ async def _rest(stream: DeploymentResponseGenerator) -> AsyncIterator[str]:
 
 
 # Serve pickles the class when it is decorated: every module-level name it uses must be defined above it.
-@serve.deployment(name="LerpRouter", max_ongoing_requests=256, max_queued_requests=512)
+@serve.deployment(
+    name="LerpRouter",
+    max_ongoing_requests=256,  # it only relays: many requests in flight per replica (the YAML may change it)
+    max_queued_requests=512,
+    backpressure_config={"retry_after_s": 1},  # Serve's own 503s (queue full) carry Retry-After
+)
 @serve.ingress(router_api)
 class LerpRouter:
     def __init__(self, args: dict[str, Any] | ServeArgs, sets: DeploymentHandle) -> None:
@@ -129,5 +141,5 @@ class LerpRouter:
             self.metrics.on_error(route, head["status"])
         if head["body"] is not None:
             return JSONResponse(head["body"], status_code=head["status"], headers=head["headers"])
-        return StreamingResponse(_rest(stream), media_type="text/event-stream", headers=head["headers"])
+        return StreamingResponse(_rest(stream, set_id), media_type="text/event-stream", headers=head["headers"])
 
