@@ -121,6 +121,14 @@ class ServeArgs(KVCacheArgs):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _multiplex_alone(self) -> ServeArgs:
+        if self.multiplex is not None and self.anchor_capacity is not None:
+            raise ValueError("multiplex and anchor_capacity are both set: a multiplexed replica gives each set it holds "
+                             "an engine of its own (bounded by multiplex.max_sets_per_replica), so anchor_capacity, "
+                             "which pages sets within one shared engine, would be ignored; remove one of them")
+        return self
+
     def bounds(self) -> ExtrapolationBounds | None:
         return None if self.extrapolation is None else self.extrapolation.to_bounds()
 

@@ -110,6 +110,16 @@ def test_serve_args_validation():
     assert ServeArgs(anchors="x", extrapolation=None).bounds() is None
 
 
+def test_multiplex_args_validation():
+    assert ServeArgs(anchors="x", multiplex={"max_sets_per_replica": 2}).multiplex.max_sets_per_replica == 2
+    with pytest.raises(ValidationError, match="max_sets_per_replica\n.*greater than or equal to 1"):
+        ServeArgs(anchors="x", multiplex={"max_sets_per_replica": 0})
+    with pytest.raises(ValidationError, match="max_sets\n.*Extra inputs"):
+        ServeArgs(anchors="x", multiplex={"max_sets_per_replica": 1, "max_sets": 2})
+    with pytest.raises(ValidationError, match="multiplex and anchor_capacity are both set.*remove one"):
+        ServeArgs(anchors="x", multiplex={"max_sets_per_replica": 1}, anchor_capacity=8)
+
+
 def test_generation_request_applies_server_policy():
     args = ServeArgs(anchors="x", max_tokens_cap=20, default_max_tokens=10)
     parsed = CompletionRequest(prompt="hi", seed=4, stop=["\n"], interpolation={"alpha": {"s": 0.25}})
