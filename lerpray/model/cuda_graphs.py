@@ -5,7 +5,7 @@ A decode step at batch 64 is a few hundred small kernels; launched from Python t
 spends running them. Captured once, a step is one `graph.replay()`. Everything that changes between steps lives in
 static buffers the captured function reads, for every row of the bucket, padding rows included: token ids,
 positions (hence the mask), write slots (a padding row writes to the cache's scratch slot, so it never touches a
-slot that a row mid-prefill owns) and the engine's [slots, K] coefficient rows (mix_table.py). A new mix is a copy
+slot that a row mid-prefill owns) and the engine's [slots, K] coefficient rows (mix_state.MixTable). A new mix is a copy
 into those rows, so it never re-captures. Attention reads a static number of entries per graph: one graph per (batch
 bucket, length bucket), all captured at start-up (`captures` counts them; the KV cache never moves, so none goes
 stale).
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from lerpray.model.forward import ModelForward
-from lerpray.model.mix_table import MixTable
+from lerpray.model.mix_state import MixTable
 from lerpray.model.requests import EngineError
 
 __all__ = ["DECODE_MODES", "DecodeGraphs", "batch_buckets", "choose_decode_mode", "length_buckets"]

@@ -10,7 +10,7 @@ function (`forward.py`); the decode step over a whole batch bucket is captured a
 run eagerly on the CPU (`decode_mode="bucket"`, `cuda_graphs.py`).
 
 A step syncs with the device once, on its sampled ids; on CUDA the host detokenises step t while the GPU runs
-step t + 1 (`emission.py`). Each row has its own mix (its slot's row of `mix_table.py`), sampling parameters and
+step t + 1 (`emission.py`). Each row has its own mix (its slot's row of `mix_state.MixTable`), sampling parameters and
 random generator, so its output does not depend on its batch companions (up to float rounding of batched matmuls).
 `generate()` and `stream()` are thin loops over the step API that serving drives directly.
 
@@ -29,7 +29,7 @@ from lerpray.model.emission import Emission
 from lerpray.model.forward import ModelForward
 from lerpray.model.kv_budget import build_cache, check_fits, kv_budget
 from lerpray.model.kv_cache import SlotCache, unsupported_attention
-from lerpray.model.mix_table import MixTable
+from lerpray.model.mix_state import MixTable
 from lerpray.model.prompts import encode_prompt, eos_ids
 from lerpray.model.requests import EngineError, GenerationRequest, GenerationResult, TokenEvent
 from lerpray.model.rows import Row, prompt_token_logprobs

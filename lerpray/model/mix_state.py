@@ -1,4 +1,5 @@
-"""The coefficients of an InterpolatedModel's next forward passes, and the anchors those passes pay for.
+"""The coefficients of the next forward passes: the engine's rows of them (`MixTable`), and the anchors those
+passes pay for (`MixState`, shared by an InterpolatedModel's layers).
 
 A layer's LoRA work is two matmuls over its stacked rank columns. An anchor whose coefficient is zero in every row
 of a forward adds exactly nothing (lerpray.lora_math: cost by active anchors), so at the start of each forward
@@ -12,7 +13,7 @@ over all anchors' columns (correct for any coefficients it later reads from its 
 was pinned (`pin(capacity)`): then it runs over static buffers sized for `capacity` active anchors per layer (the
 `capacity` largest ranks), zero-padded, which `prepare(coeffs)` refills in place before each replay with the
 active anchors' columns, owners and scales (the captured column weights read those too). A step whose rows use
-more anchors than the capacity is refused by `prepare` (run it eagerly).
+more anchors than the capacity is refused by `prepare` (the engine replays a graph over every anchor's columns).
 
 Layers and groups are duck-typed (interpolated.py and lora_groups.py build them; this file imports neither):
 a layer has `stacked` (its full StackedLora), `group` and the attributes `active`, `pattern`; a group has
@@ -29,9 +30,45 @@ from torch import Tensor, nn
 
 from lerpray.lora_math import StackedLora, active_anchors, column_weights, gather_anchors
 
-__all__ = ["STATIC", "CoeffsNotSetError", "MixState", "column_pattern"]
+__all__ = ["STATIC", "CoeffsNotSetError", "MixState", "MixTable", "column_pattern"]
 
 STATIC = "static"  # MixState.anchors while the layers read the pinned buffers
+
+
+class MixTable:
+    """The engine's coefficient rows, one mix per KV-cache slot ([slots, K]): written on the host, uploaded once.
+
+    Mixes change on the host (a request joins, a schedule moves on, a steer hook answers, a slot is freed), so the
+    rows live in host memory and go to the device in one copy before a forward that follows a change (`upload`),
+    not one small copy per row. The device rows are a fixed buffer: a captured CUDA graph reads them as a static
+    input. Host reads (which anchors a step uses) read `host`: no device sync. On CUDA the host rows are pinned and
+    the upload asynchronous; the engine syncs once per step (its sampled ids) after every forward it launches, so
+    the host never rewrites rows while their upload is in flight. On the CPU host and device rows are one tensor.
+    """
+
+    def __init__(self, slots: int, anchors: int, device: torch.device) -> None:
+        on_gpu = device.type == "cuda"
+        self.host = torch.zeros(slots, anchors, pin_memory=on_gpu)  # [S, K] float32
+        self.device_rows = torch.zeros(slots, anchors, device=device) if on_gpu else self.host  # [S, K]
+        self._stale = False  # host rows changed since the last upload
+
+    def write(self, slot: int, coeffs: Sequence[float]) -> None:
+        self.host[slot] = torch.tensor(coeffs, dtype=torch.float32)
+        self._stale = True
+
+    def clear(self, slots: list[int]) -> None:
+        """Zero freed slots' rows (a stale mix would keep its anchors active) and empty the list."""
+        if slots:
+            self.host[slots] = 0.0
+            slots.clear()
+            self._stale = True
+
+    def upload(self) -> Tensor:
+        """The device rows [S, K], brought up to date with the host's."""
+        if self._stale and self.device_rows is not self.host:
+            self.device_rows.copy_(self.host, non_blocking=True)
+        self._stale = False
+        return self.device_rows
 
 
 def _columns_for(stacked: StackedLora, capacity: int) -> int:
