@@ -3,6 +3,8 @@ holds only two anchors.
 
     python benchmarks/bench_active.py --threads 2          # SmolLM2-135M fp32 on the CPU -> results/active.json
     python benchmarks/bench_active.py --quick              # smoke run on a tiny random Llama (seconds)
+    python benchmarks/bench_active.py --gpu                # ~1B Llama shape, bf16, CUDA graphs -> results/gpu/
+                                                           # active_gpu.json (gpu_core.py runs it)
 
 Workload: K random rank-8 LoRAs (lora_alpha 16, q,k,v,o) loaded, K in --anchors; N rows (--batches), each mixing two
 anchors with random non-zero weights; 8-token prompts, 32 new tokens (--new-tokens), greedy, through Engine.stream. Two spreads:
@@ -36,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny random Llama, few anchors: a smoke run")
+    p.add_argument("--gpu", action="store_true", help="~1B Llama shape in bf16 on CUDA: 2 vs 32 anchors loaded")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--anchors", type=int, nargs="+", default=[2, 8, 32, 128])
     p.add_argument("--batches", type=int, nargs="+", default=[16, 32])
@@ -46,9 +49,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=240.0, help="start no repeat round after this many seconds")
     p.add_argument("--out", default=str(HERE / "results" / "active.json"))
     args = p.parse_args(argv)
+    args.device, args.dtype, args.kv_cache_bytes = "cpu", torch.float32, 128 << 20
     if args.quick:
         args.model, args.anchors, args.batches, args.new_tokens, args.repeats = "tiny", [2, 8, 32], [8], 4, 1
         args.out = str(Path(tempfile.gettempdir()) / "lerpray-bench" / "active_quick.json")
+    elif args.gpu:  # the GPU target: 32 anchors loaded, 2 used per row, against the engine holding those 2
+        args.model, args.device, args.dtype, args.kv_cache_bytes = "llama1b", "cuda", torch.bfloat16, 2 << 30
+        args.anchors, args.batches, args.rank, args.new_tokens, args.repeats = [2, 32], [16, 64], 16, 64, 3
+        args.out = str(HERE / "results" / "gpu" / "active_gpu.json")
     else:
         args.model = "bundled"
     return args
@@ -114,8 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     from lerpray.model.interpolated import interpolate
     from lerpray.testing import anchor_set_from_adapters
 
-    machine = machine_description("cpu")
-    base, tokenizer, synthetic = make_model(args.model, "cpu", torch.float32)
+    machine = machine_description(args.device)
+    base, tokenizer, synthetic = make_model(args.model, args.device, args.dtype)
     top = max(args.anchors)
     names = anchor_names(top)
     workdir = Path(tempfile.mkdtemp(prefix="lerpray-active-"))
@@ -132,7 +140,7 @@ def main(argv: list[str] | None = None) -> None:
             imodels[k, gather] = interpolate(copy.deepcopy(base), anchors, merge_cache_size=0, gather_active=gather)
         if (k, n, gather) not in engines:
             engines[k, n, gather] = Engine(imodels[k, gather], tokenizer, max_batch_size=n, context_length=context,
-                                           kv_cache_bytes=128 << 20)
+                                           kv_cache_bytes=args.kv_cache_bytes)
         return engines[k, n, gather]
 
     configs = []  # (name, K, spread, batch, engine factory)
@@ -170,6 +178,7 @@ def main(argv: list[str] | None = None) -> None:
     with open("/proc/loadavg") as f:
         loadavg = f.read().split()[:3]
     payload = {"machine": machine, "benchmark": "active_anchors", "model": args.model, "threads": args.threads,
+               "device": args.device, "dtype": str(args.dtype),
                "loadavg_at_end": loadavg, "rank": args.rank, "prompt_tokens": args.prompt_tokens,
                "new_tokens": args.new_tokens, "repeats_done": len(times[0]), "wall_s": time.perf_counter() - started,
                "results": rows}

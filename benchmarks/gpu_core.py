@@ -7,6 +7,9 @@
     PYTHONPATH=. python3 benchmarks/gpu_core.py --cpu-rehearsal  # the same phases on the CPU, tiny Llama in bf16
                                                                  # (engine; --methods also bench_core), < 2 min
 
+Then bench_active.py --gpu (results/gpu/active_gpu.json): the ~1B shape with 32 rank-16 anchors loaded and 2 used per
+row against the engine holding only those 2 (rehearsal: --quick).
+
 Engine targets (random weights: throughput does not depend on their values): the ladder base / anchors loaded
 but unused / one anchor / a mix per row at batch 16/64/128 (128 prompt + 128 new tokens, 10 anchors r=32 on
 q,k,v,o), HF `generate` at batch 128, the decode step at batch 64 against one read of the weights at the measured
@@ -62,8 +65,13 @@ def main(argv: list[str]) -> int:
     engine_run = ["--cpu-rehearsal", "--out", str(out_dir / "engine_cpu_rehearsal.json")] if tiny else [
         "--gpu", "--out", str(out_dir / "engine_gpu.json")]
     code = bench_engine.main(engine_run)
-    if code or not methods:
+    if code:
         return code
+    import bench_active  # cost by active anchors under CUDA graphs: 32 anchors loaded, 2 used per row
+
+    bench_active.main(["--quick"] if tiny else ["--gpu"])
+    if not methods:
+        return 0
     # Later flags win in argparse, so the caller's own flags override these defaults.
     return bench_core.main([*(TINY_DEFAULTS if tiny else GPU_DEFAULTS), *outputs, *argv])
 
