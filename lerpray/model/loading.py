@@ -39,11 +39,13 @@ def load_shared_engine(sets: dict[str, str], base_model: str | None = None, *, d
                        dtype: str = "float32", max_batch_size: int = 32, torch_threads: int | None = None,
                        endpoint_url: str | None = None, region: str | None = None, kv_cache_bytes: int | None = None,
                        kv_cache_fraction: float | None = None, context_length: int | None = None,
-                       anchor_capacity: int | None = None) -> Engine | PagedEngine:  # fmt: skip
+                       anchor_capacity: int | None = None, max_rank: int | None = None,
+                       target_modules: tuple[str, ...] = ()) -> Engine | PagedEngine:  # fmt: skip
     """One engine over one copy of the base model holding every anchor set of `sets` (block name -> URI, all trained
     on one base model: lerpray.model.multi_set.interpolate_sets), each set a block of the coefficient axis in the
     order given (`engine.imodel.blocks`). With `anchor_capacity`, a PagedEngine instead: at most that many anchors
-    resident, the sets paged in by use (lerpray.model.anchor_pool; requests name their block). The other arguments
+    resident, the sets paged in by use (lerpray.model.anchor_pool; requests name their block), the pool's rank
+    columns and layers reserved for sets registered later by `max_rank` and `target_modules`. The other arguments
     as for `load_engine`; the base model is the first set's manifest's unless `base_model` is given. Raises
     ModelMismatchError naming a set that does not fit."""
     import torch
@@ -67,5 +69,5 @@ def load_shared_engine(sets: dict[str, str], base_model: str | None = None, *, d
     from lerpray.model.anchor_pool import build_pool
     from lerpray.model.paged_engine import PagedEngine
 
-    pool = build_pool(model, loaded, anchor_capacity)
+    pool = build_pool(model, loaded, anchor_capacity, max_rank=max_rank, target_modules=target_modules)
     return PagedEngine(Engine(pool.imodel, tokenizer, **engine_kw), pool)

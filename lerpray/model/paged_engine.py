@@ -13,16 +13,25 @@ set is not starved by later requests of resident sets.
     engine.generate([GenerationRequest(coeffs=(0.3, 0.7), prompt="Hi", anchor_set="support"), ...])
 
 `on_page(set, load_s, evicted, resident)` is called after each page-in (serve/metrics.py counts them).
+
+Sets may be registered and removed while the engine runs (`register` / `unregister`, from any thread: a
+multiplexed replica's loader). They are queued and applied by the driving thread at its next `ready`, `add` or
+`step`; a removal waits until no request of the set is queued or running.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from lerpray.model.anchor_pool import AnchorPool, UnloadableSetError
 from lerpray.model.engine import Engine
 from lerpray.model.requests import EngineError, GenerationRequest, GenerationResult, TokenEvent
+
+if TYPE_CHECKING:
+    from lerpray.anchors import AnchorSet
 
 __all__ = ["PageObserver", "PagedEngine", "UnloadableSetError"]
 
@@ -37,6 +46,8 @@ class PagedEngine:
             raise ValueError("build the Engine over pool.imodel (lerpray.model.anchor_pool.build_pool)")
         self.engine, self.pool, self.on_page = engine, pool, on_page
         self._running: dict[str, list] = {}  # request id -> [set name, choices not finished]
+        self._pending: list[tuple] = []  # (name, (held, problem)) to add, (name, None) to remove; in order
+        self._pending_lock = threading.Lock()
 
     # ---- what serving reads of an engine ----------------------------------------------------------------------
 
@@ -71,6 +82,40 @@ class PagedEngine:
     def close(self) -> None:
         self.engine.close()
 
+    # ---- sets added and removed while serving (any thread) --------------------------------------------------------
+
+    def register(self, name: str, anchor_set: AnchorSet) -> str | None:
+        """Queue `anchor_set` as set `name` (replacing one of that name); why it can never be resident here, or None.
+        Raises ModelMismatchError for a set on another base model (nothing is queued)."""
+        prepared = self.pool.prepare_set(name, anchor_set)
+        with self._pending_lock:
+            self._pending.append((name, prepared))
+        return prepared[1]
+
+    def unregister(self, name: str) -> None:
+        """Queue the removal of set `name`: applied once none of its requests is queued or running."""
+        with self._pending_lock:
+            self._pending.append((name, None))
+
+    def holds(self, name: str) -> bool:
+        """Whether a request of set `name` is queued in or running on the engine (safe from any thread)."""
+        return any(entry[0] == name for entry in list(self._running.values()))
+
+    def _apply_pending(self) -> None:
+        if not self._pending:
+            return
+        with self._pending_lock:
+            busy = self.busy()
+            while self._pending:
+                name, prepared = self._pending[0]
+                if prepared is None and name in busy:
+                    break  # a removal waits for the set's requests; what follows it waits in order
+                self._pending.pop(0)
+                if prepared is None:
+                    self.pool.remove_set(name)
+                else:
+                    self.pool.add_set(name, *prepared)
+
     # ---- step API ----------------------------------------------------------------------------------------------
 
     def busy(self) -> set[str]:
@@ -80,6 +125,7 @@ class PagedEngine:
     def ready(self, request: GenerationRequest) -> bool:
         """Whether `add(request)` can run now without waiting for a running request to finish. True for a request
         `add` refuses (no set named, a set that can never be resident): add raises its error at once."""
+        self._apply_pending()
         name = request.anchor_set
         if name is None or self.pool.problem(name) is not None:
             return True
@@ -89,6 +135,7 @@ class PagedEngine:
         """Page the request's set in (if needed) and queue the request on its slots. Raises UnloadableSetError for a
         set that can never be resident, EngineError when it cannot be placed now (check `ready` first) or for
         anything the Engine refuses."""
+        self._apply_pending()
         name = request.anchor_set
         if name is None:
             raise EngineError(f"this engine pages anchor sets: a request must name its set (anchor_set), one of "
@@ -123,12 +170,14 @@ class PagedEngine:
                 entry[1] -= 1
                 if entry[1] == 0:
                     del self._running[event.request_id]
+        self._apply_pending()  # a removal waiting for the requests that just finished
         return events
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         """Run requests to completion, admitted in order as their sets can be placed; one result per choice, in the
         order of `requests` (then choice index). A refused request raises before any step."""
         waiting, texts, done = list(requests), {}, {}
+        self._apply_pending()
         for name in {r.anchor_set for r in requests if r.anchor_set is not None}:
             self.pool.check(name)
         while waiting or self.has_work():

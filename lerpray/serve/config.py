@@ -24,8 +24,9 @@ class MultiplexArgs(StrictModel):
     """Serving the sets over a pool of replicas with Ray Serve's model multiplexing (lerpray.serve.multiplexed)."""
 
     max_sets_per_replica: int = Field(
-        ge=1, description="anchor sets one replica holds (each with its own engine); the least recently used one is "
-        "unloaded to load another (Serve's max_num_models_per_replica)",
+        ge=1, description="anchor sets one replica holds (those on one base model share one engine: one copy of "
+        "the base weights); the least recently used one is unloaded to load another (Serve's "
+        "max_num_models_per_replica)",
     )
 
 
@@ -65,7 +66,9 @@ class ServeArgs(KVCacheArgs):
     anchor_capacity: int | None = Field(
         None, ge=1, description="anchors the engine shared by the sets on the main set's base model (two or more) "
         "holds at once: sets beyond it stay in host memory and are paged in on first use, the least recently used set "
-        "not in use paged out (lerpray.model.anchor_pool); a set with more anchors gets 503; unset = all resident",
+        "not in use paged out (lerpray.model.anchor_pool); a set with more anchors gets 503; unset = all resident. "
+        "With multiplex: the anchors of each replica's engine per base model (unset = room for "
+        "max_sets_per_replica of the largest set on that base)",
     )
     api_key_env: str | None = Field(None, description="env var holding the API key; unset = no auth")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
@@ -119,14 +122,6 @@ class ServeArgs(KVCacheArgs):
                     f"sets: {name[:64]!r} cannot be a model id; use letters, digits and . _ / - (no ':'), at most "
                     f"128 characters, and not the served id {self.model_name!r} or a preset's"
                 )
-        return self
-
-    @model_validator(mode="after")
-    def _multiplex_alone(self) -> ServeArgs:
-        if self.multiplex is not None and self.anchor_capacity is not None:
-            raise ValueError("multiplex and anchor_capacity are both set: a multiplexed replica gives each set it holds "
-                             "an engine of its own (bounded by multiplex.max_sets_per_replica), so anchor_capacity, "
-                             "which pages sets within one shared engine, would be ignored; remove one of them")
         return self
 
     def bounds(self) -> ExtrapolationBounds | None:

@@ -4,9 +4,12 @@ Each replica of `LerpSets` loads a set the first time a request for it arrives (
 the router, lerpray.serve.router, names the set with `handle.options(multiplexed_model_id=...)`), in a method wrapped
 by `serve.multiplexed(max_num_models_per_replica=multiplex.max_sets_per_replica)`. Serve then routes the set's next
 requests to the replicas that hold it, and unloads the least recently used set when a replica must load one more;
-an unloaded set's requests in flight finish before its engine is dropped (`HeldSet.__del__`). A set is a LiveSet
-(lerpray.serve.live: its own engine, batcher, cards and MixContext), so requests are answered by the same code as the
-one-deployment app (lerpray.serve.answers). Every answer names the replica (header x-lerpray-replica) and the replica
+an unloaded set's requests in flight finish before it leaves its engine (`HeldSet.__del__`). The sets on one base
+model share ONE engine per replica (lerpray.serve.replica_bases: a PagedEngine whose anchor pool holds them, one copy
+of the base weights whatever the number of sets); a set on another base model gets an engine of its own, shared with
+the sets on its base. With an injected `engine_factory` (tests) each set has its own engine. A set is a LiveSet
+(lerpray.serve.live: cards and MixContext of its own, the engine and batcher of its base), so requests are answered by
+the same code as the one-deployment app (lerpray.serve.answers). Every answer names the replica (header x-lerpray-replica) and the replica
 logs the multiplexed id it answered, so where a set's requests go can be checked.
 
 This is the pattern of Ray Serve LLM's LoRA serving (an ingress that reads the body's model id, a model deployment
@@ -30,6 +33,7 @@ from lerpray.serve import answers, errors, live
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.live import EngineFactory, LiveSet, serve_engine
 from lerpray.serve.metrics import ServeMetrics
+from lerpray.serve.replica_bases import ReplicaBases, SetRefused
 
 __all__ = ["REPLICA_HEADER", "HeldSet", "LerpSets"]
 
@@ -41,10 +45,12 @@ logger = logging.getLogger("ray.serve")  # Serve's logger: these lines land in t
 
 class HeldSet:
     """A set loaded on this replica. Serve calls `__del__` (in a thread) when it unloads the set: the set's requests
-    in flight finish, then its batcher stops and its engine can be freed."""
+    in flight finish, then it leaves its base's engine (`bases`; the engine closes with its last set), or, when it
+    has an engine of its own, its batcher stops and its engine can be freed."""
 
-    def __init__(self, served: LiveSet, load_s: float, held: dict[str, LiveSet]) -> None:
-        self.served, self.load_s, self._held = served, load_s, held
+    def __init__(self, served: LiveSet, load_s: float, held: dict[str, LiveSet],
+                 bases: ReplicaBases | None = None) -> None:  # fmt: skip
+        self.served, self.load_s, self._held, self._bases = served, load_s, held, bases
         self.users = 0  # requests that hold it, from getting it (before they reach its batcher) to their last event
         self._retired = threading.Event()
 
@@ -53,6 +59,10 @@ class HeldSet:
             return
         self._retired.set()
         self._held.pop(self.served.args.model_name, None)
+        if self._bases is not None:
+            self._bases.release(self.served.args.model_name, lambda: self.users, RETIRE_TIMEOUT_S)
+            logger.info("set %s unloaded", self.served.args.model_name)
+            return
         deadline = time.monotonic() + RETIRE_TIMEOUT_S
         while (self.users or self.served.batcher.load() != (0, 0)) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -80,6 +90,8 @@ class LerpSets:
         self.factory = engine_factory or serve_engine
         self.metrics = ServeMetrics()
         self.wanted = live.set_args(self.args)  # model id -> the args of the set it serves
+        max_sets = self.args.multiplex.max_sets_per_replica
+        self.bases = None if engine_factory else ReplicaBases(self.wanted, max_sets, self.metrics)  # one base copy
         self.held: dict[str, LiveSet] = {}  # the sets loaded here now (health checks)
         self.replica = serve.get_replica_context().replica_id.unique_id
 
@@ -94,7 +106,13 @@ class LerpSets:
             raise SetLoadError(f"no set {set_id!r} in this app's config; the sets are {sorted(self.wanted)}")
         started = time.perf_counter()
         try:
-            served = await asyncio.to_thread(live.start_set, self.wanted[set_id], self.factory, self.metrics)
+            if self.bases is None:
+                served = await asyncio.to_thread(live.start_set, self.wanted[set_id], self.factory, self.metrics)
+            else:
+                served = await asyncio.to_thread(self.bases.load, set_id)
+        except SetRefused as err:
+            logger.warning("set %s refused on replica %s: %s", set_id, self.replica, err)
+            raise SetLoadError(str(err)) from err
         except Exception as err:
             logger.exception("set %s failed to load on replica %s", set_id, self.replica)
             raise SetLoadError(f"the anchor set of {set_id!r} could not be loaded ({type(err).__name__}: {err}); "
@@ -102,7 +120,7 @@ class LerpSets:
         load_s = time.perf_counter() - started
         self.held[set_id] = served
         logger.info("set %s loaded on replica %s in %.2f s (%d held)", set_id, self.replica, load_s, len(self.held))
-        return HeldSet(served, load_s, self.held)
+        return HeldSet(served, load_s, self.held, self.bases)
 
     async def answer(self, route: str, body: bytes, with_cards: bool = False) -> AsyncIterator[dict | str]:
         """A request for the set Serve routed here (its multiplexed id): first a head {"status", "headers", "body",
