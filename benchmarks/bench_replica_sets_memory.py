@@ -4,10 +4,14 @@ constructor, `LerpServer.__init__`, in a fresh process per run).
     python benchmarks/bench_replica_sets_memory.py            # bundled SmolLM2-135M fp32, 1 and 4 sets of 4
                                                                # rank-8 anchors, shared engine vs an engine per set
                                                                # -> results/replica_sets_memory.json
+    python benchmarks/bench_replica_sets_memory.py --modes multiplexed own \
+        --out benchmarks/results/multiplex_replica_memory.json   # a multiplexed set replica holding 1 and 4 sets
 
 Each set is a published anchor set of the quickstart's shape (4 anchors: two attributes x two poles, rank 8 on
 q,k,v,o, random factors). "shared" is how a replica serves them (lerpray.serve.shared_sets: one engine over one base
 copy); "own" gives each set its own engine (what a replica did before, and still does for a set on another base).
+"multiplexed" is a multiplexed set replica (lerpray.serve.replica_bases, max_sets_per_replica = the sets) that Serve
+asked for each set in turn: one paged engine over one base copy, each set registered with its anchor pool.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ def child(sets: int, mode: str, folder: Path) -> dict:
     uris = [str(folder / f"set{i}") for i in range(sets)]
     args = {"anchors": uris[0], "sets": {f"set{i}": u for i, u in enumerate(uris[1:], 1)}, "max_batch_size": 8,
             "kv_cache_bytes": 64 * 2**20, "torch_threads": 1}  # fmt: skip
+    if mode == "multiplexed":
+        return _multiplexed(args, sets)
     user_class = deployment.LerpServer.func_or_class.__mro__[1]  # the class under Serve's ingress wrapper
     server = user_class.__new__(user_class)
     user_class.__init__(server, args, engine_factory=serve_engine if mode == "own" else None)
@@ -46,10 +52,27 @@ def child(sets: int, mode: str, folder: Path) -> dict:
     return {"sets": sets, "mode": mode, "engines": engines, "rss_mb": rss / 2**20}
 
 
+def _multiplexed(args: dict, sets: int) -> dict:
+    from _common import rss_bytes
+
+    from lerpray.serve.config import ServeArgs
+    from lerpray.serve.live import set_args
+    from lerpray.serve.replica_bases import ReplicaBases
+
+    wanted = set_args(ServeArgs(**args, multiplex={"max_sets_per_replica": sets}))
+    bases = ReplicaBases(wanted, sets, None)
+    held = [bases.load(name) for name in wanted]  # what the replica's serve.multiplexed loader does per set
+    engines, slots = len(bases.engines), bases.engines[0].pool.capacity
+    rss = rss_bytes()
+    for served in held:
+        served.batcher.close()
+    return {"sets": sets, "mode": "multiplexed", "engines": engines, "anchor_slots": slots, "rss_mb": rss / 2**20}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sets", type=int, nargs="+", default=[1, 4])
-    p.add_argument("--modes", nargs="+", default=["shared", "own"], choices=["shared", "own"])
+    p.add_argument("--modes", nargs="+", default=["shared", "own"], choices=["shared", "own", "multiplexed"])
     p.add_argument("--out", default=str(HERE / "results" / "replica_sets_memory.json"))
     p.add_argument("--child", nargs=3, default=None, help=argparse.SUPPRESS)  # sets, mode, folder
     args = p.parse_args()
