@@ -92,6 +92,7 @@ class _Choice:
     started: bool = False
     offset: int = 0  # characters of the choice's text so far (text_offset of its next token)
     entries: list[Entry] = field(default_factory=list)
+    steering_points: int = 0  # closed-loop measurements already sent in the stream
 
 
 class Reply:
@@ -146,9 +147,18 @@ class Reply:
             return None
         index = self._position[event.request_id, event.index]
         chunk = self._chunk(index, text, event.finish_reason, self._logprobs(choice, entries))
-        if event.finish_reason is not None and event.request_id in self._steered:
-            chunk["choices"][0]["resolved_mix"] = self._closed_loop(event.request_id, event.index)
+        if event.request_id in self._steered:
+            self._steering(chunk["choices"][0], choice, event)
         return chunk
+
+    def _steering(self, out: dict, choice: _Choice, event: TokenEvent) -> None:
+        """A closed-loop choice's chunk carries the loop's newest measurement (`steering`: token, alpha, score),
+        once, so a client can show the score as the reply is written; its last chunk the whole `resolved_mix`."""
+        trajectory = self._steered[event.request_id].steer.trajectories.get(event.index, [])
+        if len(trajectory) > choice.steering_points:
+            out["steering"], choice.steering_points = trajectory[-1], len(trajectory)
+        if event.finish_reason is not None:
+            out["resolved_mix"] = self._closed_loop(event.request_id, event.index)
 
     @property
     def usage(self) -> Usage:

@@ -39,8 +39,9 @@ async function loadModels() {
     `anchor set ${state.card.fingerprint}`);
 }
 
-// POST with stream: true; calls onText(text) for each piece as it arrives. Resolves to {finish, usage}.
-async function stream(route, body, onText, signal) {
+// POST with stream: true; calls onText(text) for each piece as it arrives, and onSteer(point) for each measurement
+// of a closed loop (token, alpha, score). Resolves to {finish, usage, resolved, feedback}.
+async function stream(route, body, onText, signal, onSteer = () => {}) {
   const path = route === "chat" ? "v1/chat/completions" : "v1/completions";
   const response = await fetch(path, {
     method: "POST",
@@ -52,7 +53,7 @@ async function stream(route, body, onText, signal) {
   const reader = response.body.getReader();
   const decoder = new TextDecoder();
   const resolved = response.headers.get("x-lerpray-mix"); // the mix the server resolved (targets -> alphas)
-  const result = { finish: null, usage: null, resolved: resolved ? JSON.parse(resolved) : null };
+  const result = { finish: null, usage: null, resolved: resolved ? JSON.parse(resolved) : null, feedback: null };
   let buffer = "";
   for (;;) {
     const { value, done } = await reader.read();
@@ -72,6 +73,8 @@ async function stream(route, body, onText, signal) {
         for (const choice of chunk.choices || []) {
           const text = route === "chat" ? choice.delta && choice.delta.content : choice.text;
           if (text) onText(text);
+          if (choice.steering) onSteer(choice.steering);
+          if (choice.resolved_mix && choice.resolved_mix.feedback) result.feedback = choice.resolved_mix.feedback;
           if (choice.finish_reason) result.finish = choice.finish_reason;
         }
       }
@@ -191,6 +194,11 @@ function currentMix() {
     }
     if (!Object.keys(targets).length) throw new Error("give at least one attribute a target score");
     mix = { target: targets };
+    if ($("feedback").checked) {
+      const every = Number($("feedback-every").value);
+      if (!(Number.isInteger(every) && every >= 1)) throw new Error("steer every: give a whole number of tokens >= 1");
+      mix.feedback = { every };
+    }
   } else if (state.tab === "anchors") {
     const weights = {};
     for (const input of document.querySelectorAll("input[data-weight]")) weights[input.dataset.weight] = Number(input.value);
@@ -319,13 +327,33 @@ function seedValue() {
 async function run(column, body, signal) {
   const text = column.querySelector(".text");
   const meta = column.querySelector(".meta");
+  const steering = column.querySelector(".steering");
+  const target = body.interpolation.target || {};
+  const scores = (score) => Object.entries(score || {}).map(([a, s]) => `${a} ${s.toFixed(3)}` +
+    (a in target ? ` (target ${target[a]})` : "")).join(", ");
   text.textContent = "";
   column.dataset.state = "streaming";
+  column.dataset.finalScore = "";
+  column.dataset.measurements = 0;
+  if (steering) {
+    steering.hidden = !body.interpolation.feedback;
+    steering.textContent = "steering: waiting for the first measurement…";
+  }
+  const onSteer = (point) => {
+    const alphas = Object.entries(point.alpha).map(([a, v]) => `${a} ${v.toFixed(2)}`).join(", ");
+    steering.textContent = `score now: ${scores(point.score)} · at token ${point.token} · alpha → ${alphas}`;
+    column.dataset.measurements = Number(column.dataset.measurements) + 1;
+  };
   try {
-    const { finish, usage, resolved } = await stream(route(), body, (piece) => text.append(piece), signal);
+    const { finish, usage, resolved, feedback } = await stream(route(), body, (piece) => text.append(piece), signal,
+      steering ? onSteer : undefined);
     meta.textContent = `${finish}` + (usage ? ` · ${usage.completion_tokens} tokens` : "") +
       (resolved ? ` · resolved ${JSON.stringify(resolved)}` : "");
     column.dataset.resolved = resolved ? JSON.stringify(resolved) : "";
+    if (steering && feedback) {
+      steering.textContent = `final score: ${scores(feedback.final_score)} · ${feedback.trajectory.length} mixes`;
+      column.dataset.finalScore = JSON.stringify(feedback.final_score);
+    }
     column.dataset.state = "done";
   } catch (err) {
     meta.textContent = err.name === "AbortError" ? "stopped" : `error: ${err.message}`;

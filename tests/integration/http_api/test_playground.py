@@ -161,6 +161,24 @@ def test_playground_generates_and_compares_in_a_browser(browser, base_url, tmp_p
     resolved = json.loads(browser.find_element(By.ID, "single").get_attribute("data-resolved"))
     assert resolved["alpha"] == {"sentiment": pytest.approx(0.8)}  # the synthetic curve: score = alpha - 0.5
 
+    # Closed loop: the page sends feedback, shows each measurement as the reply is written, then the final score,
+    # which is the API's for the same request.
+    browser.find_element(By.ID, "feedback").click()
+    every = browser.find_element(By.ID, "feedback-every")
+    every.clear()
+    every.send_keys("2")
+    steered = json.loads(browser.find_element(By.ID, "mix-json").get_attribute("textContent"))
+    assert steered == {"target": {"sentiment": 0.3}, "feedback": {"every": 2}}
+    assert generate(browser) == api_text(base_url, page_body(browser, steered))
+    single = browser.find_element(By.ID, "single")
+    reply = httpx.post(f"{base_url}/v1/completions", json=page_body(browser, steered), timeout=60,
+                       headers={"Authorization": f"Bearer {KEY}"}).json()
+    final = reply["choices"][0]["resolved_mix"]["feedback"]["final_score"]
+    assert json.loads(single.get_attribute("data-final-score")) == pytest.approx(final)
+    assert int(single.get_attribute("data-measurements")) >= 1
+    assert single.find_element(By.CSS_SELECTOR, ".steering").text.startswith("final score: sentiment")
+    browser.find_element(By.ID, "feedback").click()  # open loop again
+
     browser.find_element(By.CSS_SELECTOR, 'input[data-target="sentiment"]').send_keys(Keys.CONTROL, "a", Keys.DELETE)
     browser.find_element(By.CSS_SELECTOR, 'input[data-target="formality"]').send_keys("0.3")
     assert json.loads(browser.find_element(By.ID, "mix-json").get_attribute("textContent")) == {

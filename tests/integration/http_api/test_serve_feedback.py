@@ -41,6 +41,10 @@ def test_streamed_feedback_reports_each_choices_mixes_and_they_replay_its_text(h
         steps = loop["trajectory"]
         assert steps[0] == {"token": 0, "alpha": {S: pytest.approx(0.8)}, "score": None}
         assert [s["token"] for s in steps] == [0, 2, 4, 6]
+        live = [c["steering"] for c in mine if "steering" in c]  # the newest measurement, once, as the reply goes
+        assert len(live) >= 2 and [p["token"] for p in live] == sorted({p["token"] for p in live})
+        by_token = {s["token"]: s for s in steps}
+        assert all(p == by_token[p["token"]] for p in live if p["token"] in by_token)  # 8: measured, not used
         assert all(0.0 <= s["alpha"][S] <= 1.0 for s in steps)
         assert any(s["alpha"][S] != pytest.approx(0.8) for s in steps[1:])  # the loop moved the mix
         assert loop["final_score"][S] == pytest.approx(vader(text), abs=1e-6)
