@@ -5,8 +5,8 @@ its next requests go, and what serving more sets than the replicas hold costs.
                                               # replicas holding 2 sets each -> results/multiplex.json
 
 Each set is a published anchor set of the quickstart's shape (two attributes x two poles, rank 8 on q,k,v,o, random
-factors) on the bundled base; a LerpSets replica loads the base once and adds each set it serves to that engine. Two phases over HTTP,
-one request at a time (max_tokens 16):
+factors) on the bundled base; a LerpSets replica loads the base once and adds each set it serves to that engine.
+Two phases over HTTP, one request at a time (max_tokens 16):
   fits:  the first 4 sets (what the 2 replicas hold together): each set's first request (the load, then the
          answer), a pause for Serve to learn where the set is, then `--repeats` more; the replica of each answer.
   over:  round-robin over all 6 sets for `--rounds` rounds: 6 sets on 4 places, so requests load and unload sets.

@@ -105,16 +105,16 @@ class PagedEngine:
         if not self._pending:
             return
         with self._pending_lock:
-            busy = self.busy()
-            while self._pending:
-                name, prepared = self._pending[0]
-                if prepared is None and name in busy:
-                    break  # a removal waits for the set's requests; what follows it waits in order
-                self._pending.pop(0)
-                if prepared is None:
+            busy, kept, waiting = self.busy(), [], set()
+            for name, prepared in self._pending:
+                if name in waiting or (name in busy and (prepared is None or name in self.pool.sets)):
+                    kept.append((name, prepared))  # replacing or removing a set waits for its requests, in order
+                    waiting.add(name)
+                elif prepared is None:
                     self.pool.remove_set(name)
                 else:
                     self.pool.add_set(name, *prepared)
+            self._pending = kept
 
     # ---- step API ----------------------------------------------------------------------------------------------
 

@@ -76,7 +76,12 @@ def test_requests_of_more_sets_than_the_capacity_all_complete_with_each_sets_own
     finally:
         hook.remove()
     assert engine.pool.stats.page_ins >= 3 and engine.pool.stats.evictions >= 1 and not engine.busy()
-    for name in NAMES:
+    assert_own_engine_texts(sets, order, gens, texts)
+
+
+def assert_own_engine_texts(sets: dict[str, str], order: list[str], gens: list, texts: list[str]) -> None:
+    """Each paged request's text (`texts`, of set order[i]) is what the set's own engine gives it."""
+    for name in dict.fromkeys(order):
         own = Engine.from_uri(sets[name], max_batch_size=4)
         own.model.lm_head.register_forward_hook(printable_only)
         mine = [i for i, n in enumerate(order) if n == name]

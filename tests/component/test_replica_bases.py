@@ -6,14 +6,12 @@ engine of its own that closes with its last set, and a set the engine cannot hol
 from __future__ import annotations
 
 import asyncio
-from dataclasses import replace
 
 import pytest
 from engine_helpers import printable_only
-from test_paged_serve import NAMES, _run_all
+from test_paged_serve import NAMES, _run_all, assert_own_engine_texts
 from test_paged_serve import sets as paged_sets  # noqa: F401 -- the fixture: three sets on one tiny base
 
-from lerpray.model import Engine, ResolvedMix
 from lerpray.model.paged_engine import PagedEngine
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.live import set_args
@@ -61,13 +59,7 @@ def test_a_replicas_sets_share_one_base_copy_and_answer_as_their_own_engines(set
         finally:
             hook.remove()
         assert sorted(engine.pool.sets) == sorted(NAMES) and sorted(engine.pool.resident) == sorted(NAMES)
-        for name in NAMES:
-            own = Engine.from_uri(sets[name], max_batch_size=4)
-            own.model.lm_head.register_forward_hook(printable_only)
-            mine = [i for i, n in enumerate(order) if n == name]
-            unpaged = [replace(gens[i], anchor_set=None, mix=ResolvedMix(gens[i].mix.pieces, report=gens[i].mix.report))
-                       for i in mine]  # fmt: skip
-            assert [r.text for r in own.generate(unpaged)] == [texts[i] for i in mine], name
+        assert_own_engine_texts(sets, order, gens, texts)
 
         bases.release(NAMES[1], lambda: 0)  # Serve unloads a set: it leaves the pool at the engine's next step
         asyncio.run(_run_all(held[NAMES[0]].batcher, [gens[0]]))
