@@ -94,3 +94,21 @@ def test_a_set_the_engine_cannot_hold_is_refused_saying_what_to_change(sets):
     with pytest.raises(SetRefused, match="raise anchor_capacity to at least 4"):
         bases.load(NAMES[0])
     assert bases.engines == []  # nothing held: the base it loaded for the set is gone again
+
+
+def test_a_set_removed_while_its_request_runs_leaves_the_pool_when_the_request_ends(sets):
+    from lerpray.anchors import load_anchor_set
+    from lerpray.model import GenerationRequest, SamplingParams
+    from lerpray.model.loading import load_shared_engine
+
+    engine = load_shared_engine({NAMES[0]: sets[NAMES[0]]}, anchor_capacity=8, max_batch_size=2)
+    assert engine.register(NAMES[1], load_anchor_set(sets[NAMES[1]])) is None  # queued, applied at the next step
+    request = GenerationRequest(coeffs=(0.5, 0.5, 0.0, 0.0), prompt="Hi", anchor_set=NAMES[1],
+                                sampling=SamplingParams(max_tokens=4, ignore_eos=True))  # fmt: skip
+    engine.add(request)
+    engine.unregister(NAMES[1])
+    engine.step()
+    assert NAMES[1] in engine.pool.sets and NAMES[1] in engine.pool.resident  # its request still runs
+    while engine.has_work():
+        engine.step()
+    assert engine.pool.sets == [NAMES[0]] and NAMES[1] not in engine.pool.resident
