@@ -9,6 +9,7 @@ import copy
 import pytest
 import torch
 from peft_reference import peft_cat_logits
+from test_multi_set import SETS as MULTI_SETS
 
 from lerpray.model import Engine, GenerationRequest, SamplingParams, interpolate
 from lerpray.model.anchor_pool import UnloadableSetError, build_pool
@@ -19,18 +20,8 @@ from lerpray.testing import anchor_set_from_adapters, random_adapter, tiny_llama
 pytestmark = pytest.mark.component
 
 ATOL = 1e-5
-SETS = {  # set -> anchor -> random_adapter kwargs: ranks 2 to 8, anchors adapting different layers
-    "support": {
-        "tone.warm": {"r": 4, "lora_alpha": 8, "target_modules": ("q_proj", "v_proj", "o_proj"), "seed": 21},
-        "tone.cold": {"r": 2, "lora_alpha": 4, "target_modules": ("k_proj", "up_proj"), "seed": 22},
-    },
-    "legal": {
-        "tone.warm": {"r": 8, "lora_alpha": 16, "target_modules": ("q_proj", "k_proj", "down_proj"), "seed": 23},
-        "tone.cold": {"r": 4, "lora_alpha": 4, "target_modules": ("v_proj", "gate_proj"), "use_rslora": True,
-                      "seed": 24},
-        "detail.high": {"r": 2, "lora_alpha": 2, "target_modules": ("o_proj", "up_proj"), "seed": 25},
-        "detail.low": {"r": 4, "lora_alpha": 8, "target_modules": ("q_proj",), "seed": 26},
-    },
+SETS = {  # test_multi_set's two sets (ranks 2 to 8, anchors adapting different layers), and two more pairs
+    **MULTI_SETS,
     "sales": {
         "tone.warm": {"r": 4, "lora_alpha": 4, "target_modules": ("q_proj", "v_proj"), "seed": 27},
         "tone.cold": {"r": 8, "lora_alpha": 8, "target_modules": ("o_proj", "gate_proj"), "seed": 28},
