@@ -122,6 +122,9 @@ def format_calibration(doc: dict | None) -> str:
         points = "  ".join(f"{a:g}: {f:+.3f} [{lo_:+.2f}, {hi_:+.2f}]"
                            for a, f, lo_, hi_ in zip(c["alphas"], c["fit"], lo, hi, strict=True))  # fmt: skip
         lines.append(f"  {attr}, {c['scorer']} mean score by alpha (fit [90% band]): {points}")
+        if "partial" in c:
+            cut = ", ".join(f"{k}" for k in c["partial"]["tokens"])
+            lines.append(f"  {attr}: partial-reply model after {cut} tokens (feedback runs the predictive loop)")
     for i, row in doc.get("cross_slopes", {}).items():
         lines.append(f"  cross slopes d score / d alpha_{i}: " + ", ".join(f"{j} {v:+.3f}" for j, v in row.items()))
     return "\n".join(lines)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lerpray.anchors.calibration import calibration_of
+from lerpray.anchors.calibration import calibration_of, format_calibration
 from lerpray.configs import SamplingSettings
 from lerpray.eval.calibrate import calibration_document
 from lerpray.eval.calibration_partial import partial_model
@@ -64,6 +64,8 @@ def test_calibration_document_stores_the_model_and_the_calibration_reads_it():
                                resamples=20, prefixes=words)  # fmt: skip
     assert set(doc["curves"]["sentiment"]["partial"]) == {"tokens", "intercept", "slope", "carry", "ahead"}
     assert calibration_of(doc).partial["sentiment"].tokens == (1, 2, 3, 4, 6)
+    shown = format_calibration({**doc, "anchor_set": {"version": 1}})  # `lerpray anchors inspect`
+    assert "partial-reply model after 1, 2, 3, 4, 6 tokens (feedback runs the predictive loop)" in shown
     plain = calibration_document(sweep(), [("share", Share())], {"count": 40}, SamplingSettings(max_tokens=8),
                                  resamples=20)  # fmt: skip
     assert "partial" not in plain["curves"]["sentiment"] and calibration_of(plain).partial == {}
