@@ -3,11 +3,12 @@
     OMP_NUM_THREADS=1 python benchmarks/measure_target_feedback.py --anchors runs/quickstart/anchors \\
         --out benchmarks/results/target_feedback_quickstart.json
 
-For the set's first calibrated attribute: targets at `levels` of its reachable range in the hull, each resolved
+For one calibrated attribute (`--attribute`, default the set's first): targets at `levels` of its reachable range in the hull, each resolved
 exactly as the server does (lerpray.steering.resolve with the set's calibration), once open loop
 (`{"target": ...}`) and once closed loop (`{"target": ..., "feedback": {...}}`, each request's hook built by
 lerpray.eval.steer.steerer, the function the serve layer and the batch actor use). Prompts: the shipped openings'
 held-out (odd) half, `--per-domain` of each domain except `--exclude` (the quickstart calibrates on review openers).
+`--modes open` for an attribute whose scorer cannot run mid-reply (a classifier: the server refuses its feedback).
 Open and closed runs of a target use the same prompts and seeds, one after the other, in an engine of
 `--batch` slots. Reported per target and mode: achieved mean (95 % bootstrap interval over prompts), |mean - target|
 and the mean per-reply |score - target| as % of the range, the share of replies within `--band` of the range of
@@ -88,6 +89,8 @@ def base_perplexity(engine: Engine, pairs: list[tuple[str, str]]) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--anchors", default="runs/quickstart/anchors")
+    p.add_argument("--attribute", help="the calibrated attribute to target (default: the calibration's first)")
+    p.add_argument("--modes", default="open,closed", help="comma-separated: open, closed or both")
     p.add_argument("--per-domain", type=int, default=2)
     p.add_argument("--exclude", default="reviews", help="comma-separated domains left out")
     p.add_argument("--split", default="odd", choices=("odd", "all"), help="all: both halves of the domains left "
@@ -109,7 +112,11 @@ def main() -> None:
     if doc is None:
         raise SystemExit(f"{args.anchors} has no calibration: run `lerpray eval calibrate` first")
     cal = calibration_of(doc)
-    attr, curve = next(iter(cal.curves.items()))
+    attr = args.attribute or next(iter(cal.curves))
+    if attr not in cal.curves:
+        raise SystemExit(f"{args.anchors}'s calibration has no {attr!r} curve (it has {', '.join(cal.curves)})")
+    curve = cal.curves[attr]
+    modes = tuple(m for m in MODES if m in args.modes.split(","))
     scorer = get_scorer(doc["scorers"][attr]["spec"])
     prompts, domains = held_out(args.per_domain, set(args.exclude.split(",")), args.split)
     engine = Engine.from_uri(args.anchors, max_batch_size=args.batch)
@@ -119,16 +126,17 @@ def main() -> None:
     lo, hi = curve.reachable(0.0, 1.0)
     span = hi - lo
     rng = np.random.default_rng(0)
-    timing = {m: {"tokens": 0, "wall_s": 0.0, "cpu_s": 0.0} for m in MODES}
-    replies = {m: [] for m in MODES}
+    timing = {m: {"tokens": 0, "wall_s": 0.0, "cpu_s": 0.0} for m in modes}
+    replies = {m: [] for m in modes}
     rows = []
     n = len(prompts) * args.samples
-    run(engine, resolve(context, interpolation={"target": {attr: (lo + hi) / 2}, "feedback": feedback},
-                        max_tokens=args.max_tokens), prompts[: args.batch], 1, sampling, 0, True)  # warm-up
+    warm = {"target": {attr: (lo + hi) / 2}, **({"feedback": feedback} if "closed" in modes else {})}
+    run(engine, resolve(context, interpolation=warm, max_tokens=args.max_tokens), prompts[: args.batch], 1, sampling,
+        0, "closed" in modes)  # warm-up
     for level in (float(v) for v in args.levels.split(",")):
         target = lo + level * span
         row: dict = {"level": level, "target": round(target, 4)}
-        for mode in MODES:
+        for mode in modes:
             spec = {"target": {attr: target}, **({"feedback": feedback} if mode == "closed" else {}),
                     **({"extrapolate": True} if args.extrapolate else {})}  # fmt: skip
             mix = resolve(context, interpolation=spec, max_tokens=args.max_tokens)
@@ -157,7 +165,7 @@ def main() -> None:
                   f"sd {row[mode]['sd']:.3f}  {t['tokens'] / t['wall_s']:.1f} tok/s", flush=True)
         rows.append(row)
     summary = {}
-    for mode in MODES:
+    for mode in modes:
         tm = timing[mode]
         summary[mode] = {
             "abs_error_of_mean_pct": round(float(np.mean([r[mode]["abs_error_of_mean_pct"] for r in rows])), 2),
@@ -172,15 +180,20 @@ def main() -> None:
             "tokens_per_cpu_s": round(tm["tokens"] / tm["cpu_s"], 1)}  # fmt: skip
         if args.perplexity:
             summary[mode]["base_perplexity"] = round(base_perplexity(engine, replies[mode]), 3)
-    summary["closed_vs_open_sd"] = round(summary["closed"]["sd"] / summary["open"]["sd"], 3)
-    summary["closed_vs_open_tokens_per_s"] = round(summary["closed"]["tokens_per_s"] / summary["open"]["tokens_per_s"], 3)
-    summary["closed_vs_open_tokens_per_cpu_s"] = round(
-        summary["closed"]["tokens_per_cpu_s"] / summary["open"]["tokens_per_cpu_s"], 3)
+    if len(modes) == 2:
+        summary["closed_vs_open_sd"] = round(summary["closed"]["sd"] / summary["open"]["sd"], 3)
+        summary["closed_vs_open_tokens_per_s"] = round(
+            summary["closed"]["tokens_per_s"] / summary["open"]["tokens_per_s"], 3)
+        summary["closed_vs_open_tokens_per_cpu_s"] = round(
+            summary["closed"]["tokens_per_cpu_s"] / summary["open"]["tokens_per_cpu_s"], 3)
     print(json.dumps(summary, indent=1))
     loadavg = Path("/proc/loadavg").read_text().split()[:3]
     report = {"anchors": args.anchors, "attribute": attr, "scorer": curve.scorer,
-              "calibration": {k: doc[k] for k in ("prompts", "sampling")},
-              "reachable": [round(lo, 4), round(hi, 4)], "feedback": feedback, "band_of_range": args.band,
+              "calibration": {**{k: doc[k] for k in ("prompts", "sampling")},
+                              "curve": {k: doc["curves"][attr].get(k) for k in ("alphas", "fit", "signal", "noise_share")},
+                              "partial_model": "partial" in doc["curves"][attr]},
+              "modes": list(modes), "reachable": [round(lo, 4), round(hi, 4)],
+              "feedback": feedback if "closed" in modes else None, "band_of_range": args.band,
               "extrapolate": args.extrapolate,
               "held_out": {"prompts": f"lerpray openings (shipped), {args.split} indices", "per_domain": args.per_domain,
                            "excluded_domains": args.exclude.split(","), "count": len(prompts),
