@@ -111,9 +111,12 @@ def run_quickstart(plan: Plan, stream=None) -> QuickstartReport:
             stages.say(f"  plot (mean VADER vs alpha, 95 % error bars): {report.plot}")
         with stages.stage("targets", f"calibrate from the requests above, then {len(TARGET_LEVELS)} targets on "
                           "held-out prompts (lerpray/quickstart/target_demo.py)"):  # fmt: skip
+            from lerpray.eval.calibration_partial import tokenizer_prefixes
+
             report.targets = run_target_demo(report.url, plan.workdir / "anchors", report.generations,
                                              prompts=plan.target_prompts, samples=plan.target_samples,
-                                             max_tokens=plan.max_tokens, say=stages.say)  # fmt: skip
+                                             max_tokens=plan.max_tokens, say=stages.say,
+                                             prefixes=tokenizer_prefixes(base_model))  # fmt: skip
         with stages.stage("shutdown", "stopping Serve and Ray"):
             running.close()
     report.seconds, report.total_s = dict(stages.seconds), time.monotonic() - started

@@ -16,11 +16,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from lerpray.quickstart.steps import ATTRIBUTE, Generation
+
+if TYPE_CHECKING:
+    from lerpray.eval.calibration_partial import Prefixes
 
 __all__ = ["LEVELS", "TargetOutcome", "calibrate_from_generations", "run_target_demo"]
 
@@ -42,8 +46,11 @@ class TargetOutcome:
                 f"[95% {self.low:+.3f}, {self.high:+.3f}], n={self.n}, off by {error:.0%} of the range")  # fmt: skip
 
 
-def calibrate_from_generations(generations: Sequence[Generation], max_tokens: int, *, resamples: int = 200) -> dict:
-    """The calibration document of the quickstart's requests (CalibrationRefused when it could not steer)."""
+def calibrate_from_generations(generations: Sequence[Generation], max_tokens: int, *, resamples: int = 200,
+                               prefixes: Prefixes | None = None) -> dict:
+    """The calibration document of the quickstart's requests (CalibrationRefused when it could not steer); with
+    `prefixes` (the base model's tokenizer, calibration_partial.tokenizer_prefixes) also the partial-reply model a
+    closed loop (`"feedback"`) on this set then uses."""
     from lerpray.configs import SamplingSettings
     from lerpray.eval.calibrate import calibration_document
     from lerpray.eval.scorers import get_scorer
@@ -58,12 +65,12 @@ def calibrate_from_generations(generations: Sequence[Generation], max_tokens: in
     sampling = SamplingSettings(temperature=0.7, top_p=0.95, max_tokens=max_tokens)
     hint = "Nothing was saved beside the set; the demo's targets are skipped."
     return calibration_document(table, [("vader", get_scorer("vader"))], provenance, sampling, resamples=resamples,
-                                hint=hint)  # fmt: skip
+                                hint=hint, prefixes=prefixes)  # fmt: skip
 
 
 def run_target_demo(
     url: str, anchors_dir: Path, generations: Sequence[Generation], *, prompts: int, samples: int, max_tokens: int,
-    say: Callable[[str], None],
+    say: Callable[[str], None], prefixes: Prefixes | None = None,
 ) -> list[TargetOutcome]:  # fmt: skip
     """Calibrate from `generations`, save it beside the set, ask three targets on `prompts` held-out openings x
     `samples` seeds; print what happened with `say`. [] when the calibration was refused."""
@@ -72,7 +79,7 @@ def run_target_demo(
     from lerpray.eval.calibration_checks import CalibrationRefused
 
     try:
-        doc = calibrate_from_generations(generations, max_tokens)
+        doc = calibrate_from_generations(generations, max_tokens, prefixes=prefixes)
     except CalibrationRefused as refused:
         say(f"      calibration refused: {refused}")
         return []

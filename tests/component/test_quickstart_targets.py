@@ -35,6 +35,16 @@ def test_the_demo_calibration_is_the_checked_one():
     assert doc["prompts"]["count"] == 6 and doc["prompts"]["samples"] == 2 and doc["sampling"]["max_tokens"] == 32
     with pytest.raises(CalibrationRefused, match="flat within its own noise"):
         calibrate_from_generations(generations(0.0), max_tokens=32)
+    assert "partial" not in curve
+
+
+def test_the_demo_calibration_carries_the_closed_loops_partial_reply_model():
+    """With the base model's tokenizer (here: words) the saved calibration has the predictive loop's model."""
+    def words(text, tokens):
+        return [" ".join(text.split()[:k]) for k in tokens]
+
+    doc = calibrate_from_generations(generations(0.5), max_tokens=32, prefixes=words)
+    assert "partial" in doc["curves"]["sentiment"]
 
 
 @pytest.fixture
@@ -60,7 +70,10 @@ def target_server():
         def log_message(self, *args):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 64  # the demo asks 18 at once; the default backlog of 5 resets some on a busy host
+
+    server = Server(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}", asked
     server.shutdown()
