@@ -69,7 +69,9 @@ def run(engine: Engine, mix, prompts: list[str], samples: int, sampling: dict, s
 
 def interval95(scores: np.ndarray, prompts: int, samples: int, rng, resamples: int = 2000) -> tuple[list[float], float]:
     """95 % interval of the mean score, prompts resampled, and the bootstrap standard error of the mean."""
-    per_prompt = scores.reshape(prompts, samples).mean(axis=1)
+    per_prompt = scores.reshape(prompts, samples)
+    per_prompt = np.nanmean(per_prompt[np.isfinite(per_prompt).any(axis=1)], axis=1)  # unscorable replies left out
+    prompts = len(per_prompt)
     draws = [per_prompt[rng.integers(0, prompts, prompts)].mean() for _ in range(resamples)]
     return [round(float(np.percentile(draws, 2.5)), 4), round(float(np.percentile(draws, 97.5)), 4)], float(np.std(draws))
 
@@ -145,16 +147,17 @@ def main() -> None:
             for k in t:
                 timing[mode][k] += t[k]
             replies[mode] += list(zip([prompts[i // args.samples] for i in range(n)], texts, strict=True))
-            scores = np.array(scorer.score(texts), dtype=float)
-            dist = np.abs(scores - target) / span
+            scores = np.array(scorer.score(texts), dtype=float)  # NaN: unscorable (a grade of no words)
+            scored = scores[np.isfinite(scores)]
+            dist = np.abs(scored - target) / span
             row["alpha"] = mix.report["alpha"][attr]
             interval, se = interval95(scores, len(prompts), args.samples, rng)
-            row[mode] = {"achieved": round(float(scores.mean()), 4), "interval95": interval,
+            row[mode] = {"achieved": round(float(scored.mean()), 4), "interval95": interval,
                          "se_of_mean_pct": round(100 * se / span, 2),
-                         "abs_error_of_mean_pct": round(100 * abs(float(scores.mean()) - target) / span, 2),
+                         "abs_error_of_mean_pct": round(100 * abs(float(scored.mean()) - target) / span, 2),
                          "mean_abs_error_pct": round(100 * float(dist.mean()), 2),
                          "within_band": round(float((dist <= args.band).mean()), 4),
-                         "sd": round(float(scores.std(ddof=1)), 4), "replies": n}  # fmt: skip
+                         "sd": round(float(scored.std(ddof=1)), 4), "replies": n, "scored": len(scored)}  # fmt: skip
             if last:  # where the loops ended: their mean last alpha and the share at a bound
                 lo_a, hi_a = next(iter(mix.feedback.loops.values())).lo, next(iter(mix.feedback.loops.values())).hi
                 row[mode]["last_alpha_mean"] = round(float(np.mean(last)), 4)

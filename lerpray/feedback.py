@@ -212,6 +212,8 @@ class Steerer:
         states = self._states.setdefault(choice, {a: LoopState(loop.start) for a, loop in self.feedback.loops.items()})
         scores = self.scores(text)
         for attr, loop in self.feedback.loops.items():
+            if not math.isfinite(scores[attr]):  # no score yet (a grade of text with no words): the loop holds
+                continue
             model = self.feedback.partial.get(attr)
             states[attr] = (
                 update(loop, states[attr], scores[attr], self.feedback.gains)

@@ -135,3 +135,13 @@ def test_steerer_rescoring_every_few_tokens_per_choice():
         {"token": 2, "alpha": {"sentiment": 1.0}, "score": {"sentiment": -0.4}},
     ]
     assert report["final_score"] == {"sentiment": 0.6}
+
+
+def test_steerer_holds_while_the_text_has_no_score():
+    """A scorer with no score for the text so far (FKGL of a fragment with no words: NaN) leaves the row's alpha
+    where it was instead of sending NaN to the engine."""
+    mix = closed({"target": {"sentiment": 0.1}, "feedback": {"every": 2, "gain": 1.0, "integral": 0.0}})
+    scripted = {"": float("nan"), "low": -0.4}
+    steer = Steerer(mix.feedback, {"sentiment": lambda text: scripted[text]}, LAYOUT)
+    assert steer(0, "", 2) == pytest.approx((0.6, 0.4))  # the open-loop alpha, unchanged
+    assert steer(0, "low", 4) == pytest.approx((1.0, 0.0))  # then the loop acts on the first score
