@@ -158,6 +158,8 @@ def main() -> None:
                          "mean_abs_error_pct": round(100 * float(dist.mean()), 2),
                          "within_band": round(float((dist <= args.band).mean()), 4),
                          "sd": round(float(scored.std(ddof=1)), 4), "replies": n, "scored": len(scored)}  # fmt: skip
+            of = np.repeat(np.array(domains), args.samples)  # each reply's domain: the offset a domain carries
+            row[mode]["achieved_by_domain"] = {d: round(float(np.nanmean(scores[of == d])), 4) for d in sorted(set(domains))}
             if last:  # where the loops ended: their mean last alpha and the share at a bound
                 lo_a, hi_a = next(iter(mix.feedback.loops.values())).lo, next(iter(mix.feedback.loops.values())).hi
                 row[mode]["last_alpha_mean"] = round(float(np.mean(last)), 4)
