@@ -221,7 +221,7 @@ class Steerer:
                 else predict(loop, model, states[attr], scores[attr], generated, self.feedback.gains.proportional)
             )
         alpha = {a: _clean(s.alpha) for a, s in states.items()}
-        self.trajectories.setdefault(choice, []).append({"token": generated, "alpha": alpha, "score": scores})
+        self.trajectories.setdefault(choice, []).append({"token": generated, "alpha": alpha, "score": _json(scores)})
         mix = {**self.feedback.mix, "alpha": alpha}
         if any(not 0.0 <= a <= 1.0 for a in alpha.values()):
             mix["extrapolate"] = True  # the loops stay in [0, 1] unless the request asked to extrapolate
@@ -235,8 +235,13 @@ class Steerer:
         start = {"token": 0, "alpha": {a: loop.start for a, loop in self.feedback.loops.items()}, "score": None}
         used = [t for t in self.trajectories.get(choice, []) if t["token"] < self.generated.get(choice, 0)]
         return {**self.feedback.report(), "trajectory": [start, *used],
-                "final_score": self.scores(self.texts.get(choice, ""))}  # fmt: skip
+                "final_score": _json(self.scores(self.texts.get(choice, "")))}  # fmt: skip
 
 
 def _clean(value: float) -> float:
     return round(value, 6) + 0.0 if math.isfinite(value) else value
+
+
+def _json(scores: dict[str, float]) -> dict[str, float | None]:
+    """Scores as replies report them: null where a text has none (a grade of text with no words), never NaN."""
+    return {a: s if math.isfinite(s) else None for a, s in scores.items()}

@@ -145,3 +145,7 @@ def test_steerer_holds_while_the_text_has_no_score():
     steer = Steerer(mix.feedback, {"sentiment": lambda text: scripted[text]}, LAYOUT)
     assert steer(0, "", 2) == pytest.approx((0.6, 0.4))  # the open-loop alpha, unchanged
     assert steer(0, "low", 4) == pytest.approx((1.0, 0.0))  # then the loop acts on the first score
+    steer(0, "", 6)  # the reply ends with no score: the report says null, never NaN (invalid JSON)
+    report = steer.report(0)
+    assert report["trajectory"][1]["score"] == {"sentiment": None} and report["final_score"] == {"sentiment": None}
+    json.dumps(report, allow_nan=False)

@@ -329,7 +329,7 @@ async function run(column, body, signal) {
   const meta = column.querySelector(".meta");
   const steering = column.querySelector(".steering");
   const target = body.interpolation.target || {};
-  const scores = (score) => Object.entries(score || {}).map(([a, s]) => `${a} ${s.toFixed(3)}` +
+  const scores = (score) => Object.entries(score || {}).map(([a, s]) => `${a} ${s === null ? "none yet" : s.toFixed(3)}` +
     (a in target ? ` (target ${target[a]})` : "")).join(", ");
   text.textContent = "";
   column.dataset.state = "streaming";
