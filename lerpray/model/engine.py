@@ -57,7 +57,7 @@ class Engine:
             `cuda_graphs`, the older switch: True is "graph", False "eager".
         kv_cache_bytes, kv_cache_fraction: the KV-cache budget (kv_budget.py): bytes, or the fraction of free
             device memory on CUDA (default 0.8); on the CPU the default is 4 GiB of address space.
-        active_capacity: most anchors a graphed decode step runs (default 8; cuda_graphs.py); more run eagerly.
+        active_capacity: most anchors a pinned graph of the decode step runs (default 8; more: its wide graph).
         overlap_text: detokenise a step's text while the next forward runs (default: on CUDA).
     """
 
