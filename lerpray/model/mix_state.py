@@ -42,8 +42,9 @@ class MixTable:
     rows live in host memory and go to the device in one copy before a forward that follows a change (`upload`),
     not one small copy per row. The device rows are a fixed buffer: a captured CUDA graph reads them as a static
     input. Host reads (which anchors a step uses) read `host`: no device sync. On CUDA the host rows are pinned and
-    the upload asynchronous; the engine syncs once per step (its sampled ids) after every forward it launches, so
-    the host never rewrites rows while their upload is in flight. On the CPU host and device rows are one tensor.
+    the upload asynchronous; a write first waits for the last upload's event (long done in practice: the engine
+    syncs on its sampled ids every decode step), so the host never rewrites rows a copy in flight still reads. On the
+    CPU host and device rows are one tensor.
     """
 
     def __init__(self, slots: int, anchors: int, device: torch.device) -> None:
@@ -51,14 +52,17 @@ class MixTable:
         self.host = torch.zeros(slots, anchors, pin_memory=on_gpu)  # [S, K] float32
         self.device_rows = torch.zeros(slots, anchors, device=device) if on_gpu else self.host  # [S, K]
         self._stale = False  # host rows changed since the last upload
+        self._uploaded: torch.cuda.Event | None = None  # recorded after the last asynchronous upload
 
     def write(self, slot: int, coeffs: Sequence[float]) -> None:
+        self._settle()
         self.host[slot] = torch.tensor(coeffs, dtype=torch.float32)
         self._stale = True
 
     def clear(self, slots: list[int]) -> None:
         """Zero freed slots' rows (a stale mix would keep its anchors active) and empty the list."""
         if slots:
+            self._settle()
             self.host[slots] = 0.0
             slots.clear()
             self._stale = True
@@ -67,8 +71,16 @@ class MixTable:
         """The device rows [S, K], brought up to date with the host's."""
         if self._stale and self.device_rows is not self.host:
             self.device_rows.copy_(self.host, non_blocking=True)
+            self._uploaded = torch.cuda.Event()
+            self._uploaded.record()
         self._stale = False
         return self.device_rows
+
+    def _settle(self) -> None:
+        """Wait until the last upload has read the host rows (they are about to change)."""
+        if self._uploaded is not None:
+            self._uploaded.synchronize()
+            self._uploaded = None
 
 
 def _columns_for(stacked: StackedLora, capacity: int) -> int:
