@@ -68,7 +68,14 @@ class SamplingSettings(StrictModel):
     top_p: float = Field(1.0, gt=0, le=1)  # nucleus mass; 1 = off
     top_k: int = Field(0, ge=0)  # 0 = off
     max_tokens: int = Field(128, ge=1)  # tokens generated per row, at most
+    min_tokens: int = Field(0, ge=0)  # no EOS or stop string before this many tokens (at most max_tokens)
     stop: list[str] = Field(default_factory=list)  # stop strings; the text is cut before the first one
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> SamplingSettings:
+        if self.min_tokens > self.max_tokens:
+            raise ValueError(f"min_tokens ({self.min_tokens}) must be at most max_tokens ({self.max_tokens})")
+        return self
 
     def engine_kwargs(self) -> dict[str, Any]:
         """The fields as SamplingParams takes them (stop strings as a tuple), without a seed: each row has its own."""

@@ -33,7 +33,7 @@ class Emission:
 
     def advance(self, rows: list[Row], logits: torch.Tensor) -> list[TokenEvent]:
         """Each row's next token from logits [N, V]; the events of the rows released now."""
-        tokens, logprobs, tops = choose_tokens(logits, rows)
+        tokens, logprobs, tops = choose_tokens(logits, rows, self.eos)
         now = []
         for row, token, logprob, top in zip(rows, tokens, logprobs, tops, strict=True):
             row.record(token, self.eos, logprob, top)

@@ -6,6 +6,7 @@ its own generator, and carries what penalties and schedules need (its generated-
 
     for row i with logits z_i [V] (the model's, under the row's own mix):
         logprobs_i = log_softmax(z_i)                                   reported, never reshaped
+        z_i[eos] = -inf                   while the row has fewer than min_tokens generated tokens
         z_i[t] -= frequency_penalty * count_i[t] + presence_penalty * (count_i[t] > 0)
         z_i[t] += logit_bias[t]
         token_i = sample_next(z_i, sampling_i, generator_i)             greedy / temperature / top-k / top-p
@@ -64,6 +65,11 @@ class Row:
         return self.prefilled == len(self.prompt_ids)
 
     @property
+    def before_min_tokens(self) -> bool:
+        """EOS and stop strings cannot end the row yet (its next token is below `min_tokens`)."""
+        return self.generated < self.sampling.min_tokens
+
+    @property
     def remaining(self) -> int:
         return len(self.prompt_ids) - self.prefilled
 
@@ -90,7 +96,8 @@ class Row:
         its finish reason, and the steer hook's next coefficients."""
         token, at_eos, logprob, top = self.unreleased
         self.unreleased = None
-        text, stopped = self.stream.flush() if at_eos else self.stream.push(token)
+        can_stop = self.generated >= self.sampling.min_tokens  # vLLM's rule: stop strings count from min_tokens on
+        text, stopped = self.stream.flush() if at_eos else self.stream.push(token, can_stop)
         finish = "stop" if stopped or at_eos else None
         if finish is None and self.generated >= self.sampling.max_tokens:
             tail, stopped = self.stream.flush()
@@ -114,7 +121,8 @@ class Row:
                           self.index, logprob, top, prompt)
 
 
-def choose_tokens(logits: torch.Tensor, rows: Sequence[Row]) -> tuple[list[int], list, list]:
+def choose_tokens(logits: torch.Tensor, rows: Sequence[Row], eos: frozenset[int] = frozenset()
+                  ) -> tuple[list[int], list, list]:  # fmt: skip
     """Next token of each row. logits [N, V] -> (tokens, logprobs or None, top alternatives or None) per row.
 
     Everything is computed on the logits' device and comes to the host in one copy (one device sync per step).
@@ -123,10 +131,14 @@ def choose_tokens(logits: torch.Tensor, rows: Sequence[Row]) -> tuple[list[int],
     wants = [i for i, r in enumerate(rows) if r.sampling.logprobs is not None]
     logprobs = torch.log_softmax(logits[wants], dim=-1) if wants else None  # [W, V], before any reshaping
     reshape = [i for i, r in enumerate(rows) if r.sampling.reshapes_logits]
-    if reshape:
+    hold = [i for i, r in enumerate(rows) if r.before_min_tokens] if eos else []
+    if reshape or hold:
         logits = logits.clone()
         for i in reshape:
             _reshape_(logits[i], rows[i])
+        if hold:  # one indexed write: the held rows' EOS ids
+            logits[torch.tensor(hold, device=logits.device)[:, None],
+                   torch.tensor(sorted(eos), device=logits.device)[None, :]] = float("-inf")  # fmt: skip
     tokens = sample_next(logits, [r.sampling for r in rows], [r.generator for r in rows])  # [N] on the device
     parts, top = [tokens.double()], max((rows[i].sampling.logprobs for i in wants), default=0)
     if wants:

@@ -46,6 +46,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: none; 0: the chosen token's log probability; k: also the k most likely
     prompt_logprobs: int | None = None  # the same for every prompt token (OpenAI's echo)
     ignore_eos: bool = False  # run to max_tokens through EOS (benchmarks)
+    min_tokens: int = 0  # vLLM's: EOS cannot be sampled and stop strings do not end the row before this many tokens
 
     def __post_init__(self) -> None:
         if not self.temperature >= 0.0:
@@ -58,6 +59,8 @@ class SamplingParams:
             raise SamplingError(f"seed must be in [-2**63, 2**64), got {self.seed}")
         if self.max_tokens < 0 or (self.max_tokens == 0 and self.prompt_logprobs is None):
             raise SamplingError(f"max_tokens must be >= 1 (0 only when scoring the prompt), got {self.max_tokens}")
+        if not 0 <= self.min_tokens <= max(self.max_tokens, 0):
+            raise SamplingError(f"min_tokens must be in [0, max_tokens = {self.max_tokens}], got {self.min_tokens}")
         for name in ("presence_penalty", "frequency_penalty"):
             if not -2.0 <= getattr(self, name) <= 2.0:
                 raise SamplingError(f"{name} must be in [-2, 2], got {getattr(self, name)}")
@@ -186,15 +189,16 @@ class TextStream:
         self._stop = tuple(stop)
         self._pending = ""  # decoded but held back: it may be the start of a stop string
 
-    def push(self, token_id: int) -> tuple[str, bool]:
-        """Add one generated token. Returns (text to release now, whether a stop string ended the row)."""
+    def push(self, token_id: int, can_stop: bool = True) -> tuple[str, bool]:
+        """Add one generated token. Returns (text to release now, whether a stop string ended the row); before
+        `min_tokens` (can_stop False) a stop string is released as text."""
         self._ids.append(token_id)
         prefix = self._decode(self._ids[self._prefix_offset : self._read_offset])
         full = self._decode(self._ids[self._prefix_offset :])
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
             self._pending += full[len(prefix) :]
             self._prefix_offset, self._read_offset = self._read_offset, len(self._ids)
-        return self._release(final=False)
+        return self._release(final=False, can_stop=can_stop)
 
     def flush(self) -> tuple[str, bool]:
         """The row ends (EOS or length): release everything held back, a trailing partial character included."""
@@ -207,12 +211,12 @@ class TextStream:
     def _decode(self, ids: Sequence[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
-    def _release(self, final: bool) -> tuple[str, bool]:
-        found = [i for i in (self._pending.find(s) for s in self._stop) if i >= 0]
+    def _release(self, final: bool, can_stop: bool = True) -> tuple[str, bool]:
+        found = [i for i in (self._pending.find(s) for s in self._stop) if i >= 0] if can_stop else []
         if found:
             text, self._pending = self._pending[: min(found)], ""
             return text, True
-        keep = 0 if final else self._stop_prefix_length(self._pending)
+        keep = 0 if final or not can_stop else self._stop_prefix_length(self._pending)
         text, self._pending = self._pending[: len(self._pending) - keep], self._pending[len(self._pending) - keep :]
         return text, False
 

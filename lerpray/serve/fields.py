@@ -5,7 +5,7 @@ Every field of OpenAI's request types (openai/types/completion_create_params.py 
 openai/types/chat/completion_create_params.py) is listed under one of five kinds:
 
     SUPPORTED   honoured as OpenAI documents it
-    EXTENSION   lerpray's own (`interpolation`, `top_k`)
+    EXTENSION   lerpray's own (`interpolation`, `top_k`, `min_tokens`)
     IGNORED     accepted and ignored: it does not change what this server generates (metadata, store, ...)
     NOT_YET     needs work in the generation engine: only its neutral values are accepted for now (no field is
                 listed so since n, logprobs, echo and penalties arrived). When the engine implements one, flip its
@@ -61,6 +61,8 @@ _SHARED: dict[str, FieldRule] = {
     "logit_bias": FieldRule(S, "token id (a string) -> bias in [-100, 100]; ids must be below the vocabulary size"),
     "interpolation": FieldRule(X, "the mix (alpha/lambda, raw anchors, extrapolate); overrides the model id's mix"),
     "top_k": FieldRule(X, "keep the k most likely tokens (0 = off)"),
+    "min_tokens": FieldRule(X, "vLLM's: EOS cannot be sampled and stop strings do not end a choice before this many "
+                               "tokens; at most max_tokens"),
 }
 
 COMPLETIONS: dict[str, FieldRule] = {

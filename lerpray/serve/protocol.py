@@ -117,6 +117,9 @@ def sampling_params(
         logprobs = parsed.logprobs
         scores_prompt = parsed.echo and (logprobs is not None or max_tokens == 0)
         prompt_logprobs = (logprobs or 0) if scores_prompt else None
+    if (parsed.min_tokens or 0) > max_tokens:
+        raise _invalid("min_tokens", f"is {parsed.min_tokens} but max_tokens is {max_tokens}: lower min_tokens or "
+                                     "raise max_tokens")
     bias = parsed.logit_bias_pairs()
     if vocab_size is not None and (over := [t for t, _ in bias if t >= vocab_size]):
         raise _invalid(f"logit_bias.{over[0]}", f"token id {over[0]} is not in the vocabulary (ids 0 to "
@@ -126,6 +129,7 @@ def sampling_params(
         top_p=1.0 if parsed.top_p is None else parsed.top_p,
         top_k=parsed.top_k or 0,
         max_tokens=max_tokens,
+        min_tokens=parsed.min_tokens or 0,
         stop=parsed.stop_strings(),
         seed=parsed.seed,
         presence_penalty=parsed.presence_penalty or 0.0,

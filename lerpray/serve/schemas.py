@@ -60,6 +60,7 @@ class _GenerationFields(_Checked):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     top_k: int | None = Field(None, ge=0, description="extension: keep the k most likely tokens (0 = off)")
+    min_tokens: int | None = Field(None, ge=0, description="extension (vLLM's): no EOS or stop before this many")
     stop: str | list[str] | None = None
     seed: int | None = None
     stream: bool | None = False

@@ -118,6 +118,43 @@ def test_eos_finishes_with_stop(imodel):
     assert result.text == engine.tokenizer.decode(tokens[:first_new])
 
 
+def test_min_tokens_holds_eos_and_stop_strings_back_until_that_many_tokens(imodel):
+    engine = Engine(imodel, tiny_tokenizer())
+    sampling = {"temperature": 1.0, "seed": 3, "max_tokens": 16}
+    tokens = token_ids(engine, [req(PROMPTS[1], rid="r", **sampling)])["r"]
+    first_new = next(i for i, t in enumerate(tokens) if t not in tokens[:i] and i > 0)
+    eos = tokens[first_new]
+    engine._emission.eos = frozenset([eos])
+    held = engine.generate([req(PROMPTS[1], min_tokens=first_new + 3, **sampling)])[0]
+    ids = engine.encode(req(PROMPTS[1]))
+    assert held.completion_tokens >= first_new + 3  # EOS could not be sampled before min_tokens
+    assert eos not in engine.tokenizer(held.text, add_special_tokens=False)["input_ids"][: first_new + 3]
+    assert held.prompt_tokens == len(ids)
+    plain = engine.generate([req(PROMPTS[1], **sampling)])[0]
+    assert plain.completion_tokens == first_new + 1  # without it the same seed ends at the EOS
+
+    engine._emission.eos = frozenset()
+    full = engine.generate([req(PROMPTS[0], **{**sampling, "max_tokens": 12})])[0]
+    stop = full.text[2:4]
+    early = engine.generate([req(PROMPTS[0], stop=(stop,), **{**sampling, "max_tokens": 12})])[0]
+    late = engine.generate([req(PROMPTS[0], stop=(stop,), min_tokens=8, **{**sampling, "max_tokens": 12})])[0]
+    assert early.completion_tokens < 8 and early.finish_reason == "stop"
+    assert late.completion_tokens >= 8 and late.text.startswith(full.text[:4])  # the early stop string is text
+    cut = full.text.find(stop, 6)  # a stop string completed at token 8 or later still ends the row
+    assert late.text == (full.text if cut < 0 else full.text[:cut])
+
+
+def test_min_tokens_must_fit_in_max_tokens():
+    from lerpray.configs import SamplingSettings
+    from lerpray.model.sampling import SamplingError
+
+    with pytest.raises(SamplingError, match="min_tokens must be in"):
+        SamplingParams(max_tokens=4, min_tokens=5)
+    with pytest.raises(ValueError, match="min_tokens"):
+        SamplingSettings(max_tokens=4, min_tokens=5)
+    assert SamplingSettings(max_tokens=4, min_tokens=4).engine_kwargs()["min_tokens"] == 4
+
+
 def test_stream_concatenates_to_generate(engine):
     requests = [req(p, max_tokens=20, temperature=1.0, seed=s, stop=("zz",)) for s, p in enumerate(PROMPTS)]
     texts: dict[str, str] = {r.request_id: "" for r in requests}

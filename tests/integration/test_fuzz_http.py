@@ -79,7 +79,7 @@ SCALARS = (st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.sampled
 JSON = st.recursive(SCALARS, lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=8), kids,
                                                                                          max_size=4), max_leaves=12)
 FIELDS = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "n",
-          "stop", "seed", "stream", "stream_options", "user", "interpolation", "presence_penalty", "frequency_penalty",
+          "min_tokens", "stop", "seed", "stream", "stream_options", "user", "interpolation", "presence_penalty", "frequency_penalty",
           "logit_bias", "logprobs", "top_logprobs", "echo", "suffix", "best_of", "tools", "tool_choice"]
 TOKENS = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x2FFF, exclude_categories=("Cs", "Zs", "Cc")),
                  min_size=1, max_size=20)  # what an HTTP client can put in a header value
@@ -218,8 +218,8 @@ def test_fuzzed_raw_requests_never_5xx(send_all, batch):
     send_all(batch, "raw")
 
 
-NUMERIC_FIELDS = ["max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "seed", "n", "top_logprobs",
-                  "presence_penalty", "best_of"]
+NUMERIC_FIELDS = ["max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "min_tokens", "seed", "n",
+                  "top_logprobs", "presence_penalty", "best_of"]
 LITERALS = [str(n) for n in HUGE_NUMBERS] + ["1e400", "-1e400", "NaN", "Infinity", "-Infinity", "1" * 5000, "0.1e-400"]
 
 

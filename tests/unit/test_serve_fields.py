@@ -24,7 +24,7 @@ pytestmark = pytest.mark.unit
 LAYOUT = AnchorLayout(anchors=("s.pos", "s.neg"), attributes={"s": ("s.neg", "s.pos")})
 SCHEMAS = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatCompletionRequest}
 TABLES = {"/v1/completions": fields.COMPLETIONS, "/v1/chat/completions": fields.CHAT}
-EXTENSIONS = {"interpolation", "top_k"}
+EXTENSIONS = {"interpolation", "top_k", "min_tokens"}
 VOCAB = 1000
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -139,6 +139,16 @@ def test_max_completion_tokens_is_honoured():
     request = generation_request(ChatCompletionRequest.model_validate(body), ServeArgs(anchors="x"),
                                  mix_context(ServeArgs(anchors="x"), LAYOUT))
     assert request.sampling.max_tokens == 7
+
+
+def test_min_tokens_is_honoured_and_must_fit_in_max_tokens():
+    args = ServeArgs(anchors="x")
+    body = {"prompt": "x", "max_tokens": 9, "min_tokens": 9}
+    assert generation_request(CompletionRequest.model_validate(body), args,
+                              mix_context(args, LAYOUT)).sampling.min_tokens == 9
+    with pytest.raises(ApiError, match="min_tokens: is 10 but max_tokens is 9") as refused:
+        generation_request(CompletionRequest.model_validate({**body, "min_tokens": 10}), args, mix_context(args, LAYOUT))
+    assert (refused.value.status, refused.value.body.error.param) == (400, "min_tokens")
 
 
 @pytest.mark.parametrize(
