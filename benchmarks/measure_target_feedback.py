@@ -122,8 +122,8 @@ def main() -> None:
     scorer = get_scorer(doc["scorers"][attr]["spec"])
     prompts, domains = held_out(args.per_domain, set(args.exclude.split(",")), args.split)
     engine = Engine.from_uri(args.anchors, max_batch_size=args.batch)
-    sampling = {k: v for k, v in doc["sampling"].items() if k in ("temperature", "top_p", "top_k")}
-    sampling["max_tokens"] = args.max_tokens
+    sampling = {k: v for k, v in doc["sampling"].items() if k in ("temperature", "top_p", "top_k", "min_tokens")}
+    sampling["max_tokens"] = max(args.max_tokens, sampling.get("min_tokens", 0))  # asked as calibrated
     context = MixContext(engine.layout, calibration=cal)
     lo, hi = curve.reachable(0.0, 1.0)
     span = hi - lo

@@ -93,6 +93,7 @@ class Calibration:
     curves: dict[str, Curve]  # attribute -> its scorer's response to its own alpha
     cross: dict[str, dict[str, float]] = field(default_factory=dict)  # S[i][j]: d score_j / d alpha_i, i != j
     partial: dict[str, PartialModel] = field(default_factory=dict)  # attribute -> its partial-reply model (feedback)
+    sampling: dict[str, float] = field(default_factory=dict)  # how its replies were sampled (max/min_tokens, ...)
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,8 @@ def target_mix(mix: Mapping, layout: AnchorLayout, bounds: ExtrapolationBounds |
     alpha_mix = {k: v for k, v in mix.items() if k != "target"} | {"alpha": solution.alpha}
     if solution.alpha and any(not 0.0 <= a <= 1.0 for a in solution.alpha.values()):
         alpha_mix["extrapolate"] = True  # only reachable with extrapolate on (solve_targets kept it in [0, 1] else)
-    return alpha_mix, {"target": dict(targets), **{k: v for k, v in solution.report().items() if k != "alpha"}}
+    report = {"target": dict(targets), **{k: v for k, v in solution.report().items() if k != "alpha"}}
+    return alpha_mix, report | ({"calibrated_with": dict(calibration.sampling)} if calibration.sampling else {})
 
 
 def _predict(j: str, alpha: Mapping[str, float], calibration: Calibration) -> float:

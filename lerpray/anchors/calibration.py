@@ -95,6 +95,11 @@ def load_calibration(store: Store) -> tuple[Calibration | None, str | None]:
         return None, str(err)
 
 
+# What a target reply reports of the calibration's sampling: replies asked differently (shorter, hotter) score
+# differently, so the calibrated mean holds for replies sampled like these.
+CALIBRATED_SAMPLING = ("temperature", "max_tokens", "min_tokens")
+
+
 def calibration_of(doc: dict) -> Calibration:
     """Curves and cross slopes of a calibration document."""
     try:
@@ -104,7 +109,8 @@ def calibration_of(doc: dict) -> Calibration:
         partial = {a: PartialModel.from_report(c["partial"]) for a, c in doc["curves"].items() if "partial" in c}
     except (KeyError, TypeError, ValueError) as err:
         raise CalibrationError(f"calibration curves are malformed ({err}); {REMAKE}") from None
-    return Calibration(curves, cross, partial)
+    sampling = {k: v for k, v in doc.get("sampling", {}).items() if k in CALIBRATED_SAMPLING}
+    return Calibration(curves, cross, partial, sampling)
 
 
 def format_calibration(doc: dict | None) -> str:

@@ -56,6 +56,9 @@ def add_parsers(subparsers) -> None:
                            help="send each prompt as a user message through the chat template (instruction prompts)")
     calibrate.add_argument("--samples", type=int, default=1, help="generations per prompt and alpha")
     calibrate.add_argument("--max-tokens", type=int, default=48)
+    calibrate.add_argument("--min-tokens", type=int, default=0,
+                           help="no EOS before this many tokens: replies long enough to score (targets are then "
+                           "asked with the same min_tokens)")
     calibrate.add_argument("--temperature", type=float, default=0.7)
     calibrate.add_argument("--resamples", type=int, default=200, help="bootstrap resamples over prompts")
     calibrate.add_argument("--batch-size", type=int, default=32)
@@ -147,7 +150,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     alphas = [float(a) for a in args.alphas.split(",")] if args.alphas else list(DEFAULT_CALIBRATION_ALPHAS)
     domains = [d.strip() for d in args.domains.split(",") if d.strip()] if args.domains else None
     prompts = load_prompt_set(args.prompts, args.split, domains)
-    sampling = SamplingSettings(max_tokens=args.max_tokens, temperature=args.temperature)
+    sampling = SamplingSettings(max_tokens=args.max_tokens, min_tokens=args.min_tokens, temperature=args.temperature)
     out = Path(args.out)
     doc = calibrate(args.anchors, scorers, out, alphas=alphas, prompts=prompts, chat=args.chat, samples=args.samples,
                     sampling=sampling, resamples=args.resamples, batch_size=args.batch_size, min_z=args.min_z)

@@ -33,7 +33,8 @@ POS, NEG, FORMAL, INFORMAL = (1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0
 # A synthetic calibration: sentiment's score = alpha - 0.5 on [-1, 2]; formality's = 2 * alpha on [0, 1]
 CURVES = {"curves": {S: {"scorer": "vader", "alphas": [-1, 0, 1, 2], "fit": [-1.5, -0.5, 0.5, 1.5]},
                      F: {"scorer": "clf", "alphas": [0, 1], "fit": [0, 2]}},
-          "cross_slopes": {S: {F: -0.4}}, "scorers": {S: {"spec": "vader"}, F: {"spec": "clf.json"}}}  # fmt: skip
+          "cross_slopes": {S: {F: -0.4}}, "scorers": {S: {"spec": "vader"}, F: {"spec": "clf.json"}},
+          "sampling": {"temperature": 0.7, "top_p": 1.0, "max_tokens": 48, "min_tokens": 32, "stop": []}}  # fmt: skip
 
 
 @pytest.fixture
@@ -82,6 +83,8 @@ def test_targets_resolve_through_the_calibration_beside_the_set(engine, calibrat
     assert report["alpha"] == {S: pytest.approx(0.8), F: pytest.approx(0.56)}
     assert report["predicted"] == {S: pytest.approx(0.3), F: pytest.approx(1.0)}
     assert report["solve"] == "joint"
+    # the calibrated mean holds for replies sampled as the calibration's were: the reply says how
+    assert report["calibrated_with"] == {"temperature": 0.7, "max_tokens": 48, "min_tokens": 32}
 
 
 def test_calibration_file_round_trip_and_refusals(calibrated_set):
