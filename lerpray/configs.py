@@ -82,6 +82,12 @@ class SamplingSettings(StrictModel):
         return {**self.model_dump(exclude={"seed"}), "stop": tuple(self.stop)}
 
 
+# Calibration replies run at least 32 tokens: the anchors' effect grows along a reply and most free replies end within
+# ~11 tokens, so forcing the length roughly doubled formality's alpha 0 -> 1 change and tripled humor's on the
+# reproduction set (docs/steering.md). Target requests should ask for replies the same way.
+CALIBRATION_MAX_TOKENS, CALIBRATION_MIN_TOKENS = 48, 32
+
+
 class BoundsArgs(StrictModel):
     """Where a request that sets `"extrapolate": true` may go (the paper calls alpha in [-1, 2] stable)."""
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from lerpray.configs import SamplingSettings
+from lerpray.configs import CALIBRATION_MAX_TOKENS, CALIBRATION_MIN_TOKENS, SamplingSettings
 from lerpray.eval.calibration_checks import check_replies, check_signal, prompt_change
 from lerpray.eval.calibration_partial import Prefixes, partial_model, tokenizer_prefixes
 from lerpray.eval.config import GridConfig, PromptConfig, ScorerConfig, SweepConfig
@@ -144,7 +144,7 @@ def calibrate(
     out.mkdir(parents=True, exist_ok=True)
     prompt_file = out / "calibration_prompts.txt"
     prompt_file.write_text("\n".join(p.replace("\n", " ") for p in prompts.texts) + "\n")
-    sampling = sampling or SamplingSettings(max_tokens=48)
+    sampling = sampling or SamplingSettings(max_tokens=CALIBRATION_MAX_TOKENS, min_tokens=CALIBRATION_MIN_TOKENS)
     loaded = {s.spec: s.load() for s in scorers}
     attrs = {spec: sc.attribute for spec, sc in loaded.items()}
     config = SweepConfig(out=out / "sweep", anchors=anchors, base_model=base_model, device=device,

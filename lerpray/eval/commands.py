@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from lerpray.configs import CALIBRATION_MAX_TOKENS, CALIBRATION_MIN_TOKENS
 from lerpray.data.commands import add_corpora_parser
 
 
@@ -55,10 +56,10 @@ def add_parsers(subparsers) -> None:
     calibrate.add_argument("--chat", action="store_true",
                            help="send each prompt as a user message through the chat template (instruction prompts)")
     calibrate.add_argument("--samples", type=int, default=1, help="generations per prompt and alpha")
-    calibrate.add_argument("--max-tokens", type=int, default=48)
-    calibrate.add_argument("--min-tokens", type=int, default=0,
-                           help="no EOS before this many tokens: replies long enough to score (targets are then "
-                           "asked with the same min_tokens)")
+    calibrate.add_argument("--max-tokens", type=int, default=CALIBRATION_MAX_TOKENS)
+    calibrate.add_argument("--min-tokens", type=int, default=CALIBRATION_MIN_TOKENS,
+                           help="no EOS before this many tokens, so replies are long enough to carry the anchors' "
+                           "effect and to score; ask targets with the same min_tokens (0: replies end at EOS)")
     calibrate.add_argument("--temperature", type=float, default=0.7)
     calibrate.add_argument("--resamples", type=int, default=200, help="bootstrap resamples over prompts")
     calibrate.add_argument("--batch-size", type=int, default=32)

@@ -108,6 +108,6 @@ def test_a_score_that_moves_with_the_anchors_is_calibrated_and_saved(sets, tmp_p
         "source": "lerpray openings (shipped), even indices", "licence": prompt_sets.OPENINGS_LICENCE, "count": 4,
         "chat": False, "domains": {"home": 1, "nature": 1, "reviews": 1, "travel": 1}, "samples": 1, "seed": 0,
         "sha256": None}  # fmt: skip
-    assert doc["sampling"]["max_tokens"] == 48
+    assert (doc["sampling"]["max_tokens"], doc["sampling"]["min_tokens"]) == (48, 32)
     # the closed loop's partial-reply model, from the replies cut by the set's tokenizer: alpha shows by the end
     assert curve["partial"]["tokens"][:4] == [1, 2, 3, 4] and curve["partial"]["slope"][-1] > 0
