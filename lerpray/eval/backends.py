@@ -74,6 +74,8 @@ def generate_http(
         body |= {"messages": [{"role": "user", "content": text}]} if chat else {"prompt": text}
         if sampling.top_k:
             body["top_k"] = sampling.top_k  # lerpray's extension; OpenAI has no top_k
+        if sampling.min_tokens:
+            body["min_tokens"] = sampling.min_tokens  # lerpray's (and vLLM's) extension
         if sampling.stop:
             body["stop"] = list(sampling.stop)
         reply = _post_json(url, {k: v for k, v in body.items() if v is not None}, headers, timeout_s)

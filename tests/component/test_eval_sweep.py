@@ -202,7 +202,12 @@ def test_http_backend_sends_each_mix_with_its_seed(stub_server):
     sent = {json.dumps(b["interpolation"], sort_keys=True) for b in _Stub.bodies}
     assert json.dumps({"alpha": {"sentiment": 2.0}, "extrapolate": True, "lambda": {"sentiment": 1.0}},
                       sort_keys=True) in sent  # fmt: skip
-    assert all(b["model"] == "lerpray" and b["max_tokens"] == 5 and "top_k" not in b for b in _Stub.bodies)
+    assert all(b["model"] == "lerpray" and b["max_tokens"] == 5 and "top_k" not in b and "min_tokens" not in b
+               for b in _Stub.bodies)  # fmt: skip
+    _Stub.bodies.clear()
+    generate_http(stub_server, [points[0].mix()], ["p0"], make_jobs(1, 1, 1, 0),
+                  SamplingSettings(max_tokens=5, min_tokens=4), model="lerpray")  # a calibration's replies, over HTTP
+    assert [b["min_tokens"] for b in _Stub.bodies] == [4]
     assert set(_Stub.auth) == {None}
     bad = [GridPoint("alpha:sentiment=9", "alpha", "sentiment", 9.0, {"sentiment": 9.0}, {"sentiment": 1.0})]
     with pytest.raises(SweepError, match="answered 400.*must be in"):
