@@ -85,6 +85,14 @@ def test_targets_resolve_through_the_calibration_beside_the_set(engine, calibrat
     assert report["solve"] == "joint"
     # the calibrated mean holds for replies sampled as the calibration's were: the reply says how
     assert report["calibrated_with"] == {"temperature": 0.7, "max_tokens": 48, "min_tokens": 32}
+    # so a target's replies run as long as the calibration's unless the request says otherwise
+    assert generation_request(one, args, mixes).sampling.min_tokens == 32
+    short = CompletionRequest.model_validate({"prompt": "x", "max_tokens": 8, "interpolation": {"target": {S: 0.3}}})
+    assert generation_request(short, args, mixes).sampling.min_tokens == 8  # capped by the reply's max_tokens
+    free = CompletionRequest.model_validate({"prompt": "x", "min_tokens": 0, "interpolation": {"target": {S: 0.3}}})
+    assert generation_request(free, args, mixes).sampling.min_tokens == 0
+    plain = CompletionRequest.model_validate({"prompt": "x", "interpolation": {"alpha": {S: 0.3}}})
+    assert generation_request(plain, args, mixes).sampling.min_tokens == 0
 
 
 def test_calibration_file_round_trip_and_refusals(calibrated_set):
