@@ -29,7 +29,7 @@ from lerpray.mixing import FIELD as MIX_FIELD
 from lerpray.mixing import AnchorLayout, ExtrapolationBounds, MixError, named_numbers
 from lerpray.reply_model import PartialModel
 
-__all__ = ["Calibration", "Curve", "TargetSolution", "solve_targets", "target_mix"]
+__all__ = ["Calibration", "Curve", "TargetSolution", "reply_min_tokens", "solve_targets", "target_mix"]
 
 FIELD = "interpolation.target"
 CALIBRATE_HINT = "make one with `lerpray eval calibrate SET --scorers SCORER` (it is saved beside the set)"
@@ -169,6 +169,14 @@ def target_mix(mix: Mapping, layout: AnchorLayout, bounds: ExtrapolationBounds |
         alpha_mix["extrapolate"] = True  # only reachable with extrapolate on (solve_targets kept it in [0, 1] else)
     report = {"target": dict(targets), **{k: v for k, v in solution.report().items() if k != "alpha"}}
     return alpha_mix, report | ({"calibrated_with": dict(calibration.sampling)} if calibration.sampling else {})
+
+
+def reply_min_tokens(report: Mapping, asked: int | None, max_tokens: int) -> int:
+    """The min_tokens a reply runs with: the request's if it set one, else (a target's) its calibration's, capped by
+    max_tokens, since the calibrated mean is of replies that long; else 0."""
+    if asked is not None:
+        return asked
+    return min(int(report.get("calibrated_with", {}).get("min_tokens", 0)), max_tokens)
 
 
 def _predict(j: str, alpha: Mapping[str, float], calibration: Calibration) -> float:

@@ -85,10 +85,13 @@ class GenerateBatch:
         from lerpray.model.requests import GenerationRequest
         from lerpray.model.sampling import SamplingParams
         from lerpray.steering import ResolvedMix
+        from lerpray.targets import reply_min_tokens
 
-        sampling = SamplingParams(**self.sampling, seed=row["seed"])
-        text = {"messages": [{"role": "user", "content": row["prompt"]}]} if self.chat else {"prompt": row["prompt"]}
         mix = ResolvedMix.from_json(json.loads(row["resolved_mix"]))
+        asked = {k: v for k, v in self.sampling.items() if k != "min_tokens"}
+        length = reply_min_tokens(mix.report, self.sampling.get("min_tokens"), asked["max_tokens"])
+        sampling = SamplingParams(**asked, min_tokens=length, seed=row["seed"])
+        text = {"messages": [{"role": "user", "content": row["prompt"]}]} if self.chat else {"prompt": row["prompt"]}
         steer = None if mix.feedback is None else steerer(mix.feedback, self.engine.layout)  # closed loop per row
         return GenerationRequest(mix=mix, sampling=sampling, request_id=f"{row['row_id']}:{row['mix_index']}",
                                  steer=steer, **text)  # fmt: skip
@@ -187,7 +190,8 @@ def _actor_kwargs(config, engine_factory: Callable, s3: dict) -> dict:
         "engine_kwargs": {"anchors": absolute_uri(config.anchors), "base_model": base, "dtype": res.dtype,
                           "device": "cuda" if res.num_gpus_per_actor > 0 else "cpu",
                           "max_batch_size": res.batch_size, **res.kv_engine_kwargs(), **s3},
-        "sampling": config.sampling.engine_kwargs(),
+        "sampling": {k: v for k, v in config.sampling.engine_kwargs().items()  # unset min_tokens: a target's
+                     if k != "min_tokens" or "min_tokens" in config.sampling.model_fields_set},  # calibration's
         "chat": config.input.chat,
     }
 

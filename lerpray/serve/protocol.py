@@ -23,7 +23,7 @@ from lerpray.serve import errors
 from lerpray.serve.config import ServeArgs
 from lerpray.serve.schemas import ChatCompletionRequest, CompletionRequest
 from lerpray.steering import MixContext, ResolvedMix, resolve, resolve_presets
-from lerpray.targets import Calibration
+from lerpray.targets import Calibration, reply_min_tokens
 
 __all__ = ["generation_request", "generation_requests", "mix_context", "pick", "sampling_params"]
 
@@ -83,9 +83,7 @@ def generation_request(
         mix = mix.embed(*mixes.engine_block)
     paged = mixes.engine_block if isinstance(mixes.engine_block, str) else None  # the engine places it (paging)
     sampling, n = sampling_params(parsed, max_tokens, vocab_size), parsed.n or 1
-    calibrated = mix.report.get("calibrated_with", {}).get("min_tokens")
-    if calibrated and parsed.min_tokens is None:  # a target's replies as long as the calibration's, unless told
-        sampling = replace(sampling, min_tokens=min(int(calibrated), max_tokens))
+    sampling = replace(sampling, min_tokens=reply_min_tokens(mix.report, parsed.min_tokens, max_tokens))
     if n > args.max_batch_size:
         raise _invalid("n", f"is {n}, more choices than this server runs at once ({args.max_batch_size}); ask for "
                             f"at most {args.max_batch_size}")

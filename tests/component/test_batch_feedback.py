@@ -51,3 +51,18 @@ def test_batch_rows_with_feedback_are_steered_and_report_their_mixes(udf):
     replay = GenerationRequest(mix=ResolvedMix(pieces=tuple(pieces)), prompt="Hello",
                                sampling=SamplingParams(temperature=0, max_tokens=8, seed=plan[0]["seed"]))  # fmt: skip
     assert udf.engine.generate([replay])[0].text == out[0]["text"]
+
+
+def test_target_rows_run_as_long_as_their_calibration_unless_the_config_says(udf):
+    from lerpray.batch.pipeline import GenerateBatch
+    from lerpray.batch.plan import plan_rows
+    from lerpray.steering import MixContext
+
+    calibrated = Calibration(CAL.curves, sampling={"max_tokens": 48, "min_tokens": 6})
+    rows = [{"prompt": "Hello", "interpolation": {"target": {S: 0.3}}},
+            {"prompt": "Bye", "interpolation": {"alpha": {S: 0.2}}}]  # fmt: skip
+    plan = plan_rows(rows, MixContext(udf.engine.layout, ExtrapolationBounds(), calibrated), max_tokens=8)
+    assert [udf._request(row).sampling.min_tokens for row in plan] == [6, 0]
+    told = GenerateBatch.__new__(GenerateBatch)  # the config set min_tokens: every row keeps it
+    told.engine, told.sampling, told.chat = udf.engine, {**udf.sampling, "min_tokens": 0}, False
+    assert [told._request(row).sampling.min_tokens for row in plan] == [0, 0]
