@@ -55,7 +55,7 @@ def test_overlapped_text_gives_every_choice_the_same_reply(imodel):
 def test_the_text_of_step_t_is_made_after_the_forward_of_step_t_plus_1_is_launched(imodel, monkeypatch):
     order: list[str] = []
     push = TextStream.push
-    monkeypatch.setattr(TextStream, "push", lambda self, token: (order.append("text"), push(self, token))[1])
+    monkeypatch.setattr(TextStream, "push", lambda self, token, *stop: (order.append("text"), push(self, token, *stop))[1])
     bind = imodel.bind_coeffs
     monkeypatch.setattr(imodel, "bind_coeffs", lambda c, host=None: (order.append("forward"), bind(c, host))[1])
     for overlap, expected in ((False, ["forward", "text"] * 4), (True, ["forward", "forward"] + ["text", "forward"] * 2
