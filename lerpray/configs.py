@@ -84,7 +84,7 @@ class SamplingSettings(StrictModel):
 
 # Calibration replies run at least 32 tokens: the anchors' effect grows along a reply and most free replies end within
 # ~11 tokens, so forcing the length roughly doubled formality's alpha 0 -> 1 change and tripled humor's on the
-# reproduction set (docs/steering.md). Target requests should ask for replies the same way.
+# reproduction set (docs/steering.md). Target requests that set no min_tokens get the calibration's.
 CALIBRATION_MAX_TOKENS, CALIBRATION_MIN_TOKENS = 48, 32
 
 

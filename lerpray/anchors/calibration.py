@@ -121,7 +121,7 @@ def format_calibration(doc: dict | None) -> str:
     lines = [f"calibration ({CALIBRATION_NAME}, made {doc.get('created_at', '?')} for version "
              f"{doc['anchor_set']['version']}): {p.get('count', '?')} prompts ({p.get('source', '?')}) x "
              f"{p.get('samples', '?')} samples, temperature {s.get('temperature', '?')}, max_tokens "
-             f"{s.get('max_tokens', '?')}, min_tokens {s.get('min_tokens', 0)} (ask targets the same way); 90% bands "
+             f"{s.get('max_tokens', '?')}, min_tokens {s.get('min_tokens', 0)} (targets' default); 90% bands "
              f"from {doc.get('bootstrap', {}).get('resamples', '?')} bootstrap resamples over prompts"]  # fmt: skip
     for attr, c in doc["curves"].items():
         lo, hi = c.get("lo") or c["fit"], c.get("hi") or c["fit"]

@@ -59,7 +59,8 @@ def add_parsers(subparsers) -> None:
     calibrate.add_argument("--max-tokens", type=int, default=CALIBRATION_MAX_TOKENS)
     calibrate.add_argument("--min-tokens", type=int, default=CALIBRATION_MIN_TOKENS,
                            help="no EOS before this many tokens, so replies are long enough to carry the anchors' "
-                           "effect and to score; ask targets with the same min_tokens (0: replies end at EOS)")
+                           "effect and to score; target requests that set no min_tokens get this one (0: replies "
+                           "end at EOS)")
     calibrate.add_argument("--temperature", type=float, default=0.7)
     calibrate.add_argument("--resamples", type=int, default=200, help="bootstrap resamples over prompts")
     calibrate.add_argument("--batch-size", type=int, default=32)

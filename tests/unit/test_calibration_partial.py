@@ -66,7 +66,7 @@ def test_calibration_document_stores_the_model_and_the_calibration_reads_it():
     assert calibration_of(doc).partial["sentiment"].tokens == (1, 2, 3, 4, 6)
     shown = format_calibration({**doc, "anchor_set": {"version": 1}})  # `lerpray anchors inspect`
     assert "partial-reply model after 1, 2, 3, 4, 6 tokens (feedback runs the predictive loop)" in shown
-    assert "max_tokens 8, min_tokens 0 (ask targets the same way)" in shown
+    assert "max_tokens 8, min_tokens 0 (targets' default)" in shown
     assert calibration_of(doc).sampling == {"temperature": 0.7, "max_tokens": 8, "min_tokens": 0}
     plain = calibration_document(sweep(), [("share", Share())], {"count": 40}, SamplingSettings(max_tokens=8),
                                  resamples=20)  # fmt: skip
