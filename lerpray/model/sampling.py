@@ -216,7 +216,7 @@ class TextStream:
         if found:
             text, self._pending = self._pending[: min(found)], ""
             return text, True
-        keep = 0 if final or not can_stop else self._stop_prefix_length(self._pending)
+        keep = 0 if final else self._stop_prefix_length(self._pending)  # one may complete at min_tokens or later
         text, self._pending = self._pending[: len(self._pending) - keep], self._pending[len(self._pending) - keep :]
         return text, False
 

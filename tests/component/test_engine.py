@@ -142,6 +142,9 @@ def test_min_tokens_holds_eos_and_stop_strings_back_until_that_many_tokens(imode
     assert late.completion_tokens >= 8 and late.text.startswith(full.text[:4])  # the early stop string is text
     cut = full.text.find(stop, 6)  # a stop string completed at token 8 or later still ends the row
     assert late.text == (full.text if cut < 0 else full.text[:cut])
+    edge = full.text[6:8]  # begins before min_tokens, completes at token 8: it ends the row (vLLM's rule)
+    straddle = engine.generate([req(PROMPTS[0], stop=(edge,), min_tokens=8, **{**sampling, "max_tokens": 12})])[0]
+    assert (straddle.text, straddle.finish_reason) == (full.text[:6], "stop")
 
 
 def test_min_tokens_must_fit_in_max_tokens():
