@@ -82,8 +82,8 @@ def generation_request(
     if isinstance(mixes.engine_block, tuple):  # the set's [K] placed in the shared engine's row, zeros elsewhere
         mix = mix.embed(*mixes.engine_block)
     paged = mixes.engine_block if isinstance(mixes.engine_block, str) else None  # the engine places it (paging)
-    sampling, n = sampling_params(parsed, max_tokens, vocab_size), parsed.n or 1
-    sampling = replace(sampling, min_tokens=reply_min_tokens(mix.report, parsed.min_tokens, max_tokens))
+    min_tokens = reply_min_tokens(mix.report, parsed.min_tokens, max_tokens)  # a target's: its calibration's
+    sampling, n = sampling_params(parsed, max_tokens, vocab_size, min_tokens), parsed.n or 1
     if n > args.max_batch_size:
         raise _invalid("n", f"is {n}, more choices than this server runs at once ({args.max_batch_size}); ask for "
                             f"at most {args.max_batch_size}")
@@ -99,10 +99,11 @@ def _steer(mix: ResolvedMix, mixes: MixContext) -> Steerer | None:
 
 
 def sampling_params(
-    parsed: CompletionRequest | ChatCompletionRequest, max_tokens: int, vocab_size: int | None = None
+    parsed: CompletionRequest | ChatCompletionRequest, max_tokens: int, vocab_size: int | None, min_tokens: int
 ) -> SamplingParams:
     """The engine's sampling parameters of a request (n, logprobs and echo in OpenAI's per-endpoint forms); a 400
-    naming the field for a combination OpenAI's API also refuses."""
+    naming the field for a combination OpenAI's API also refuses. `min_tokens`: the reply's (targets.reply_min_tokens:
+    the request's, else a target's calibration's)."""
     if isinstance(parsed, ChatCompletionRequest):
         if max_tokens == 0:
             raise _invalid("max_tokens", "must be at least 1 in chat (/v1/completions with echo: true scores a text)")
@@ -130,7 +131,7 @@ def sampling_params(
         top_p=1.0 if parsed.top_p is None else parsed.top_p,
         top_k=parsed.top_k or 0,
         max_tokens=max_tokens,
-        min_tokens=parsed.min_tokens or 0,
+        min_tokens=min_tokens,
         stop=parsed.stop_strings(),
         seed=parsed.seed,
         presence_penalty=parsed.presence_penalty or 0.0,
